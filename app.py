@@ -1,0 +1,184 @@
+"""LEG-Invoicing: billing and analytics for local energy communities.
+
+``python app.py --help`` lists the commands. Without a configuration file (``--config``,
+``$LEG_CONFIG`` or ``./config.yaml``) every command works on the embedded demo community.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import sys
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from billing.settlement import (CSV_EXTRA_FIELDS, CSV_FIELDS, SettlementError, invoice_rows,
+                                parse_period)
+from community import Community, ImportSummary
+from config import ConfigError, load_config
+from ingest.csv_files import CsvFileError, parse_readings_csv, write_readings_csv
+
+log = logging.getLogger("leg")
+
+config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                             envvar="LEG_CONFIG", help="config.yaml (default: $LEG_CONFIG, ./config.yaml, else the demo)")
+
+
+def _open(config_path) -> Community:
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc))
+    logging.basicConfig(level=cfg.logging.level, filename=cfg.logging.file,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if cfg.is_demo:
+        cfg.storage.data_dir = str(Path(cfg.storage.data_dir) / "demo")
+    return Community.open(cfg)
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def cli(ctx):
+    """LEG-Invoicing: meter data in, priced intervals, monthly invoices out."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(run)
+
+
+@cli.command()
+@config_option
+def run(config_path):
+    """Run the app (for now: show the demo community's settlement)."""
+    import demo
+    community = _open(config_path)
+    try:
+        if community.cfg.is_demo:
+            added = demo.ensure_history(community)
+            if added:
+                click.echo(f"demo: simulated {added} readings for {len(community.houses())} houses")
+        now = pd.Timestamp.now(tz=community.tz)
+        last = (now.replace(day=1) - pd.Timedelta(days=1)).strftime("%Y-%m")
+        for period_id in (last, now.strftime("%Y-%m")):
+            s = community.settle(period_id, allow_incomplete=True)
+            _print_settlement(s)
+    finally:
+        community.close()
+
+
+@cli.command("import-readings")
+@click.argument("file", type=click.Path(dir_okay=False))
+@config_option
+def import_readings(file, config_path):
+    """Import meter readings from FILE (CSV: meter_id,timestamp,import_kwh,export_kwh)."""
+    community = _open(config_path)
+    try:
+        parsed = parse_readings_csv(file, community.tz, {m.meter_id for m in community.meters()})
+    except CsvFileError as exc:
+        community.close()
+        raise click.ClickException(str(exc))
+    try:
+        summary = ImportSummary(rows=parsed.rows, errors=[str(e) for e in parsed.errors])
+        result = community.store_readings(parsed.readings)
+        summary.inserted, summary.duplicates = result.inserted, result.duplicates
+        for c in result.conflicts.itertuples(index=False):
+            line = parsed.lines.get((c.meter_id, pd.Timestamp(c.ts)), "?")
+            summary.errors.append(f"line {line}: meter {c.meter_id} at {c.ts.isoformat()} is already "
+                                  f"stored with other counter values; kept the stored reading")
+    finally:
+        community.close()
+    for e in sorted(summary.errors, key=_line_key):
+        click.echo(f"{file}: {e}", err=True)
+    click.echo(f"{file}: {summary.rows} rows: {summary.inserted} imported, {summary.duplicates} already "
+               f"stored, {summary.rejected} rejected")
+    if summary.inserted + summary.duplicates == 0:
+        sys.exit(1)
+
+
+def _line_key(msg: str):
+    try:
+        return int(msg.split(":", 1)[0].split()[1])
+    except (IndexError, ValueError):
+        return 0
+
+
+@cli.command("export-readings")
+@click.option("--meter", help="only this meter")
+@click.option("--start", help="from this time (ISO 8601; local time without an offset)")
+@click.option("--end", help="until this time, exclusive")
+@click.option("--out", type=click.Path(dir_okay=False), help="file to write (default: standard output)")
+@config_option
+def export_readings(meter, start, end, out, config_path):
+    """Write stored readings as CSV in the import format."""
+    from ingest.csv_files import parse_timestamp
+    from ingest.readings import ReadingError
+    community = _open(config_path)
+    try:
+        try:
+            s = pd.Timestamp(parse_timestamp(start, community.tz)) if start else None
+            e = pd.Timestamp(parse_timestamp(end, community.tz)) if end else None
+        except ReadingError as exc:
+            raise click.ClickException(str(exc).replace("timestamp", "--start/--end", 1))
+        readings = community.store.read_readings(meter, s, e)
+    finally:
+        community.close()
+    if out:
+        with open(out, "w", encoding="utf-8", newline="") as fh:
+            n = write_readings_csv(readings, fh)
+        click.echo(f"{out}: {n} readings", err=True)
+    else:
+        write_readings_csv(readings, sys.stdout)
+
+
+@cli.command()
+@click.option("--period", required=True, help="calendar month YYYY-MM in the community time zone")
+@click.option("--out", type=click.Path(file_okay=False), default=".", show_default=True,
+              help="directory for invoices.csv")
+@click.option("--close", is_flag=True, help="issue the invoices (numbered, immutable) and close the period")
+@click.option("--allow-incomplete", is_flag=True, help="bill only the intervals present when data is missing")
+@config_option
+def settle(period, out, close, allow_incomplete, config_path):
+    """Settle a period: one invoice per house, written to OUT/invoices.csv."""
+    community = _open(config_path)
+    try:
+        try:
+            parse_period(period, community.tz)
+            s = community.settle(period, close=close, allow_incomplete=allow_incomplete)
+        except SettlementError as exc:
+            raise click.ClickException(str(exc))
+    finally:
+        community.close()
+    path = Path(out) / "invoices.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS + CSV_EXTRA_FIELDS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(invoice_rows(s.invoices))
+    _print_settlement(s)
+    click.echo(f"wrote {path}")
+
+
+def _print_settlement(s) -> None:
+    p = s.period
+    click.echo(f"\nPeriod {p.period_id} ({p.start_local:%Y-%m-%d} to {p.end_local_inclusive:%Y-%m-%d}, "
+               f"{p.hours:.0f} h): {s.status}")
+    if s.missing:
+        click.echo("  provisional: missing intervals for house(s) "
+                   + ", ".join(f"{h} ({n})" for h, n in s.missing.items()))
+    click.echo(f"  {'invoice':<22} {'house':<8} {'in kWh':>10} {'out kWh':>10} {'cost ct':>12} "
+               f"{'credit ct':>12} {'net CHF':>10}")
+    for inv in s.invoices:
+        click.echo(f"  {inv['invoice_id']:<22} {inv['house_id']:<8} {inv['energy_imported_kwh']:>10} "
+                   f"{inv['energy_exported_kwh']:>10} {inv['import_cost_ct']:>12} "
+                   f"{inv['export_revenue_ct']:>12} {inv['net_amount_chf']:>10}")
+    if s.summary:
+        sm = s.summary
+        ss = f"{sm.self_sufficiency:.0%}" if sm.self_sufficiency is not None else "n/a"
+        sc = f"{sm.self_consumption:.0%}" if sm.self_consumption is not None else "n/a"
+        click.echo(f"  community: consumption {sm.total_consumption_kwh:.1f} kWh, production "
+                   f"{sm.total_production_kwh:.1f} kWh, grid import {sm.grid_import_kwh:.1f} kWh, "
+                   f"export {sm.grid_export_kwh:.1f} kWh; self-sufficiency {ss}, self-consumption {sc}, "
+                   f"balance {sm.balance_ct / 100:.2f} CHF")
+
+
+if __name__ == "__main__":
+    cli()

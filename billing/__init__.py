@@ -1,0 +1,1 @@
+"""Intervals, settlement periods and invoices."""

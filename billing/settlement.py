@@ -1,0 +1,254 @@
+"""Settlement periods (calendar months in the community time zone) and invoice figures.
+
+Money is computed from the unrounded interval values and rounded once, at the invoice line:
+energies to 0.001 kWh, the ct amounts to 0.01 ct (the seed's invoice shows half Rappen, e.g.
+3007.5 ct), ``net_amount_ct = export_revenue_ct - import_cost_ct`` exactly, and the amount in CHF
+is that net converted and rounded half-up to the Rappen.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+
+from billing.intervals import flag_names
+from pricing.engine import grid_flows, interval_prices, tariffs_in_force
+from pricing.tariffs import Tariff
+from storage.ledger import House
+
+CSV_FIELDS = ["invoice_id", "house_id", "period_start", "period_end", "energy_exported_kwh",
+              "energy_imported_kwh", "export_revenue_ct", "import_cost_ct", "net_amount_ct", "status"]
+CSV_EXTRA_FIELDS = ["house_name", "net_amount_chf", "avg_p_con", "avg_p_pv", "intervals",
+                    "missing_intervals", "flags"]
+
+_KWH = Decimal("0.001")
+_CT = Decimal("0.01")
+_CHF = Decimal("0.01")
+_PERIOD_RE = re.compile(r"^(\d{4})-(\d{2})$")
+
+
+class SettlementError(Exception):
+    pass
+
+
+class IncompleteDataError(SettlementError):
+    def __init__(self, period_id: str, missing: dict[str, list[pd.Timestamp]], counts: dict[str, int], tz):
+        self.missing = missing
+        self.counts = counts
+        lines = []
+        for hid, starts in missing.items():
+            first = ", ".join(s.tz_convert(tz).strftime("%Y-%m-%d %H:%M") for s in starts[:3])
+            lines.append(f"house {hid}: {counts[hid]} intervals missing, first at {first}")
+        super().__init__(f"period {period_id} has incomplete data; invoices would be wrong:\n  "
+                         + "\n  ".join(lines)
+                         + "\nImport the missing readings, or settle with --allow-incomplete "
+                           "to bill only the intervals present (marked on each invoice).")
+
+
+@dataclass(frozen=True)
+class Period:
+    period_id: str
+    start: pd.Timestamp   # UTC, inclusive
+    end: pd.Timestamp     # UTC, exclusive
+    tz: ZoneInfo
+
+    @property
+    def hours(self) -> float:
+        return (self.end - self.start).total_seconds() / 3600
+
+    @property
+    def start_local(self) -> pd.Timestamp:
+        return self.start.tz_convert(self.tz)
+
+    @property
+    def end_local_inclusive(self) -> pd.Timestamp:
+        """The last second of the period, as the seed's ``period_end`` shows it."""
+        return (self.end - pd.Timedelta(seconds=1)).tz_convert(self.tz)
+
+
+def parse_period(period_id: str, tz: ZoneInfo) -> Period:
+    m = _PERIOD_RE.match(period_id or "")
+    if not m or not 1 <= int(m.group(2)) <= 12:
+        raise SettlementError(f"period {period_id!r}: expected a month as YYYY-MM, e.g. 2026-01")
+    y, mo = int(m.group(1)), int(m.group(2))
+    start = pd.Timestamp(datetime(y, mo, 1), tz=tz)
+    end = pd.Timestamp(datetime(y + (mo == 12), mo % 12 + 1, 1), tz=tz)
+    return Period(period_id, start.tz_convert("UTC"), end.tz_convert("UTC"), tz)
+
+
+def period_of(ts: pd.Timestamp, tz: ZoneInfo) -> str:
+    return ts.tz_convert(tz).strftime("%Y-%m")
+
+
+def _dec(x: float, q: Decimal) -> Decimal:
+    return Decimal(repr(float(x))).quantize(q, rounding=ROUND_HALF_UP)
+
+
+@dataclass
+class CommunitySummary:
+    total_consumption_kwh: float
+    total_production_kwh: float
+    grid_import_kwh: float
+    grid_export_kwh: float
+    value_grid_import_ct: float
+    value_grid_export_ct: float
+    value_consumption_ct: float
+    value_pv_delivery_ct: float
+
+    @property
+    def self_sufficiency(self) -> float | None:
+        """Share of consumption covered by local production."""
+        if self.total_consumption_kwh <= 0:
+            return None
+        return 1 - self.grid_import_kwh / self.total_consumption_kwh
+
+    @property
+    def self_consumption(self) -> float | None:
+        """Share of local production consumed in the community."""
+        if self.total_production_kwh <= 0:
+            return None
+        return 1 - self.grid_export_kwh / self.total_production_kwh
+
+    @property
+    def balance_ct(self) -> float:
+        """Community profit: what houses and the grid pay it minus what it pays producers and the grid."""
+        return (self.value_consumption_ct + self.value_grid_export_ct
+                - self.value_pv_delivery_ct - self.value_grid_import_ct)
+
+
+@dataclass
+class Settlement:
+    period: Period
+    status: str                       # open (drafts) | closed (issued)
+    invoices: list[dict]
+    summary: CommunitySummary | None = None
+    missing: dict[str, int] = field(default_factory=dict)   # house -> missing intervals
+
+
+def expected_starts(period: Period, house: House, interval_s: int,
+                    now: pd.Timestamp | None = None) -> pd.DatetimeIndex:
+    """Interval starts a house must have in the period: from its ``active_from`` (local midnight)
+    and, for a period still running, up to the last interval that has ended by ``now``."""
+    start = period.start
+    end = period.end if now is None else min(period.end, now.floor(f"{interval_s}s"))
+    if house.active_from:
+        af = pd.Timestamp(date.fromisoformat(house.active_from), tz=period.tz).tz_convert("UTC")
+        start = max(start, af)
+    if start >= end:
+        return pd.DatetimeIndex([], tz="UTC")
+    return pd.date_range(start, end, freq=f"{interval_s}s", inclusive="left")
+
+
+def price_frame(totals: pd.DataFrame, tariffs: list[Tariff]) -> pd.DataFrame:
+    """Add the section 9.3 community fields and p_con/p_pv to per-interval totals (start, I, E)."""
+    starts_s = totals["start"].to_numpy(dtype="datetime64[us]").astype(np.int64) / 1e6
+    t = tariffs_in_force(tariffs, starts_s)
+    I = totals["total_consumption_kwh"].to_numpy(dtype=np.float64)
+    E = totals["total_production_kwh"].to_numpy(dtype=np.float64)
+    p_con, p_pv = interval_prices(I, E, t)
+    gi, ge = grid_flows(I, E)
+    out = totals.copy()
+    out["grid_import_kwh"] = gi
+    out["grid_export_kwh"] = ge
+    out["value_grid_import_ct"] = gi * t.p_grid_con
+    out["value_grid_export_ct"] = ge * t.p_grid_del
+    out["tariff_p_grid_con"] = t.p_grid_con
+    out["tariff_p_grid_del"] = t.p_grid_del
+    out["p_con"] = p_con
+    out["p_pv"] = p_pv
+    out["tariff_version"] = t.version
+    return out
+
+
+def compute_settlement(store, houses: list[House], tariffs: list[Tariff], period: Period,
+                       interval_s: int, allow_incomplete: bool = False,
+                       now: pd.Timestamp | None = None) -> Settlement:
+    """Draft invoices for every house active in ``period`` from the stored intervals; ``now``
+    limits the intervals expected of a period that is still running."""
+    active = [h for h in houses if len(expected_starts(period, h, interval_s))]
+    ids = [h.house_id for h in active]
+    totals = store.community_totals(period.start, period.end, ids)
+    prices = price_frame(totals, tariffs)
+    sums = store.house_sums(period.start, period.end, ids, prices).set_index("house_id")
+
+    missing_counts: dict[str, int] = {}
+    missing_first: dict[str, list[pd.Timestamp]] = {}
+    for h in active:
+        expected = expected_starts(period, h, interval_s, now)
+        have = int(sums.loc[h.house_id, "intervals"]) if h.house_id in sums.index else 0
+        if have < len(expected):
+            present = store.read_intervals(period.start, period.end, [h.house_id])["start"]
+            gaps = expected.difference(pd.DatetimeIndex(present))
+            missing_counts[h.house_id] = len(gaps)
+            missing_first[h.house_id] = list(gaps[:3])
+    if missing_counts and not allow_incomplete:
+        raise IncompleteDataError(period.period_id, missing_first, missing_counts, period.tz)
+
+    summary = CommunitySummary(
+        total_consumption_kwh=float(prices["total_consumption_kwh"].sum()),
+        total_production_kwh=float(prices["total_production_kwh"].sum()),
+        grid_import_kwh=float(prices["grid_import_kwh"].sum()),
+        grid_export_kwh=float(prices["grid_export_kwh"].sum()),
+        value_grid_import_ct=float(prices["value_grid_import_ct"].sum()),
+        value_grid_export_ct=float(prices["value_grid_export_ct"].sum()),
+        value_consumption_ct=float(sums["value_consumption_ct"].sum()) if len(sums) else 0.0,
+        value_pv_delivery_ct=float(sums["value_pv_delivery_ct"].sum()) if len(sums) else 0.0,
+    )
+    versions = sorted({int(v) for v in prices["tariff_version"].unique()}) if len(prices) else []
+    ordered = sorted(tariffs, key=lambda t: t.effective_from)
+    tariff_info = [{"effective_from": ordered[v].effective_from.isoformat(), "mode": ordered[v].mode,
+                    "p_pv": ordered[v].p_pv, "p_grid_del": ordered[v].p_grid_del,
+                    "p_grid_con": ordered[v].p_grid_con} for v in versions]
+
+    invoices = []
+    for h in active:
+        row = sums.loc[h.house_id] if h.house_id in sums.index else None
+        ei = float(row["delta_ei_kwh"]) if row is not None else 0.0
+        eo = float(row["delta_eo_kwh"]) if row is not None else 0.0
+        cost = float(row["value_consumption_ct"]) if row is not None else 0.0
+        revenue = float(row["value_pv_delivery_ct"]) if row is not None else 0.0
+        flags = int(row["flags"]) if row is not None else 0
+        export_ct, import_ct = _dec(revenue, _CT), _dec(cost, _CT)
+        net_ct = export_ct - import_ct
+        invoices.append({
+            "invoice_id": f"DRAFT-{period.period_id}-{h.house_id}",
+            "house_id": h.house_id,
+            "period_start": period.start_local.isoformat(),
+            "period_end": period.end_local_inclusive.isoformat(),
+            "energy_exported_kwh": _dec(eo, _KWH),
+            "energy_imported_kwh": _dec(ei, _KWH),
+            "export_revenue_ct": export_ct,
+            "import_cost_ct": import_ct,
+            "net_amount_ct": net_ct,
+            "net_amount_chf": (net_ct / 100).quantize(_CHF, rounding=ROUND_HALF_UP),
+            "status": "draft",
+            "details": {
+                "house_name": h.name,
+                "avg_p_con": round(cost / ei, 4) if ei > 0 else None,
+                "avg_p_pv": round(revenue / eo, 4) if eo > 0 else None,
+                "intervals": int(row["intervals"]) if row is not None else 0,
+                "missing_intervals": missing_counts.get(h.house_id, 0),
+                "flags": flag_names(flags),
+                "tariffs": tariff_info,
+            },
+        })
+    return Settlement(period, "open", invoices, summary, missing_counts)
+
+
+def invoice_rows(invoices: list[dict]) -> list[dict]:
+    """Flat rows for the CSV: the seed's fields first, then the extras."""
+    rows = []
+    for inv in invoices:
+        d = inv.get("details", {})
+        row = {k: inv[k] for k in CSV_FIELDS}
+        row.update({"house_name": d.get("house_name"), "net_amount_chf": inv["net_amount_chf"],
+                    "avg_p_con": d.get("avg_p_con"), "avg_p_pv": d.get("avg_p_pv"),
+                    "intervals": d.get("intervals"), "missing_intervals": d.get("missing_intervals"),
+                    "flags": " ".join(d.get("flags", []))})
+        rows.append(row)
+    return rows

@@ -1,0 +1,269 @@
+"""Configuration: ``config.yaml`` validated by pydantic.
+
+The seed's sections (``mqtt``, ``influxdb``, ``houses``, ``tariffs``, ``collector``, ``web``,
+``logging``) load unchanged; ``community``, ``pricing`` and ``storage`` are extensions.
+Every unknown or wrong key is reported with its path, e.g. ``tariffs.p_pv: must be a number``.
+
+String values may name environment variables as ``${NAME}`` (for secrets such as
+``mqtt.password: ${LEG_MQTT_PASSWORD}``); an unset variable is an error naming the key.
+"""
+from __future__ import annotations
+
+import os
+import re
+from datetime import date
+from pathlib import Path
+from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pricing.tariffs import tariff_errors
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CONFIG_ENV = "LEG_CONFIG"
+DEFAULT_CONFIG_FILE = "config.yaml"
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; ``errors`` lists one message per bad key."""
+
+    def __init__(self, source: str, errors: list[str]):
+        self.source = source
+        self.errors = errors
+        super().__init__(f"{source}: " + "; ".join(errors))
+
+    def __str__(self) -> str:
+        return f"invalid configuration in {self.source}:\n" + "\n".join(f"  {e}" for e in self.errors)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class MqttConfig(_Strict):
+    broker: str = "localhost"
+    port: int = Field(1883, ge=1, le=65535)
+    use_tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    topic: str = "+/SENSOR"
+    client_id: str = "leg-invoicing"
+    enabled: bool = False
+
+
+class InfluxConfig(_Strict):
+    url: str = "http://localhost:8086"
+    token: str | None = None
+    org: str = "LEG"
+    bucket: str = "energy"
+    username: str | None = None
+    password: str | None = None
+    database: str | None = None
+
+
+class HouseConfig(_Strict):
+    id: int | str
+    name: str
+    type: str = "real"
+    pv_kwp: float | None = Field(None, ge=0)
+    active_from: date | None = None
+    max_power_kw: float = Field(100.0, gt=0)
+
+
+class TariffConfig(_Strict):
+    p_pv: float = 20.0
+    p_grid_del: float = 6.0
+    p_grid_con: float = 30.0
+
+
+class CollectorConfig(_Strict):
+    interval: int = Field(60, ge=1)
+
+
+class WebConfig(_Strict):
+    host: str = "0.0.0.0"
+    port: int = Field(8060, ge=1, le=65535)
+    url_prefix: str = "/"
+
+
+class LoggingConfig(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    file: str | None = None
+
+
+class CommunityConfig(_Strict):
+    name: str = "LEG Community"
+    timezone: str = "Europe/Zurich"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as Europe/Zurich)")
+        return v
+
+
+class PricingConfig(_Strict):
+    mode: Literal["break_even", "static", "zev_proportional"] = "break_even"
+    interval_minutes: Literal[15] = 15
+
+
+class StorageConfig(_Strict):
+    data_dir: str = "./data"
+    backend: Literal["embedded"] = "embedded"
+
+
+DEMO_HOUSES: dict[str, dict] = {
+    "B0-81-84-25-22-5C": {"id": 1, "name": "House 1", "type": "real", "pv_kwp": 6.0},  # PV: yes (size not in the seed)
+    "AA-11-BB-22-CC-01": {"id": 2, "name": "House 2", "type": "simulated", "pv_kwp": 10.0},
+    "AA-11-BB-22-CC-02": {"id": 3, "name": "House 3", "type": "simulated", "pv_kwp": 20.0},
+    "AA-11-BB-22-CC-03": {"id": 4, "name": "House 4", "type": "simulated"},
+    "AA-11-BB-22-CC-04": {"id": 5, "name": "House 5", "type": "simulated"},
+}
+
+
+class Config(_Strict):
+    mqtt: MqttConfig = MqttConfig()
+    influxdb: InfluxConfig = InfluxConfig()
+    houses: dict[str, HouseConfig] = Field(default_factory=dict)
+    tariffs: TariffConfig = TariffConfig()
+    collector: CollectorConfig = CollectorConfig()
+    web: WebConfig = WebConfig()
+    logging: LoggingConfig = LoggingConfig()
+    community: CommunityConfig = CommunityConfig()
+    pricing: PricingConfig = PricingConfig()
+    storage: StorageConfig = StorageConfig()
+
+    # Not a key of the file: where the configuration came from ("demo" when there is none).
+    source: str = Field("demo", exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_house_ids(self) -> "Config":
+        seen: dict[str, str] = {}
+        for mac, house in self.houses.items():
+            key = str(house.id)
+            if key in seen:
+                raise ValueError(f"houses.{mac}.id: {key!r} is already used by houses.{seen[key]}")
+            seen[key] = mac
+        return self
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.community.timezone)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.storage.data_dir)
+
+    @property
+    def is_demo(self) -> bool:
+        return self.source == "demo"
+
+
+_MESSAGES = {
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "finite_number": "must be a finite number",
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be text",
+    "missing": "is required",
+    "extra_forbidden": "unknown key",
+    "dict_type": "must be a mapping of keys to values",
+    "model_type": "must be a mapping of keys to values",
+    "date_from_datetime_parsing": "must be a date (YYYY-MM-DD)",
+    "date_parsing": "must be a date (YYYY-MM-DD)",
+    "date_type": "must be a date (YYYY-MM-DD)",
+}
+
+
+def _format_error(err: dict) -> str:
+    loc = [str(p) for p in err["loc"]]
+    # For unions (house id: int | str) pydantic appends the member type; drop it.
+    loc = [p for p in loc if p not in ("int", "str", "float")]
+    path = ".".join(loc) or "(top level)"
+    etype = err["type"]
+    if etype in _MESSAGES:
+        msg = _MESSAGES[etype]
+    elif etype == "literal_error":
+        msg = "must be one of " + err["ctx"]["expected"]
+    elif etype in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        msg = err["msg"].lower()
+    elif etype == "value_error":
+        msg = str(err["ctx"]["error"])
+        if ": " in msg and msg.split(": ", 1)[0].startswith(("houses.",)):
+            return msg
+    else:
+        msg = err["msg"]
+    return f"{path}: {msg}"
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _expand_env(node, path: str, errors: list[str]):
+    if isinstance(node, dict):
+        return {k: _expand_env(v, f"{path}.{k}" if path else str(k), errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v, f"{path}[{i}]", errors) for i, v in enumerate(node)]
+    if isinstance(node, str):
+        def repl(m: re.Match) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                errors.append(f"{path}: environment variable {name} is not set")
+                return ""
+            return os.environ[name]
+        return _ENV_REF.sub(repl, node)
+    return node
+
+
+def parse_config(data: dict | None, source: str = "config") -> Config:
+    """Validate a parsed YAML mapping; raise ConfigError listing every bad key with its path."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["(top level): must be a mapping of sections"])
+    errors: list[str] = []
+    data = _expand_env(data, "", errors)
+    if errors:
+        raise ConfigError(source, errors)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, [_format_error(e) for e in exc.errors()]) from None
+    tariff_problems = tariff_errors(cfg.tariffs.model_dump() | {"mode": cfg.pricing.mode})
+    if tariff_problems:
+        raise ConfigError(source, [f"tariffs.{e.field}: {e.message}" for e in tariff_problems])
+    cfg.source = source
+    return cfg
+
+
+def demo_config(data_dir: str | None = None) -> Config:
+    """The embedded demo: the seed's five houses, default tariffs, embedded store."""
+    cfg = parse_config({"houses": DEMO_HOUSES}, source="demo")
+    cfg.community.name = "LEG Demo Community"
+    if data_dir:
+        cfg.storage.data_dir = data_dir
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    """Load ``path``, else ``$LEG_CONFIG``, else ``./config.yaml``; without any, the demo config."""
+    explicit = path or os.environ.get(CONFIG_ENV)
+    candidate = Path(explicit) if explicit else Path(DEFAULT_CONFIG_FILE)
+    if not candidate.exists():
+        if explicit:
+            raise ConfigError(str(candidate), ["file not found"])
+        return demo_config()
+    try:
+        data = yaml.safe_load(candidate.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        raise ConfigError(str(candidate), [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+    return parse_config(data, source=str(candidate))

@@ -1,0 +1,1 @@
+"""Ingest: readings from meters and files, validated in one place, into the time-series store."""

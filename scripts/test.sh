@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Run the whole test suite in .venv/. Arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/venv.sh requirements-dev.txt
+exec .venv/bin/python -m pytest "$@"

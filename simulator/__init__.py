@@ -1,0 +1,1 @@
+"""The house simulator: believable load and PV profiles for the demo community."""

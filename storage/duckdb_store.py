@@ -1,0 +1,229 @@
+"""Embedded time-series store on a DuckDB file (the zero-setup default).
+
+Timestamps are stored as naive ``TIMESTAMP`` holding UTC (no ICU or other extension is needed,
+and extension auto-loading is switched off so nothing is ever downloaded at run time). DuckDB
+allows one writing process: in embedded mode one process runs the web server and the ingest
+threads; calls from several threads are serialised by a lock.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from storage.timeseries import (INTERVAL_COLUMNS, QUARANTINE_COLUMNS, READING_COLUMNS,
+                                TimeSeriesStore, WriteResult)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    meter_id VARCHAR NOT NULL,
+    ts TIMESTAMP NOT NULL,
+    import_kwh DOUBLE,
+    export_kwh DOUBLE,
+    power_in_kw DOUBLE,
+    power_out_kw DOUBLE,
+    PRIMARY KEY (meter_id, ts)
+);
+CREATE TABLE IF NOT EXISTS intervals (
+    house_id VARCHAR NOT NULL,
+    start TIMESTAMP NOT NULL,
+    delta_ei_kwh DOUBLE NOT NULL,
+    delta_eo_kwh DOUBLE NOT NULL,
+    flags UTINYINT NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    meter_id VARCHAR NOT NULL,
+    ts TIMESTAMP NOT NULL,
+    import_kwh DOUBLE,
+    export_kwh DOUBLE,
+    reason VARCHAR NOT NULL
+);
+"""
+
+
+def _naive_utc(ts) -> pd.Timestamp:
+    ts = pd.Timestamp(ts)
+    if ts.tzinfo is None:
+        raise ValueError(f"timestamp {ts} has no time zone")
+    return ts.tz_convert("UTC").tz_localize(None)
+
+
+def _to_naive(df: pd.DataFrame, col: str) -> pd.DataFrame:
+    df = df.copy()
+    df[col] = pd.to_datetime(df[col], utc=True).dt.tz_localize(None).astype("datetime64[us]")
+    return df
+
+
+def _to_utc(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
+    for col in cols:
+        df[col] = df[col].astype("datetime64[us]").dt.tz_localize("UTC")
+    return df
+
+
+class DuckDBStore(TimeSeriesStore):
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._con = duckdb.connect(self.path, config={
+            "autoinstall_known_extensions": False, "autoload_known_extensions": False})
+        self._lock = threading.RLock()
+        with self._lock:
+            self._con.execute(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+    def _df(self, sql: str, params=()) -> pd.DataFrame:
+        with self._lock:
+            return self._con.execute(sql, params).df()
+
+    # -- raw readings -------------------------------------------------------------------------
+    def write_readings(self, readings: pd.DataFrame) -> WriteResult:
+        if readings.empty:
+            return WriteResult()
+        df = _to_naive(readings.reindex(columns=READING_COLUMNS), "ts")
+        for c in READING_COLUMNS[2:]:
+            df[c] = df[c].astype("float64")
+        # identical rows within the batch are duplicates; differing rows for one timestamp conflict
+        batch_dups = df.duplicated(keep="first")
+        dup_count = int(batch_dups.sum())
+        df = df[~batch_dups]
+        clash = df.duplicated(subset=["meter_id", "ts"], keep="first")
+        conflicts = [df[clash]]
+        df = df[~clash]
+        with self._lock:
+            con = self._con
+            con.register("incoming", df)
+            try:
+                con.execute("BEGIN")
+                stored = con.execute("""
+                    SELECT i.*, (i.import_kwh IS NOT DISTINCT FROM r.import_kwh
+                                 AND i.export_kwh IS NOT DISTINCT FROM r.export_kwh) AS same
+                    FROM incoming i JOIN readings r USING (meter_id, ts)""").df()
+                con.execute("""
+                    INSERT INTO readings
+                    SELECT i.* FROM incoming i ANTI JOIN readings r USING (meter_id, ts)""")
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                con.unregister("incoming")
+        dup_count += int(stored["same"].sum()) if len(stored) else 0
+        if len(stored):
+            conflicts.append(stored[~stored["same"]].drop(columns="same"))
+        conflicts_df = pd.concat([c for c in conflicts if len(c)], ignore_index=True) \
+            if any(len(c) for c in conflicts) else pd.DataFrame(columns=READING_COLUMNS)
+        if len(conflicts_df):
+            conflicts_df = _to_utc(conflicts_df, "ts")
+        inserted = len(df) - len(stored)
+        return WriteResult(inserted=inserted, duplicates=dup_count, conflicts=conflicts_df)
+
+    def read_readings(self, meter_id=None, start=None, end=None) -> pd.DataFrame:
+        where, params = [], []
+        if meter_id is not None:
+            where.append("meter_id = ?"); params.append(meter_id)
+        if start is not None:
+            where.append("ts >= ?"); params.append(_naive_utc(start))
+        if end is not None:
+            where.append("ts < ?"); params.append(_naive_utc(end))
+        sql = "SELECT * FROM readings" + (" WHERE " + " AND ".join(where) if where else "") \
+            + " ORDER BY meter_id, ts"
+        return _to_utc(self._df(sql, params), "ts")
+
+    def reading_window(self, meter_id, start, end, context=3) -> pd.DataFrame:
+        s, e = _naive_utc(start), _naive_utc(end)
+        sql = """
+            (SELECT * FROM readings WHERE meter_id = $m AND ts < $s ORDER BY ts DESC LIMIT $n)
+            UNION ALL
+            (SELECT * FROM readings WHERE meter_id = $m AND ts >= $s AND ts <= $e)
+            UNION ALL
+            (SELECT * FROM readings WHERE meter_id = $m AND ts > $e ORDER BY ts LIMIT $n)
+            ORDER BY ts"""
+        return _to_utc(self._df(sql, {"m": meter_id, "s": s, "e": e, "n": context}), "ts")
+
+    def meter_ids(self) -> list[str]:
+        with self._lock:
+            return [r[0] for r in self._con.execute(
+                "SELECT DISTINCT meter_id FROM readings ORDER BY 1").fetchall()]
+
+    # -- derived intervals ------------------------------------------------------------------
+    def replace_intervals(self, house_id, start, end, intervals) -> None:
+        df = _to_naive(intervals.reindex(columns=INTERVAL_COLUMNS), "start")
+        df["house_id"] = house_id
+        with self._lock:
+            con = self._con
+            con.register("incoming", df)
+            try:
+                con.execute("BEGIN")
+                con.execute("DELETE FROM intervals WHERE house_id = ? AND start >= ? AND start < ?",
+                            [house_id, _naive_utc(start), _naive_utc(end)])
+                con.execute("INSERT INTO intervals SELECT * FROM incoming")
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                con.unregister("incoming")
+
+    def read_intervals(self, start, end, house_ids=None) -> pd.DataFrame:
+        sql = "SELECT * FROM intervals WHERE start >= $s AND start < $e"
+        params = {"s": _naive_utc(start), "e": _naive_utc(end)}
+        if house_ids is not None:
+            sql += " AND list_contains($h, house_id)"
+            params["h"] = list(house_ids)
+        return _to_utc(self._df(sql + " ORDER BY start, house_id", params), "start")
+
+    def community_totals(self, start, end, house_ids) -> pd.DataFrame:
+        sql = """
+            SELECT start, sum(delta_ei_kwh) AS total_consumption_kwh,
+                   sum(delta_eo_kwh) AS total_production_kwh, count(*) AS houses
+            FROM intervals WHERE start >= $s AND start < $e AND list_contains($h, house_id)
+            GROUP BY start ORDER BY start"""
+        return _to_utc(self._df(sql, {"s": _naive_utc(start), "e": _naive_utc(end),
+                                      "h": list(house_ids)}), "start")
+
+    def house_sums(self, start, end, house_ids, prices) -> pd.DataFrame:
+        p = _to_naive(prices[["start", "p_con", "p_pv"]], "start")
+        sql = """
+            SELECT i.house_id, sum(i.delta_ei_kwh) AS delta_ei_kwh, sum(i.delta_eo_kwh) AS delta_eo_kwh,
+                   sum(i.delta_ei_kwh * p.p_con) AS value_consumption_ct,
+                   sum(i.delta_eo_kwh * p.p_pv) AS value_pv_delivery_ct,
+                   count(*) AS intervals, bit_or(i.flags) AS flags
+            FROM intervals i JOIN prices p USING (start)
+            WHERE i.start >= $s AND i.start < $e AND list_contains($h, i.house_id)
+            GROUP BY i.house_id ORDER BY i.house_id"""
+        with self._lock:
+            self._con.register("prices", p)
+            try:
+                return self._con.execute(sql, {"s": _naive_utc(start), "e": _naive_utc(end),
+                                               "h": list(house_ids)}).df()
+            finally:
+                self._con.unregister("prices")
+
+    # -- quarantine --------------------------------------------------------------------------
+    def replace_quarantine(self, meter_id, start, end, rows) -> None:
+        df = _to_naive(rows.reindex(columns=QUARANTINE_COLUMNS), "ts")
+        df["meter_id"] = meter_id
+        with self._lock:
+            con = self._con
+            con.register("incoming", df)
+            try:
+                con.execute("BEGIN")
+                con.execute("DELETE FROM quarantine WHERE meter_id = ? AND ts >= ? AND ts <= ?",
+                            [meter_id, _naive_utc(start), _naive_utc(end)])
+                con.execute("INSERT INTO quarantine SELECT * FROM incoming")
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                con.unregister("incoming")
+
+    def read_quarantine(self, meter_id=None) -> pd.DataFrame:
+        sql = "SELECT * FROM quarantine" + (" WHERE meter_id = ?" if meter_id else "") + " ORDER BY meter_id, ts"
+        return _to_utc(self._df(sql, [meter_id] if meter_id else []), "ts")

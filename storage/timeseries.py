@@ -1,0 +1,99 @@
+"""The time-series store interface.
+
+Two kinds of data live here:
+
+* raw readings, as received: ``meter_id``, ``ts`` (UTC), cumulative ``import_kwh`` /
+  ``export_kwh`` counters (either may be missing) and optional ``power_in_kw`` / ``power_out_kw``;
+* derived intervals, one row per house and interval start (UTC): ``delta_ei_kwh``,
+  ``delta_eo_kwh`` and ``flags`` (see ``billing.intervals``), plus quarantined readings with reasons.
+
+Timestamps cross this interface as pandas ``datetime64[us, UTC]`` columns. Aggregates are time
+bucketed so that a server store (InfluxDB: ``GROUP BY time(...)``) can answer them natively.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+READING_COLUMNS = ["meter_id", "ts", "import_kwh", "export_kwh", "power_in_kw", "power_out_kw"]
+INTERVAL_COLUMNS = ["house_id", "start", "delta_ei_kwh", "delta_eo_kwh", "flags"]
+QUARANTINE_COLUMNS = ["meter_id", "ts", "import_kwh", "export_kwh", "reason"]
+
+
+@dataclass
+class WriteResult:
+    """What a write of readings did: ``inserted`` new rows, ``duplicates`` identical to stored
+    ones (ignored), and ``conflicts``: rows whose timestamp is stored with other values (rejected)."""
+
+    inserted: int = 0
+    duplicates: int = 0
+    conflicts: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=READING_COLUMNS))
+
+
+def empty_readings() -> pd.DataFrame:
+    df = pd.DataFrame({c: pd.Series(dtype="float64") for c in READING_COLUMNS})
+    df["meter_id"] = df["meter_id"].astype(object)
+    df["ts"] = pd.Series(dtype="datetime64[us, UTC]")
+    return df
+
+
+class TimeSeriesStore(ABC):
+    """Raw readings and derived intervals. Implementations must be safe to call from several threads."""
+
+    # -- raw readings -------------------------------------------------------------------------
+    @abstractmethod
+    def write_readings(self, readings: pd.DataFrame) -> WriteResult:
+        """Store readings (READING_COLUMNS); a reading identical to a stored one is a no-op."""
+
+    @abstractmethod
+    def read_readings(self, meter_id: str | None = None, start: pd.Timestamp | None = None,
+                      end: pd.Timestamp | None = None) -> pd.DataFrame:
+        """Readings with start <= ts < end, ordered by meter and time."""
+
+    @abstractmethod
+    def reading_window(self, meter_id: str, start: pd.Timestamp, end: pd.Timestamp,
+                       context: int = 3) -> pd.DataFrame:
+        """A meter's readings in [start, end] plus up to ``context`` readings before and after."""
+
+    @abstractmethod
+    def meter_ids(self) -> list[str]:
+        """Every meter that has readings."""
+
+    # -- derived intervals ------------------------------------------------------------------
+    @abstractmethod
+    def replace_intervals(self, house_id: str, start: pd.Timestamp, end: pd.Timestamp,
+                          intervals: pd.DataFrame) -> None:
+        """Replace a house's intervals with start <= interval start < end by ``intervals``."""
+
+    @abstractmethod
+    def read_intervals(self, start: pd.Timestamp, end: pd.Timestamp,
+                       house_ids: list[str] | None = None) -> pd.DataFrame:
+        """INTERVAL_COLUMNS for start <= interval start < end, ordered by start and house."""
+
+    @abstractmethod
+    def community_totals(self, start: pd.Timestamp, end: pd.Timestamp,
+                         house_ids: list[str]) -> pd.DataFrame:
+        """Per interval start: ``total_consumption_kwh`` (I), ``total_production_kwh`` (E) and
+        ``houses`` (how many of ``house_ids`` have the interval)."""
+
+    @abstractmethod
+    def house_sums(self, start: pd.Timestamp, end: pd.Timestamp, house_ids: list[str],
+                   prices: pd.DataFrame) -> pd.DataFrame:
+        """Per house: ``delta_ei_kwh``, ``delta_eo_kwh``, ``value_consumption_ct`` (sum of
+        delta_ei x p_con), ``value_pv_delivery_ct`` (sum of delta_eo x p_pv), ``intervals`` and
+        ``flags`` (bitwise or). ``prices`` has columns start, p_con, p_pv."""
+
+    # -- quarantine --------------------------------------------------------------------------
+    @abstractmethod
+    def replace_quarantine(self, meter_id: str, start: pd.Timestamp, end: pd.Timestamp,
+                           rows: pd.DataFrame) -> None:
+        """Replace a meter's quarantined readings with start <= ts <= end by ``rows``."""
+
+    @abstractmethod
+    def read_quarantine(self, meter_id: str | None = None) -> pd.DataFrame:
+        """QUARANTINE_COLUMNS."""
+
+    def close(self) -> None:  # pragma: no cover - trivial default
+        pass
