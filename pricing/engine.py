@@ -21,6 +21,8 @@ consumption price ``p_con`` and the PV delivery price ``p_pv`` actually paid, in
     p_pv  = [min(E,I) p_pv + (E - min(E,I)) p_grid_del] / E
     (I = 0: p_con = p_pv; E = 0: p_pv = p_pv_policy; nobody is charged or paid either way).
 
+"Nobody buys" (I = 0) means I <= MIN_KWH, likewise for E.
+
 Break-even and zev_proportional leave the community with profit 0 in every interval with I > 0:
 houses pay I p_con + grid pays (E-I)+ p_grid_del = producers get E p_pv + grid gets (I-E)+ p_grid_con.
 """
@@ -33,6 +35,9 @@ import numpy as np
 from pricing.tariffs import PRICING_MODES, Tariff
 
 MODE_CODES = {name: i for i, name in enumerate(PRICING_MODES)}
+# Energies at or below this (1 mWh) count as nobody buying or selling in an interval: it keeps
+# interpolation dust from turning E/I into huge ratios.
+MIN_KWH = 1e-6
 
 
 @dataclass
@@ -65,17 +70,17 @@ def interval_prices(I, E, t: TariffArrays) -> tuple[np.ndarray, np.ndarray]:
     """(p_con, p_pv) per interval in ct/kWh for consumption I and production E (kWh arrays)."""
     I = np.asarray(I, dtype=np.float64)
     E = np.asarray(E, dtype=np.float64)
-    buyers = I > 0
-    sellers = E > 0
-    ratio = np.divide(E, I, out=np.zeros_like(E), where=buyers)
+    buyers = I > MIN_KWH
+    sellers = E > MIN_KWH
+    safe_I = np.where(buyers, I, 1.0)
+    safe_E = np.where(sellers, E, 1.0)
 
-    # break_even
+    # break_even; the cap test is multiplied out so a tiny I cannot overflow E/I
     deficit = E < I
-    p_con_surplus = t.p_grid_del + ratio * (t.p_pv - t.p_grid_del)
-    capped = ~deficit & (p_con_surplus > t.p_grid_con)
-    be_con = np.where(deficit, t.p_grid_con + ratio * (t.p_pv - t.p_grid_con),
-                      np.where(capped, t.p_grid_con, p_con_surplus))
-    pv_be = np.divide(I * t.p_grid_con + (E - I) * t.p_grid_del, E, out=t.p_grid_del.copy(), where=sellers)
+    capped = ~deficit & (E * (t.p_pv - t.p_grid_del) > I * (t.p_grid_con - t.p_grid_del))
+    be_con = np.where(deficit, t.p_grid_con + E * (t.p_pv - t.p_grid_con) / safe_I,
+                      np.where(capped, t.p_grid_con, t.p_grid_del + E * (t.p_pv - t.p_grid_del) / safe_I))
+    pv_be = (I * t.p_grid_con + (E - I) * t.p_grid_del) / safe_E
     be_pv = np.where(capped, pv_be, t.p_pv)
     be_con = np.where(buyers, be_con, t.p_grid_con)
     be_pv = np.where(buyers, be_pv, t.p_grid_del)
@@ -86,8 +91,8 @@ def interval_prices(I, E, t: TariffArrays) -> tuple[np.ndarray, np.ndarray]:
 
     # zev_proportional
     local = np.minimum(E, I)
-    zev_con = np.divide(local * t.p_pv + (I - local) * t.p_grid_con, I, out=t.p_pv.copy(), where=buyers)
-    zev_pv = np.divide(local * t.p_pv + (E - local) * t.p_grid_del, E, out=t.p_pv.copy(), where=sellers)
+    zev_con = np.where(buyers, (local * t.p_pv + (I - local) * t.p_grid_con) / safe_I, t.p_pv)
+    zev_pv = np.where(sellers, (local * t.p_pv + (E - local) * t.p_grid_del) / safe_E, t.p_pv)
 
     conds = [t.mode == MODE_CODES["break_even"], t.mode == MODE_CODES["static"]]
     p_con = np.select(conds, [be_con, st_con], zev_con)

@@ -1,0 +1,188 @@
+"""Settlement through the community service on real stores (SQLite ledger, DuckDB file)."""
+import sqlite3
+from datetime import datetime, timezone
+from decimal import Decimal
+
+import pandas as pd
+import pytest
+
+from billing.intervals import RESET
+from billing.settlement import IncompleteDataError, SettlementError, parse_period
+from community import Community
+from config import parse_config
+from storage.ledger import LedgerError
+
+TZ = "Europe/Zurich"
+
+
+@pytest.fixture
+def make_community(tmp_path):
+    opened = []
+
+    def make(houses, mode="break_even", clock=None, tariffs=None, sub="c"):
+        cfg = parse_config({
+            "houses": houses,
+            "tariffs": tariffs or {"p_pv": 20.0, "p_grid_del": 6.0, "p_grid_con": 30.0},
+            "pricing": {"mode": mode},
+            "community": {"name": "Test", "timezone": TZ},
+            "storage": {"data_dir": str(tmp_path / sub)},
+        }, source="test")
+        c = Community.open(cfg, clock=clock or (lambda: datetime(2030, 1, 1, tzinfo=timezone.utc)))
+        opened.append(c)
+        return c
+
+    yield make
+    for c in opened:
+        c.close()
+
+
+def frame(rows):
+    """rows: (meter_id, local or aware ISO time, import_kwh, export_kwh)"""
+    df = pd.DataFrame(rows, columns=["meter_id", "ts", "import_kwh", "export_kwh"])
+    ts = pd.to_datetime(df["ts"])
+    df["ts"] = (ts.dt.tz_localize(TZ) if ts.dt.tz is None else ts.dt.tz_convert("UTC"))
+    df["ts"] = df["ts"].dt.tz_convert("UTC").astype("datetime64[us, UTC]")
+    return df
+
+
+TWO = {"M1": {"id": 1, "name": "One"}, "M2": {"id": 2, "name": "Two", "pv_kwp": 10}}
+
+
+def test_seed_invoice_example_static(make_community):
+    c = make_community({"M1": {"id": "house_1", "name": "House 1"}}, mode="static")
+    c.store_readings(frame([("M1", "2026-01-01T00:00", 1000.0, 5000.0),
+                            ("M1", "2026-02-01T00:00", 1120.3, 5450.5)]))
+    inv = c.settle("2026-01").invoices[0]
+    assert inv["house_id"] == "house_1"
+    assert inv["energy_exported_kwh"] == Decimal("450.500")
+    assert inv["energy_imported_kwh"] == Decimal("120.300")
+    assert inv["export_revenue_ct"] == Decimal("9010.00")
+    assert inv["import_cost_ct"] == Decimal("3007.50")
+    assert inv["net_amount_ct"] == Decimal("6002.50")
+    assert inv["net_amount_chf"] == Decimal("60.03")
+    assert inv["period_start"] == "2026-01-01T00:00:00+01:00"
+    assert inv["period_end"] == "2026-01-31T23:59:59+01:00"
+    assert "estimated" in inv["details"]["flags"]       # one reading at each end of the month
+
+
+def test_break_even_by_hand(make_community):
+    # February 2026: 672 h = 2688 intervals. House 1 uses 1 kWh per interval, house 2 exports 2.
+    # Every interval: I = 1, E = 2 -> p_con = 6 + 2 * 14 = 34 > 30: capped at 30,
+    # p_pv = (1 * 30 + 1 * 6) / 2 = 18 ct/kWh.
+    c = make_community(TWO)
+    c.store_readings(frame([("M1", "2026-02-01T00:00", 0.0, 0.0), ("M1", "2026-03-01T00:00", 2688.0, 0.0),
+                            ("M2", "2026-02-01T00:00", 0.0, 0.0), ("M2", "2026-03-01T00:00", 0.0, 5376.0)]))
+    s = c.settle("2026-02")
+    one, two = s.invoices
+    assert one["import_cost_ct"] == Decimal("80640.00")         # 2688 x 30
+    assert two["export_revenue_ct"] == Decimal("96768.00")      # 5376 x 18
+    assert one["details"]["avg_p_con"] == 30 and two["details"]["avg_p_pv"] == 18
+    assert s.summary.grid_export_kwh == pytest.approx(2688)
+    assert s.summary.value_grid_export_ct == pytest.approx(16128)  # 2688 x 6
+    assert s.summary.balance_ct == pytest.approx(0, abs=1e-6)
+
+
+@pytest.mark.parametrize("month,hours", [("2026-03", 743), ("2026-10", 745), ("2026-07", 744)])
+def test_dst_months_have_the_right_number_of_intervals(make_community, month, hours):
+    p = parse_period(month, c_tz := __import__("zoneinfo").ZoneInfo(TZ))
+    assert p.hours == hours
+    c = make_community({"M1": {"id": 1, "name": "One"}}, mode="static")
+    nxt = (p.end.tz_convert(c_tz)).strftime("%Y-%m-%dT%H:%M")
+    c.store_readings(frame([("M1", f"{month}-01T00:00", 0.0, 0.0), ("M1", nxt, hours * 1.0, 0.0)]))
+    inv = c.settle(month).invoices[0]
+    assert inv["details"]["intervals"] == hours * 4
+    assert inv["energy_imported_kwh"] == Decimal(hours).quantize(Decimal("0.001"))
+
+
+def test_incomplete_data_is_refused_with_houses_and_first_gap(make_community):
+    c = make_community(TWO)
+    c.store_readings(frame([("M1", "2026-02-01T00:00", 0.0, 0.0), ("M1", "2026-03-01T00:00", 10.0, 0.0),
+                            ("M2", "2026-02-01T00:00", 0.0, 0.0), ("M2", "2026-02-10T12:00", 0.0, 5.0)]))
+    with pytest.raises(IncompleteDataError) as err:
+        c.settle("2026-02")
+    msg = str(err.value)
+    assert "house 2" in msg and "2026-02-10 12:00" in msg and "house 1" not in msg
+    assert "--allow-incomplete" in msg
+    s = c.settle("2026-02", allow_incomplete=True)
+    assert s.missing == {"2": 2688 - 912}         # covered: 1 Feb 00:00 to 10 Feb 12:00 = 9.5 days
+    two = s.invoices[1]
+    assert two["details"]["missing_intervals"] == s.missing["2"]
+    assert two["energy_exported_kwh"] == Decimal("5.000")
+    with pytest.raises(SettlementError):
+        c.settle("2026-02", close=True)     # closing also refuses incomplete data
+
+
+def test_house_active_from_mid_period(make_community):
+    houses = {"M1": {"id": 1, "name": "One"}, "M2": {"id": 2, "name": "Two", "active_from": "2026-02-15"}}
+    c = make_community(houses, mode="static")
+    c.store_readings(frame([("M1", "2026-02-01T00:00", 0.0, 0.0), ("M1", "2026-03-01T00:00", 10.0, 0.0),
+                            ("M2", "2026-02-15T00:00", 0.0, 0.0), ("M2", "2026-03-01T00:00", 4.0, 0.0)]))
+    s = c.settle("2026-02")
+    assert not s.missing and s.invoices[1]["details"]["intervals"] == 14 * 96
+
+
+def test_close_issues_gapless_numbers_and_freezes_figures(make_community):
+    c = make_community(TWO, clock=lambda: datetime(2026, 4, 2, tzinfo=timezone.utc))
+    c.store_readings(frame([("M1", "2026-02-01T00:00", 0.0, 0.0), ("M1", "2026-04-01T00:00", 20.0, 0.0),
+                            ("M2", "2026-02-01T00:00", 0.0, 0.0), ("M2", "2026-04-01T00:00", 0.0, 30.0)]))
+    feb = c.settle("2026-02", close=True)
+    assert feb.status == "closed"
+    assert [i["invoice_id"] for i in feb.invoices] == ["INV-2026-001", "INV-2026-002"]
+    mar = c.settle("2026-03", close=True)
+    assert [i["invoice_id"] for i in mar.invoices] == ["INV-2026-003", "INV-2026-004"]
+    before = c.settle("2026-02").invoices
+    # new data for February arrives later: the issued invoices do not change
+    c.store_readings(frame([("M1", "2026-02-14T00:00", 15.0, 0.0)]))
+    after = c.settle("2026-02").invoices
+    assert after == before and after[0]["energy_imported_kwh"] == str(feb.invoices[0]["energy_imported_kwh"])
+    with pytest.raises(LedgerError, match="already closed"):
+        c.ledger.close_period("2026-02", "", "", [], 2026, "x")
+    con = sqlite3.connect(c.ledger.path)
+    with pytest.raises(sqlite3.DatabaseError, match="immutable"):
+        con.execute("UPDATE invoices SET net_amount_ct = '0' WHERE invoice_id = 'INV-2026-001'")
+    with pytest.raises(sqlite3.DatabaseError, match="never deleted"):
+        con.execute("DELETE FROM invoices")
+    con.close()
+
+
+def test_cannot_close_a_running_period(make_community):
+    c = make_community(TWO, clock=lambda: datetime(2026, 2, 20, tzinfo=timezone.utc))
+    with pytest.raises(SettlementError, match="not over yet"):
+        c.settle("2026-02", close=True)
+
+
+def test_bad_period_names_the_format():
+    import zoneinfo
+    for bad in ("2026-13", "2026/01", "26-01", ""):
+        with pytest.raises(SettlementError, match="YYYY-MM"):
+            parse_period(bad, zoneinfo.ZoneInfo(TZ))
+
+
+def test_incremental_updates_match_a_full_recompute(make_community):
+    rows = []
+    counter = 0.0
+    for k in range(0, 24 * 60, 7):            # a reading every 7 minutes for a day
+        counter += 0.05 + (k % 97) / 1000
+        rows.append(("M1", (pd.Timestamp("2026-05-04T00:00") + pd.Timedelta(minutes=k)).isoformat(), counter, None))
+    full = frame(rows)
+    a = make_community({"M1": {"id": 1, "name": "One"}}, sub="a")
+    b = make_community({"M1": {"id": 1, "name": "One"}}, sub="b")
+    a.store_readings(full)
+    shuffled = full.sample(frac=1.0, random_state=3)
+    for chunk in range(0, len(shuffled), 17):       # out-of-order batches
+        b.store_readings(shuffled.iloc[chunk:chunk + 17])
+    day = (pd.Timestamp("2026-05-03T22:00Z"), pd.Timestamp("2026-05-05T00:00Z"))
+    ia, ib = a.store.read_intervals(*day), b.store.read_intervals(*day)
+    assert len(ia) > 90
+    pd.testing.assert_frame_equal(ia, ib, check_exact=False, rtol=1e-12)
+
+
+def test_reset_flag_reaches_the_invoice(make_community):
+    c = make_community({"M1": {"id": 1, "name": "One"}}, mode="static")
+    c.store_readings(frame([("M1", "2026-02-01T00:00", 500.0, 0.0), ("M1", "2026-02-10T00:00", 600.0, 0.0),
+                            ("M1", "2026-02-10T00:10", 1.0, 0.0), ("M1", "2026-03-01T00:00", 51.0, 0.0)]))
+    inv = c.settle("2026-02").invoices[0]
+    assert inv["energy_imported_kwh"] == Decimal("150.000")
+    assert "reset" in inv["details"]["flags"]
+    iv = c.store.read_intervals(pd.Timestamp("2026-02-09T23:00Z"), pd.Timestamp("2026-02-09T23:15Z"))
+    assert iv["flags"].iloc[0] & RESET
