@@ -177,7 +177,7 @@ def _print_settlement(s) -> None:
         click.echo(f"  community: consumption {sm.total_consumption_kwh:.1f} kWh, production "
                    f"{sm.total_production_kwh:.1f} kWh, grid import {sm.grid_import_kwh:.1f} kWh, "
                    f"export {sm.grid_export_kwh:.1f} kWh; self-sufficiency {ss}, self-consumption {sc}, "
-                   f"balance {sm.balance_ct / 100:.2f} CHF")
+                   f"balance {round(sm.balance_ct / 100, 2) + 0.0:.2f} CHF")
 
 
 if __name__ == "__main__":
