@@ -9,12 +9,11 @@ import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "opsd_konstanz_residential_2016-06.csv"
+DATA = ROOT / "tests" / "data" / "opsd_konstanz_residential_2016-06.csv"
 METERS = ["residential1", "residential2", "residential3", "residential4", "residential5",
           "residential6", "public1"]
 P_PV, P_DEL, P_CON = 20.0, 6.0, 30.0
 
-pytestmark = pytest.mark.skipif(not DATA.exists(), reason=f"{DATA} is not present")
 
 
 def long_readings() -> pd.DataFrame:
