@@ -595,7 +595,7 @@ def main(argv=None) -> int:
         write_section(section)
         print(f"wrote {BENCH_MD.relative_to(ROOT)}")
     else:
-        print("BENCHMARKS.md not changed (reduced size; --write to force)")
+        print("BENCHMARKS.md not changed" + (" (reduced size; --write to force)" if args.write is None else ""))
     if res["failures"]:
         print("CHECKS FAILED:\n  " + "\n  ".join(res["failures"]), file=sys.stderr)
         return 1

@@ -19,7 +19,8 @@ consumption price ``p_con`` and the PV delivery price ``p_pv`` actually paid, in
     shared in proportion to each house's delta:
     p_con = [min(E,I) p_pv + (I - min(E,I)) p_grid_con] / I
     p_pv  = [min(E,I) p_pv + (E - min(E,I)) p_grid_del] / E
-    (I = 0: p_con = p_pv; E = 0: p_pv = p_pv_policy; nobody is charged or paid either way).
+    (nobody buys: p_con = p_grid_con and p_pv = p_grid_del, as in break_even; nobody sells while
+    houses buy: p_pv = p_pv_policy).
 
 "Nobody buys" (I = 0) means I <= MIN_KWH, likewise for E.
 
@@ -91,8 +92,9 @@ def interval_prices(I, E, t: TariffArrays) -> tuple[np.ndarray, np.ndarray]:
 
     # zev_proportional
     local = np.minimum(E, I)
-    zev_con = np.where(buyers, (local * t.p_pv + (I - local) * t.p_grid_con) / safe_I, t.p_pv)
-    zev_pv = np.where(sellers, (local * t.p_pv + (E - local) * t.p_grid_del) / safe_E, t.p_pv)
+    zev_con = np.where(buyers, (local * t.p_pv + (I - local) * t.p_grid_con) / safe_I, t.p_grid_con)
+    zev_pv = np.where(sellers, (local * t.p_pv + (E - local) * t.p_grid_del) / safe_E,
+                      np.where(buyers, t.p_pv, t.p_grid_del))
 
     conds = [t.mode == MODE_CODES["break_even"], t.mode == MODE_CODES["static"]]
     p_con = np.select(conds, [be_con, st_con], zev_con)

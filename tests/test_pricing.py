@@ -79,7 +79,7 @@ def tariff_values(draw):
     return a, b, c   # p_grid_del <= p_pv <= p_grid_con
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(st.lists(st.tuples(energy, energy), min_size=1, max_size=50), tariff_values(),
        st.sampled_from(["break_even", "zev_proportional"]))
 def test_profit_is_zero_in_every_interval_with_consumption(flows, tv, mode):
@@ -95,7 +95,7 @@ def test_profit_is_zero_in_every_interval_with_consumption(flows, tv, mode):
     assert np.all(profit[~buyers] <= MIN_KWH * (p_grid_con - p_grid_del) + 1e-6)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(deadline=None)
 @given(st.lists(st.tuples(energy, energy), min_size=1, max_size=50), tariff_values(),
        st.sampled_from(["break_even", "static", "zev_proportional"]))
 def test_prices_stay_between_grid_prices(flows, tv, mode):
