@@ -80,16 +80,23 @@ def import_readings(file, config_path):
         summary = ImportSummary(rows=parsed.rows, errors=[str(e) for e in parsed.errors])
         result = community.store_readings(parsed.readings)
         summary.inserted, summary.duplicates = result.inserted, result.duplicates
+        if result.inserted:
+            meters = set(parsed.readings["meter_id"])
+            for q in community.store.read_quarantine().itertuples(index=False):
+                line = parsed.lines.get((q.meter_id, pd.Timestamp(q.ts)))
+                if q.meter_id in meters and line is not None:
+                    summary.quarantined.append(f"line {line}: quarantined, not billed: {q.reason}")
         for c in result.conflicts.itertuples(index=False):
             line = parsed.lines.get((c.meter_id, pd.Timestamp(c.ts)), "?")
             summary.errors.append(f"line {line}: meter {c.meter_id} at {c.ts.isoformat()} is already "
                                   f"stored with other counter values; kept the stored reading")
     finally:
         community.close()
-    for e in sorted(summary.errors, key=_line_key):
+    for e in sorted(summary.errors + summary.quarantined, key=_line_key):
         click.echo(f"{file}: {e}", err=True)
     click.echo(f"{file}: {summary.rows} rows: {summary.inserted} imported, {summary.duplicates} already "
-               f"stored, {summary.rejected} rejected")
+               f"stored, {summary.rejected} rejected"
+               + (f", {len(summary.quarantined)} quarantined" if summary.quarantined else ""))
     if summary.inserted + summary.duplicates == 0:
         sys.exit(1)
 
@@ -127,6 +134,56 @@ def export_readings(meter, start, end, out, config_path):
         click.echo(f"{out}: {n} readings", err=True)
     else:
         write_readings_csv(readings, sys.stdout)
+
+
+@cli.group()
+def tariffs():
+    """List or add tariff versions (ct/kWh)."""
+
+
+@tariffs.command("list")
+@config_option
+def tariffs_list(config_path):
+    """Every tariff version, oldest first."""
+    community = _open(config_path)
+    try:
+        versions = community.ledger.tariff_versions()
+    finally:
+        community.close()
+    click.echo(f"{'effective from':<26} {'mode':<17} {'p_pv':>7} {'p_grid_del':>11} {'p_grid_con':>11}")
+    for t in versions:
+        click.echo(f"{t.effective_from.astimezone(community.tz).isoformat():<26} {t.mode:<17} "
+                   f"{t.p_pv:>7g} {t.p_grid_del:>11g} {t.p_grid_con:>11g}")
+
+
+@tariffs.command("add")
+@click.option("--p-pv", type=float, required=True, help="PV delivery price, ct/kWh")
+@click.option("--p-grid-del", type=float, required=True, help="grid delivery price, ct/kWh")
+@click.option("--p-grid-con", type=float, required=True, help="grid consumption price, ct/kWh")
+@click.option("--mode", type=click.Choice(["break_even", "static", "zev_proportional"]), default=None,
+              help="pricing mode (default: the current version's)")
+@click.option("--effective-from", help="ISO 8601 time (local without an offset); default now")
+@config_option
+def tariffs_add(p_pv, p_grid_del, p_grid_con, mode, effective_from, config_path):
+    """Add a tariff version, in force from --effective-from."""
+    from ingest.csv_files import parse_timestamp
+    from ingest.readings import ReadingError
+    from pricing.tariffs import Tariff, TariffError
+    community = _open(config_path)
+    try:
+        try:
+            eff = parse_timestamp(effective_from, community.tz) if effective_from else community.clock()
+        except ReadingError as exc:
+            raise click.ClickException(str(exc).replace("timestamp", "--effective-from", 1))
+        mode = mode or community.ledger.tariff_versions()[-1].mode
+        try:
+            tariff = Tariff(p_pv, p_grid_del, p_grid_con, mode, eff)
+            community.add_tariff(tariff, created_by="cli")
+        except (TariffError, SettlementError) as exc:
+            raise click.ClickException(str(exc))
+    finally:
+        community.close()
+    click.echo(f"tariff version added, in force from {eff.astimezone(community.tz).isoformat()}")
 
 
 @cli.command()

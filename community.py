@@ -28,6 +28,7 @@ class ImportSummary:
     inserted: int = 0
     duplicates: int = 0
     errors: list[str] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
 
     @property
     def rejected(self) -> int:
@@ -126,6 +127,17 @@ class Community:
                 r0 = floor_boundary(min(s for s, _ in spans), self.interval_s)
                 r1 = ceil_boundary(max(e for _, e in spans), self.interval_s)
                 self.recompute_house(house.house_id, r0, r1)
+
+    # -- tariffs -------------------------------------------------------------------------------
+    def add_tariff(self, tariff, created_by: str) -> None:
+        """Add a tariff version. It may not take effect inside or before a closed period: issued
+        invoices would no longer match the tariffs on record."""
+        closed_until = self.ledger.closed_until()
+        if closed_until and tariff.effective_from < closed_until:
+            raise SettlementError(
+                f"effective_from {tariff.effective_from.astimezone(self.tz):%Y-%m-%d %H:%M} lies in a "
+                f"closed period; choose {closed_until.astimezone(self.tz):%Y-%m-%d %H:%M} or later")
+        self.ledger.add_tariff(tariff, created_by)
 
     # -- pricing and settlement ---------------------------------------------------------------
     def community_intervals(self, start: pd.Timestamp, end: pd.Timestamp) -> pd.DataFrame:

@@ -225,6 +225,11 @@ class Ledger:
         rows = self._rows("SELECT * FROM settlement_periods WHERE period_id = ?", (period_id,))
         return dict(rows[0]) if rows else None
 
+    def closed_until(self) -> datetime | None:
+        """End (UTC) of the latest closed period, or None."""
+        rows = self._rows("SELECT max(end_utc) FROM settlement_periods WHERE status = 'closed'")
+        return datetime.fromisoformat(rows[0][0]) if rows and rows[0][0] else None
+
     def issued_invoices(self, period_id: str) -> list[dict]:
         rows = self._rows("SELECT * FROM invoices WHERE period_id = ? ORDER BY invoice_id", (period_id,))
         out = []

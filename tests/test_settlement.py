@@ -186,3 +186,21 @@ def test_reset_flag_reaches_the_invoice(make_community):
     assert "reset" in inv["details"]["flags"]
     iv = c.store.read_intervals(pd.Timestamp("2026-02-09T23:00Z"), pd.Timestamp("2026-02-09T23:15Z"))
     assert iv["flags"].iloc[0] & RESET
+
+
+def test_tariff_versions_price_their_own_intervals_and_never_reach_into_closed_periods(make_community):
+    from pricing.tariffs import Tariff
+    c = make_community({"M1": {"id": 1, "name": "One"}}, mode="static",
+                       clock=lambda: datetime(2026, 4, 2, tzinfo=timezone.utc))
+    c.store_readings(frame([("M1", "2026-02-01T00:00", 0.0, 0.0), ("M1", "2026-04-01T00:00", 2830.0, 0.0)]))
+    march = datetime.fromisoformat("2026-03-01T00:00:00+01:00")
+    c.add_tariff(Tariff(20, 6, 80, "static", march), "test")       # p_con (20 + 80) / 2 = 50
+    feb, mar = c.settle("2026-02").invoices[0], c.settle("2026-03").invoices[0]
+    # 2830 kWh over 1415 h (672 in February, 743 in March): 2 kWh per hour
+    assert feb["energy_imported_kwh"] == Decimal("1344.000")
+    assert feb["import_cost_ct"] == Decimal("33600.00")             # 1344 x 25
+    assert mar["import_cost_ct"] == Decimal(1486 * 50).quantize(Decimal("0.01"))   # 743 h x 2 kWh x 50
+    c.settle("2026-02", close=True)
+    with pytest.raises(SettlementError, match="closed period"):
+        c.add_tariff(Tariff(20, 6, 30, "static", datetime.fromisoformat("2026-02-15T00:00:00+01:00")), "test")
+    c.add_tariff(Tariff(20, 6, 30, "static", march), "test")        # at the closed period's end: fine
