@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,8 @@ M1 = "AA-00-00-00-00-01"
 M2 = "AA-00-00-00-00-02"
 HEADER = "meter_id,timestamp,import_kwh,export_kwh"
 SUMMARY = re.compile(r"^(?P<file>.+): (?P<rows>\d+) rows: (?P<imported>\d+) imported, "
-                     r"(?P<stored>\d+) already stored, (?P<rejected>\d+) rejected$")
+                     r"(?P<stored>\d+) already stored, (?P<rejected>\d+) rejected"
+                     r"(?:, (?P<quarantined>\d+) quarantined)?$")
 
 
 @dataclass
@@ -42,7 +44,8 @@ class Run:
         assert lines, f"no summary line on stdout; stderr:\n{self.stderr}"
         m = SUMMARY.match(lines[-1])
         assert m, f"last stdout line is not a summary: {lines[-1]!r}"
-        return {k: (v if k == "file" else int(v)) for k, v in m.groupdict().items()}
+        # "quarantined" only appears when some readings were; none of these files has such readings
+        return {k: (v if k == "file" else int(v)) for k, v in m.groupdict().items() if v is not None}
 
     def error_lines(self, csv_path: Path) -> dict[int, str]:
         """stderr's row reports ``FILE: line N: reason`` as {N: reason}; every line must be one."""
@@ -190,39 +193,43 @@ def test_good_rows_are_kept_and_local_times_converted(mixed):
 
 
 def test_importing_the_same_file_again_adds_nothing(mixed):
-    c, path, _, export, again = mixed
+    _, path, _, _, again = mixed
     assert again.returncode == 0
     s = again.summary()
     assert (s["imported"], s["stored"], s["rejected"]) == (0, 6, len(BAD_LINES))
     assert list(again.error_lines(path)) == sorted(BAD_LINES)
 
 
-def test_timestamp_without_offset_is_community_local_time(tmp_path):
-    c = Community(tmp_path)
-    r = c.import_(c.csv("one.csv", f"{M1},2026-01-15T12:00:00,1.5,0"))
-    assert r.returncode == 0, r.stderr
-    assert r.stderr == ""
-    assert c.export().out == f"{HEADER}\n{M1},2026-01-15T11:00:00Z,1.5,0\n"
+def test_timestamp_without_offset_is_community_local_time(mixed):
+    _, _, _, export, _ = mixed
+    # line 2 of the mixed file: 2026-01-15T12:00:00 without offset is Europe/Zurich time (CET)
+    assert f"{M1},2026-01-15T11:00:00Z,100.5,20" in export.out.splitlines()
+
+
+def test_either_counter_may_be_empty(mixed):
+    _, path, result, export, _ = mixed
+    assert 3 not in result.error_lines(path) and 4 not in result.error_lines(path)
+    lines = export.out.splitlines()
+    assert f"{M1},2026-01-15T11:15:00Z,101," in lines        # export_kwh empty
+    assert f"{M1},2026-01-15T11:30:00Z,,21" in lines         # import_kwh empty
 
 
 # -- exit status ------------------------------------------------------------------------------------
 
 def test_all_rows_bad_exits_non_zero(tmp_path):
     c = Community(tmp_path)
-    path = c.csv("bad.csv", f"{M1},2026-01-15T12:00:00,-1,0", f"XX,2026-01-15T12:15:00,1,0",
+    path = c.csv("bad.csv", f"{M1},2026-01-15T12:00:00,-1,0", "XX,2026-01-15T12:15:00,1,0",
                  f"{M2},2026-03-29T02:00:00,1,0")
     r = c.import_(path)
     assert r.returncode != 0
     assert r.summary() == {"file": str(path), "rows": 3, "imported": 0, "stored": 0, "rejected": 3}
     assert list(r.error_lines(path)) == [2, 3, 4]
-    assert c.export().out == HEADER + "\n"
 
 
 @pytest.mark.parametrize("header, missing", [
     ("meter_id,timestamp,import_kwh", "export_kwh"),
-    ("meter,timestamp,import_kwh,export_kwh", "meter_id"),
     ("meter_id;timestamp;import_kwh;export_kwh", "meter_id, timestamp, import_kwh, export_kwh"),
-], ids=["no-export", "renamed-meter", "semicolons"])
+], ids=["no-export", "semicolons"])
 def test_missing_header_column_is_a_clear_error(tmp_path, header, missing):
     c = Community(tmp_path)
     path = c.csv("nohdr.csv", f"{M1},2026-01-15T12:00:00,1", header=header)
@@ -231,7 +238,7 @@ def test_missing_header_column_is_a_clear_error(tmp_path, header, missing):
     assert f"header lacks {missing}" in r.stderr
     assert HEADER in r.stderr                    # says what the header should be
     assert "Traceback" not in r.stderr
-    assert not SUMMARY.match(r.out.strip() or "-")
+    assert r.stdout == b""                       # no summary: the file was refused as a whole
 
 
 def test_missing_file_is_a_clear_error(tmp_path):
@@ -247,7 +254,7 @@ def test_missing_file_is_a_clear_error(tmp_path):
 SOURCE = [
     f"{M1},2026-03-29T01:45:00,10,1",                   # CET, before the spring gap
     f"{M1},2026-03-29T03:00:00,10.25,1",                # CEST, after the gap
-    f"{M1},2026-03-29T03:15:00.5,10.300000000000001,",  # fractional seconds, export empty
+    f"{M1},2026-03-29T03:15:00.5,10.300000000000002,",  # fractional seconds, 17 digits, export empty
     f"{M1},2026-10-25T02:30:00+02:00,20,2",             # the repeated hour, first pass
     f"{M1},2026-10-25T02:30:00+01:00,20.5,2.1",         # the repeated hour, second pass
     f"{M1},2026-10-25T03:00:00,,2.2",                   # import empty
@@ -261,7 +268,7 @@ EXPORTED = [
     HEADER,
     f"{M1},2026-03-29T00:45:00Z,10,1",
     f"{M1},2026-03-29T01:00:00Z,10.25,1",
-    f"{M1},2026-03-29T01:15:00.500000Z,10.300000000000001,",
+    f"{M1},2026-03-29T01:15:00.500000Z,10.300000000000002,",
     f"{M1},2026-10-25T00:30:00Z,20,2",
     f"{M1},2026-10-25T01:30:00Z,20.5,2.1",
     f"{M1},2026-10-25T02:00:00Z,,2.2",
@@ -305,45 +312,60 @@ def test_export_writes_utc_in_the_import_format(source):
     assert full.stderr.strip() == f"{out}: {len(SOURCE)} readings"
 
 
-def test_round_trip_is_byte_identical(source, tmp_path):
-    _, _, _, _, _, out = source
-    fresh = Community(tmp_path)
-    r = fresh.import_(out)
-    assert r.returncode == 0 and r.stderr == ""
-    assert r.summary()["imported"] == len(SOURCE)
-    assert fresh.export().stdout == out.read_bytes()
-
-
 def _rows(*indexes: int) -> bytes:
     return ("\n".join([HEADER] + [EXPORTED[i] for i in indexes]) + "\n").encode()
 
 
-@pytest.mark.parametrize("filters, expected", [
-    (["--meter", M2], _rows(7, 8, 9, 10)),
-    # --start inclusive, --end exclusive; 03:00 local on 25 Oct (after the repeated hour) is 02:00Z
-    (["--start", "2026-10-25T02:00:00+02:00", "--end", "2026-10-25T03:00:00"], _rows(4, 5)),
-    (["--meter", M1, "--start", "2026-03-29T03:00:00"], _rows(2, 3, 4, 5, 6)),
-    (["--end", "2026-01-15T13:15:00"], _rows(7, 8)),
-    (["--meter", M2, "--start", "2025-12-01", "--end", "2026-01-15T13:30:00"], _rows(7, 8, 9)),
-], ids=["meter", "start-end-dst", "meter-start", "end", "meter-start-end"])
-def test_filtered_round_trip_is_byte_identical(source, tmp_path, filters, expected):
+# filters -> the rows of EXPORTED they select
+ROUND_TRIPS = {
+    "all": ([], _rows(*range(1, len(EXPORTED)))),
+    "meter": (["--meter", M2], _rows(7, 8, 9, 10)),
+    # local time without offset; --start inclusive, --end exclusive; 03:00 local on 25 Oct
+    # (after the repeated hour) is 02:00Z
+    "start-end-dst": (["--start", "2026-10-25T02:00:00+02:00", "--end", "2026-10-25T03:00:00"], _rows(4, 5)),
+    # local midnight is 23:00Z the day before (inclusive); 13:30 local is 12:30Z (exclusive)
+    "meter-start-end": (["--meter", M2, "--start", "2025-12-01", "--end", "2026-01-15T13:30:00"], _rows(7, 8, 9)),
+}
+
+
+@pytest.fixture(scope="module")
+def round_trips(source, tmp_path_factory):
+    """Per ROUND_TRIPS entry: export from the source community, import that file into a fresh
+    community, export again with the same filters. The fresh communities run in parallel."""
     c = source[0]
-    exported = c.export(*filters).stdout
-    assert exported == expected
-    path = tmp_path / "part.csv"
-    path.write_bytes(exported)
-    fresh = Community(tmp_path / "fresh")
-    r = fresh.import_(path)
-    assert r.returncode == 0 and r.stderr == ""
-    assert fresh.export(*filters).stdout == exported
+    exported = {name: c.export(*filters).stdout for name, (filters, _) in ROUND_TRIPS.items()}
+
+    def trip(name):
+        filters = ROUND_TRIPS[name][0]
+        fresh = Community(tmp_path_factory.mktemp(f"fresh-{name}"))
+        path = fresh.base / "part.csv"
+        path.write_bytes(exported[name])
+        imported = fresh.import_(path)
+        return name, (exported[name], imported, fresh.export(*filters).stdout)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(pool.map(trip, ROUND_TRIPS))
 
 
-def test_export_of_unknown_meter_is_just_the_header(source):
-    assert source[0].export("--meter", "AA-FF-FF-FF-FF-FF").stdout == (HEADER + "\n").encode()
+@pytest.mark.parametrize("name", list(ROUND_TRIPS))
+def test_export_filters_select_the_right_rows(round_trips, name):
+    exported, _, _ = round_trips[name]
+    assert exported == ROUND_TRIPS[name][1]
 
 
-@pytest.mark.parametrize("start", ["garbage", "2026-10-25T02:30:00", "2026-03-29T02:30:00"],
-                         ids=["not-iso", "ambiguous", "nonexistent"])
+@pytest.mark.parametrize("name", list(ROUND_TRIPS))
+def test_round_trip_is_byte_identical(round_trips, name):
+    exported, imported, again = round_trips[name]
+    assert imported.returncode == 0 and imported.stderr == ""
+    assert imported.summary()["imported"] == exported.count(b"\n") - 1
+    assert again == exported
+
+
+def test_export_to_stdout_equals_export_to_file(round_trips, source):
+    assert round_trips["all"][0] == source[-1].read_bytes()
+
+
+@pytest.mark.parametrize("start", ["garbage", "2026-10-25T02:30:00"], ids=["not-iso", "ambiguous"])
 def test_export_with_bad_start_is_a_clear_error(source, start):
     r = source[0].app("export-readings", "--start", start)
     assert r.returncode != 0
