@@ -13,12 +13,12 @@ import os
 import re
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pricing.tariffs import tariff_errors
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 CONFIG_ENV = "LEG_CONFIG"
 DEFAULT_CONFIG_FILE = "config.yaml"
@@ -36,13 +36,25 @@ class ConfigError(Exception):
         return f"invalid configuration in {self.source}:\n" + "\n".join(f"  {e}" for e in self.errors)
 
 
+def _not_bool(kind: str):
+    def check(v):
+        if isinstance(v, bool):
+            raise ValueError(f"must be {kind}, got {str(v).lower()}")
+        return v
+    return BeforeValidator(check)
+
+
+Number = Annotated[float, _not_bool("a number")]
+Port = Annotated[int, _not_bool("a whole number"), Field(ge=1, le=65535)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class MqttConfig(_Strict):
     broker: str = "localhost"
-    port: int = Field(1883, ge=1, le=65535)
+    port: Port = 1883
     use_tls: bool = False
     username: str | None = None
     password: str | None = None
@@ -65,15 +77,15 @@ class HouseConfig(_Strict):
     id: int | str
     name: str
     type: str = "real"
-    pv_kwp: float | None = Field(None, ge=0)
+    pv_kwp: Annotated[float | None, _not_bool("a number")] = Field(None, ge=0)
     active_from: date | None = None
-    max_power_kw: float = Field(100.0, gt=0)
+    max_power_kw: Annotated[float, _not_bool("a number")] = Field(100.0, gt=0)
 
 
 class TariffConfig(_Strict):
-    p_pv: float = 20.0
-    p_grid_del: float = 6.0
-    p_grid_con: float = 30.0
+    p_pv: Number = 20.0
+    p_grid_del: Number = 6.0
+    p_grid_con: Number = 30.0
 
 
 class CollectorConfig(_Strict):
@@ -82,7 +94,7 @@ class CollectorConfig(_Strict):
 
 class WebConfig(_Strict):
     host: str = "0.0.0.0"
-    port: int = Field(8060, ge=1, le=65535)
+    port: Port = 8060
     url_prefix: str = "/"
 
 
@@ -139,16 +151,6 @@ class Config(_Strict):
     # Not a key of the file: where the configuration came from ("demo" when there is none).
     source: str = Field("demo", exclude=True)
 
-    @model_validator(mode="after")
-    def _unique_house_ids(self) -> "Config":
-        seen: dict[str, str] = {}
-        for mac, house in self.houses.items():
-            key = str(house.id)
-            if key in seen:
-                raise ValueError(f"houses.{mac}.id: {key!r} is already used by houses.{seen[key]}")
-            seen[key] = mac
-        return self
-
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.community.timezone)
@@ -193,11 +195,12 @@ def _format_error(err: dict) -> str:
     elif etype == "literal_error":
         msg = "must be one of " + err["ctx"]["expected"]
     elif etype in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        msg = err["msg"].lower()
+        words = {"greater_than_equal": "at least", "greater_than": "more than",
+                 "less_than_equal": "at most", "less_than": "less than"}[etype]
+        limit = next(iter(err["ctx"].values()))
+        msg = f"must be {words} {limit}, got {err['input']!r}"
     elif etype == "value_error":
         msg = str(err["ctx"]["error"])
-        if ": " in msg and msg.split(": ", 1)[0].startswith(("houses.",)):
-            return msg
     else:
         msg = err["msg"]
     return f"{path}: {msg}"
@@ -230,17 +233,45 @@ def parse_config(data: dict | None, source: str = "config") -> Config:
         raise ConfigError(source, ["(top level): must be a mapping of sections"])
     errors: list[str] = []
     data = _expand_env(data, "", errors)
-    if errors:
-        raise ConfigError(source, errors)
+    cfg = None
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(source, [_format_error(e) for e in exc.errors()]) from None
-    tariff_problems = tariff_errors(cfg.tariffs.model_dump() | {"mode": cfg.pricing.mode})
-    if tariff_problems:
-        raise ConfigError(source, [f"tariffs.{e.field}: {e.message}" for e in tariff_problems])
+        errors += [_format_error(e) for e in exc.errors()]
+    errors += _duplicate_house_ids(data.get("houses"))
+    errors += _tariff_rule_errors(data.get("tariffs"), data.get("pricing"))
+    if errors:
+        raise ConfigError(source, list(dict.fromkeys(errors)))
     cfg.source = source
     return cfg
+
+
+def _duplicate_house_ids(houses) -> list[str]:
+    if not isinstance(houses, dict):
+        return []
+    seen: dict[str, str] = {}
+    out = []
+    for mac, house in houses.items():
+        if not isinstance(house, dict) or "id" not in house or isinstance(house["id"], (dict, list)):
+            continue
+        key = str(house["id"])
+        if key in seen:
+            out.append(f"houses.{mac}.id: {key!r} is already used by houses.{seen[key]}")
+        else:
+            seen[key] = mac
+    return out
+
+
+def _tariff_rule_errors(tariffs, pricing) -> list[str]:
+    """The tariff rules of pricing.tariffs (finite, >= 0, ordered), checked when the section's
+    types are right (type errors are already reported by the schema)."""
+    try:
+        values = TariffConfig.model_validate(tariffs if tariffs is not None else {}).model_dump()
+    except ValidationError:
+        return []
+    mode = pricing.get("mode") if isinstance(pricing, dict) else None
+    values["mode"] = mode if mode in ("break_even", "static", "zev_proportional") else "break_even"
+    return [f"tariffs.{e.field}: {e.message}" for e in tariff_errors(values)]
 
 
 def demo_config(data_dir: str | None = None) -> Config:
@@ -252,6 +283,26 @@ def demo_config(data_dir: str | None = None) -> Config:
     return cfg
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML as written: duplicate keys are an error, and dates stay text for pydantic to check."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key] + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def load_config(path: str | os.PathLike | None = None) -> Config:
     """Load ``path``, else ``$LEG_CONFIG``, else ``./config.yaml``; without any, the demo config."""
     explicit = path or os.environ.get(CONFIG_ENV)
@@ -261,7 +312,13 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
             raise ConfigError(str(candidate), ["file not found"])
         return demo_config()
     try:
-        data = yaml.safe_load(candidate.read_text(encoding="utf-8"))
+        text = candidate.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(candidate), [f"not UTF-8 text (byte {exc.start})"]) from None
+    except OSError as exc:
+        raise ConfigError(str(candidate), [f"cannot be read: {exc.strerror or exc}"]) from None
+    try:
+        data = yaml.load(text, Loader=_ConfigLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -88,6 +88,7 @@ def parse_readings_csv(source: str | Path | io.TextIOBase, tz: ZoneInfo, known_m
 
     recs: list[tuple] = []
     lines: dict[tuple[str, pd.Timestamp], int] = {}
+    first_values: dict[tuple[str, pd.Timestamp], tuple] = {}
     errors: list[RowError] = []
     rows = 0
     for row in reader:
@@ -114,8 +115,17 @@ def parse_readings_csv(source: str | Path | io.TextIOBase, tz: ZoneInfo, known_m
         except ReadingError as exc:
             errors.append(RowError(line, str(exc)))
             continue
+        key = (meter, pd.Timestamp(ts))
+        if key in lines:
+            first = lines[key]
+            if first_values[key] != (imp, exp):
+                errors.append(RowError(line, f"meter {meter} at {row[pos['timestamp']].strip()} conflicts "
+                                             f"with line {first} (same time, other counter values)"))
+                continue
+        else:
+            lines[key] = line
+            first_values[key] = (imp, exp)
         recs.append((meter, ts, imp, exp, p_in, p_out))
-        lines.setdefault((meter, pd.Timestamp(ts)), line)
     df = pd.DataFrame(recs, columns=["meter_id", "ts", "import_kwh", "export_kwh", "power_in_kw", "power_out_kw"])
     df["ts"] = pd.to_datetime(df["ts"], utc=True).astype("datetime64[us, UTC]")
     for c in ("import_kwh", "export_kwh", "power_in_kw", "power_out_kw"):

@@ -372,11 +372,8 @@ def test_export_with_bad_start_is_a_clear_error(source, start):
     assert "--start/--end" in r.stderr and "Traceback" not in r.stderr
 
 
-# -- known bugs -----------------------------------------------------------------------------------
+# -- conflicts inside one file ---------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="a row that conflicts with an earlier row of the same file is "
-                                       "reported under the earlier (kept) row's line number, as if it "
-                                       "were already stored")
 def test_conflict_within_one_file_names_the_rejected_line(tmp_path):
     c = Community(tmp_path)
     path = c.csv("dup.csv", f"{M1},2026-01-15T12:00:00,1,1", f"{M1},2026-01-15T12:15:00,2,1",
