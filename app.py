@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import csv
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -45,24 +47,121 @@ def cli(ctx):
         ctx.invoke(run)
 
 
+def _wait_for_signal(status=None, every_s: float = 60.0) -> None:
+    """Block until SIGTERM or SIGINT; call ``status()`` every ``every_s`` seconds."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(every_s):
+        if status:
+            status()
+
+
+def _print_status(runtime) -> None:
+    st = runtime.pipeline.status()
+    accepted = sum(s.accepted for s in st.values())
+    rejected = sum(s.rejected_total for s in st.values())
+    unknown = runtime.pipeline.unknown_meters()
+    click.echo(f"{pd.Timestamp.now(tz=runtime.community.tz):%Y-%m-%d %H:%M:%S}: {accepted} readings accepted, "
+               f"{rejected} rejected, {len(unknown)} unknown meter(s), queue {runtime.pipeline.queued}")
+
+
 @cli.command()
 @config_option
-def run(config_path):
-    """Run the app (for now: show the demo community's settlement)."""
-    import demo
+@click.option("--once", is_flag=True, help="start ingest, print the settlements, stop")
+def run(config_path, once):
+    """Run the app: ingest (MQTT; the in-process simulator in the demo) and settlements."""
+    from ingest.runtime import IngestRuntime
     community = _open(config_path)
+    runtime = IngestRuntime(community, simulate=community.cfg.is_demo)
     try:
+        runtime.start()
         if community.cfg.is_demo:
-            added = demo.ensure_history(community)
-            if added:
-                click.echo(f"demo: simulated {added} readings for {len(community.houses())} houses")
+            click.echo(f"demo: {len(community.houses())} simulated houses publishing every 10 s; "
+                       f"history in {community.cfg.data_dir}")
         now = pd.Timestamp.now(tz=community.tz)
         last = (now.replace(day=1) - pd.Timedelta(days=1)).strftime("%Y-%m")
         for period_id in (last, now.strftime("%Y-%m")):
-            s = community.settle(period_id, allow_incomplete=True)
-            _print_settlement(s)
+            _print_settlement(community.settle(period_id, allow_incomplete=True))
+        if not once:
+            click.echo("running; stop with Ctrl-C")
+            _wait_for_signal(lambda: _print_status(runtime))
+    finally:
+        runtime.stop()
+        community.close()
+
+
+@cli.command()
+@config_option
+def collect(config_path):
+    """Run only the ingest (MQTT into the store), e.g. beside a separate web server."""
+    from ingest.runtime import IngestRuntime
+    community = _open(config_path)
+    if not community.cfg.mqtt.enabled:
+        community.close()
+        raise click.ClickException("mqtt.enabled is false: there is nothing to collect")
+    runtime = IngestRuntime(community)
+    try:
+        runtime.start()
+        click.echo(f"collecting from {community.cfg.mqtt.broker}:{community.cfg.mqtt.port} "
+                   f"topic {community.cfg.mqtt.topic}; stop with SIGTERM")
+        _wait_for_signal(lambda: _print_status(runtime))
+        click.echo("stopping: writing buffered readings")
+    finally:
+        runtime.stop()
+        community.close()
+
+
+@cli.command()
+@click.option("--broker", help="host[:port] of the MQTT broker (default: the config's mqtt section)")
+@click.option("--seed", type=int, default=1, show_default=True, help="random seed (deterministic profiles)")
+@click.option("--offset-months", type=int, default=0, show_default=True,
+              help="follow the sun and season this many months ahead")
+@click.option("--backfill", type=float, default=0, help="first write this many days of history to the store")
+@click.option("--all-houses", is_flag=True, help="simulate every house, not only type: simulated")
+@click.option("--interval", type=float, default=10, show_default=True, help="seconds between messages")
+@config_option
+def simulate(broker, seed, offset_months, backfill, all_houses, interval, config_path):
+    """Publish simulated smart meters ({MAC}/SENSOR, section 8.3 format) to an MQTT broker."""
+    import paho.mqtt.client as mqtt
+    from simulator.live import HouseSimulator, SimulatorThread
+    from simulator.profiles import profiles_for
+    community = _open(config_path)
+    cfg = community.cfg
+    profiles = profiles_for(cfg.houses, only_simulated=not all_houses)
+    if not profiles:
+        community.close()
+        raise click.ClickException("no house has type: simulated (use --all-houses)")
+    host, port = cfg.mqtt.broker, cfg.mqtt.port
+    if broker:
+        host, _, p = broker.partition(":")
+        port = int(p) if p else 1883
+    sim = HouseSimulator(profiles, cfg.tz, cfg.data_dir / "simulator_state.json", seed, offset_months)
+    try:
+        if backfill:
+            history = sim.backfill(backfill, pd.Timestamp.now(tz="UTC"))
+            if len(history):
+                community.store_readings(history)
+                click.echo(f"backfilled {len(history)} readings ({backfill:g} days)")
     finally:
         community.close()
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"leg-simulator-{seed}")
+    if cfg.mqtt.username and not broker:
+        client.username_pw_set(cfg.mqtt.username, cfg.mqtt.password)
+    if cfg.mqtt.use_tls and not broker:
+        client.tls_set()
+    client.reconnect_delay_set(1, 60)
+    client.connect_async(host, port)
+    client.loop_start()
+    thread = SimulatorThread(sim, lambda mac, payload: client.publish(f"{mac}/SENSOR", payload, qos=1),
+                             interval_s=interval).start()
+    click.echo(f"publishing {len(profiles)} houses to {host}:{port} every {interval:g} s; stop with Ctrl-C")
+    try:
+        _wait_for_signal()
+    finally:
+        thread.stop()
+        client.disconnect()
+        client.loop_stop()
 
 
 @cli.command("import-readings")

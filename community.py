@@ -69,6 +69,18 @@ class Community:
         return [m for m in self.meters() if m.house_id == house_id]
 
     # -- readings and intervals ---------------------------------------------------------------
+    def last_reading(self, meter_id: str):
+        """The meter's latest stored reading (an ingest.readings.Reading), or None."""
+        from ingest.readings import Reading
+        far = pd.Timestamp("2200-01-01", tz="UTC")
+        df = self.store.reading_window(meter_id, far, far, context=1)
+        if df.empty:
+            return None
+        row = df.iloc[-1]
+        val = lambda x: None if pd.isna(x) else float(x)
+        return Reading(meter_id, row["ts"].to_pydatetime(), val(row["import_kwh"]), val(row["export_kwh"]),
+                       val(row["power_in_kw"]), val(row["power_out_kw"]))
+
     def store_readings(self, readings: pd.DataFrame) -> WriteResult:
         """Store readings and recompute the intervals they touch (incremental)."""
         result = self.store.write_readings(readings)

@@ -60,7 +60,7 @@ class MqttConfig(_Strict):
     password: str | None = None
     topic: str = "+/SENSOR"
     client_id: str = "leg-invoicing"
-    enabled: bool = False
+    enabled: bool = True       # connect to the broker (the demo without a config does not)
 
 
 class InfluxConfig(_Strict):
@@ -278,6 +278,7 @@ def demo_config(data_dir: str | None = None) -> Config:
     """The embedded demo: the seed's five houses, default tariffs, embedded store."""
     cfg = parse_config({"houses": DEMO_HOUSES}, source="demo")
     cfg.community.name = "LEG Demo Community"
+    cfg.mqtt.enabled = False
     if data_dir:
         cfg.storage.data_dir = data_dir
     return cfg

@@ -49,13 +49,32 @@ class CleanCounter:
     reasons: list[str | None]     # reason per quarantined reading
 
 
+def counter_step(d_kwh: float, dt_s: float, limit_kw: float) -> str:
+    """The plausibility rule for one step of a cumulative counter: ``"ok"``, ``"down"`` (it went
+    backwards) or ``"spike"`` (the rise implies more power than ``limit_kw``)."""
+    if d_kwh < -_EPS:
+        return "down"
+    if d_kwh * 3600.0 / max(dt_s, 1e-6) > limit_kw:
+        return "spike"
+    return "ok"
+
+
 def clean_counter(t_s: np.ndarray, v: np.ndarray, limit_kw: float, label: str = "counter") -> CleanCounter:
-    """Classify one counter's readings (sorted by time; NaN = not reported) as described above."""
+    """Classify one counter's readings (sorted by time; NaN = not reported) as described above.
+    The last reading has no successor to confirm it: a dip there counts as a reset, a spike is
+    quarantined."""
     n = len(t_s)
     accepted = np.zeros(n, dtype=bool)
     breaks = np.zeros(n, dtype=bool)
     reasons: list[str | None] = [None] * n
     present = np.flatnonzero(~np.isnan(v))
+    # fast path: every step is ok (the usual case), judged with the same rule, vectorised
+    if len(present) > 1:
+        d = np.diff(v[present])
+        dt = np.maximum(np.diff(t_s[present]), 1e-6)
+        if (d >= -_EPS).all() and (d * 3600.0 / dt <= limit_kw).all():
+            accepted[present] = True
+            return CleanCounter(accepted, breaks, reasons)
     last = -1
     for k, i in enumerate(present):
         if last < 0:
@@ -64,18 +83,19 @@ def clean_counter(t_s: np.ndarray, v: np.ndarray, limit_kw: float, label: str = 
             continue
         nxt = present[k + 1] if k + 1 < len(present) else -1
         d = v[i] - v[last]
-        dt_h = max((t_s[i] - t_s[last]) / 3600.0, 1e-9)
-        if d < -_EPS:
+        dt_s = t_s[i] - t_s[last]
+        step = counter_step(d, dt_s, limit_kw)
+        if step == "down":
             if nxt >= 0 and v[nxt] >= v[last] - _EPS:
                 reasons[i] = (f"{label} went backwards ({v[last]:.3f} -> {v[i]:.3f} kWh) "
                               f"and recovered at the next reading")
                 continue
             breaks[i] = True                     # reset: confirmed by the next reading (or last one)
-        elif d / dt_h > limit_kw:
-            if nxt >= 0 and v[nxt] >= v[i] - _EPS and \
-                    (v[nxt] - v[i]) / max((t_s[nxt] - t_s[i]) / 3600.0, 1e-9) <= limit_kw:
+        elif step == "spike":
+            if nxt >= 0 and counter_step(v[nxt] - v[i], t_s[nxt] - t_s[i], limit_kw) == "ok":
                 breaks[i] = True                 # counter jumped and continues from there
             else:
+                dt_h = max(dt_s, 1e-6) / 3600.0
                 reasons[i] = (f"{label} rose {d:.3f} kWh in {dt_h * 60:.1f} min: implied power "
                               f"{d / dt_h:.1f} kW exceeds the meter's limit of {limit_kw:g} kW")
                 continue

@@ -1,0 +1,407 @@
+"""The ingest pipeline: every live source hands its readings (or its rejections) to one pipeline.
+
+    source thread(s) ──submit()/reject()──▶ bounded queue ──▶ worker thread
+        validate per meter (counter_step, the intervals engine's plausibility rule)
+        → dedupe → batch (written at most ``flush_s`` after receipt, or at ``batch_max`` readings)
+        → time-series store → every ``intervals_every_s``: incremental interval computation
+
+**Back-pressure.** The queue is bounded (``queue_size``). When it is full, ``submit`` waits for
+room: the source thread stops, which for MQTT at QoS 1 means the broker holds the unacknowledged
+messages and redelivers them; nothing is dropped. The first wait and the recovery are logged.
+
+**Validation.** Values are checked by the source's parser (types, finite, >= 0). Here each reading
+is compared with the meter's last accepted one: a normal step is accepted at once; a counter that
+went down, or rose faster than the meter's power limit, is *held* until the next reading decides
+(the same rule as ``billing.intervals.clean_counter``): an isolated outlier is rejected, a sustained
+new level (meter replaced or reset) is accepted as a new series and counted as a reset. A held
+reading with no successor after ``hold_timeout_s`` is decided alone (a dip: reset; a spike: rejected).
+
+Rejections are counted per meter and reason, logged at most once per meter and minute, and kept in
+the meter's status with the last reason. Messages from unknown meters are counted and listed (to be
+adopted by the manager), never stored.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+
+import numpy as np
+import pandas as pd
+
+from billing.intervals import clean_counter, counter_step
+from ingest.readings import Reading
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MeterStatus:
+    meter_id: str
+    house_id: str | None
+    last_import_kwh: float | None = None
+    last_export_kwh: float | None = None
+    last_power_in_kw: float | None = None
+    last_power_out_kw: float | None = None
+    last_seen: datetime | None = None           # time of the last accepted reading
+    last_received: datetime | None = None       # time anything arrived for this meter
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: Counter = field(default_factory=Counter)   # reason code -> count
+    last_rejection: str | None = None
+    last_rejection_at: datetime | None = None
+    resets: int = 0
+    last_reset_at: datetime | None = None
+    held: int = 0
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+
+@dataclass
+class UnknownMeter:
+    meter_id: str
+    messages: int = 0
+    first_seen: datetime | None = None
+    last_seen: datetime | None = None
+    source: str = ""
+
+
+@dataclass
+class _State:
+    last: Reading | None = None
+    held: Reading | None = None
+    loaded: bool = False
+
+
+_FLUSH = object()
+_STOP = object()
+
+
+class Pipeline:
+    def __init__(self, community, *, queue_size: int = 100_000, batch_max: int = 5000,
+                 flush_s: float = 0.5, intervals_every_s: float = 10.0, hold_timeout_s: float = 900.0,
+                 log_every_s: float = 60.0):
+        self.community = community
+        self.batch_max = batch_max
+        self.flush_s = flush_s
+        self.intervals_every_s = intervals_every_s
+        self.hold_timeout_s = hold_timeout_s
+        self.log_every_s = log_every_s
+        self._q: queue.Queue = queue.Queue(maxsize=queue_size)
+        self._lock = threading.Lock()             # guards the status dicts read by other threads
+        self._status: dict[str, MeterStatus] = {}
+        self._unknown: dict[str, UnknownMeter] = {}
+        self._states: dict[str, _State] = {}
+        self._meters = {}
+        self._batch: list[Reading] = []
+        self._batch_since = 0.0
+        self._dirty: dict[str, tuple[pd.Timestamp, pd.Timestamp]] = {}
+        self._last_intervals = time.monotonic()
+        self._last_logged: dict[str, float] = {}
+        self._suppressed: Counter = Counter()
+        self._thread: threading.Thread | None = None
+        self._full_logged = False
+        self.stored = 0
+        self.write_failures = 0
+        self.unattributed: Counter = Counter()   # rejections that name no meter (e.g. foreign topics)
+        self.reload_meters()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> "Pipeline":
+        if self._thread is not None:
+            raise RuntimeError("pipeline already started")
+        self._thread = threading.Thread(target=self._run, name="ingest-pipeline", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Write everything queued and buffered, compute the intervals, then stop the worker."""
+        if self._thread is None:
+            return
+        self._q.put(_STOP)
+        self._thread.join(timeout)
+        self._thread = None
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Block until everything submitted so far is stored and its intervals computed."""
+        done = threading.Event()
+        self._q.put((_FLUSH, done))
+        if not done.wait(timeout):
+            raise TimeoutError("ingest pipeline did not flush in time")
+
+    def reload_meters(self) -> None:
+        meters = {m.meter_id: m for m in self.community.meters()}
+        with self._lock:
+            self._meters = meters
+            for mid, m in meters.items():
+                self._status.setdefault(mid, MeterStatus(mid, m.house_id))
+                self._unknown.pop(mid, None)
+
+    # -- sources call these ----------------------------------------------------------------------
+    def submit(self, reading: Reading, source: str = "") -> None:
+        """Hand over one reading; waits while the queue is full (see back-pressure above)."""
+        self._put(("reading", reading, source))
+
+    def reject(self, meter_id: str | None, code: str, message: str, source: str = "",
+               at: datetime | None = None) -> None:
+        """Count a message a source could not turn into a reading."""
+        self._put(("reject", meter_id, code, message, source, at or datetime.now(timezone.utc)))
+
+    def _put(self, item) -> None:
+        try:
+            self._q.put_nowait(item)
+            return
+        except queue.Full:
+            pass
+        if not self._full_logged:
+            log.warning("ingest queue full (%d items): sources wait until the store catches up",
+                        self._q.maxsize)
+            self._full_logged = True
+        self._q.put(item)
+
+    # -- status (any thread) -----------------------------------------------------------------------
+    def status(self) -> dict[str, MeterStatus]:
+        with self._lock:
+            return {k: replace(v, rejected=Counter(v.rejected)) for k, v in self._status.items()}
+
+    def unknown_meters(self) -> dict[str, UnknownMeter]:
+        with self._lock:
+            return {k: replace(v) for k, v in self._unknown.items()}
+
+    @property
+    def queued(self) -> int:
+        return self._q.qsize()
+
+    # -- worker ------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._q.get(timeout=self._wait_time())
+            except queue.Empty:
+                item = None
+            try:
+                if item is _STOP:
+                    self._decide_held(force=True)
+                    self._write_batch(force=True)
+                    self._compute_intervals(force=True)
+                    return
+                if item is not None and item[0] is _FLUSH:
+                    self._decide_held(force=True)
+                    self._write_batch(force=True)
+                    self._compute_intervals(force=True)
+                    item[1].set()
+                elif item is not None and item[0] == "reading":
+                    self._on_reading(item[1], item[2])
+                elif item is not None and item[0] == "reject":
+                    self._on_reject(*item[1:])
+                self._decide_held(force=False)
+                self._write_batch(force=False)
+                self._compute_intervals(force=False)
+            except Exception:            # never let one bad item end ingest
+                log.exception("ingest pipeline: unexpected error (continuing)")
+
+    def _wait_time(self) -> float:
+        if self._batch:
+            return max(0.0, self._batch_since + self.flush_s - time.monotonic())
+        return min(self.flush_s, 1.0)
+
+    def _on_reject(self, meter_id, code, message, source, at) -> None:
+        with self._lock:
+            if meter_id is not None and meter_id not in self._meters:
+                self._count_unknown(meter_id, source, at)
+                return
+            st = self._status.get(meter_id) if meter_id else None
+            if st is None:
+                self.unattributed[code] += 1
+            else:
+                st.rejected[code] += 1
+                st.last_rejection = message
+                st.last_rejection_at = at
+                st.last_received = at
+        self._log_rejection(meter_id or "?", f"{source}: {message}" if source else message)
+
+    def _count_unknown(self, meter_id: str, source: str, at: datetime) -> None:
+        u = self._unknown.get(meter_id)
+        if u is None:
+            u = self._unknown[meter_id] = UnknownMeter(meter_id, first_seen=at, source=source)
+            log.warning("messages from unknown meter %s (%s): counted, not billed, until adopted",
+                        meter_id, source or "?")
+        u.messages += 1
+        u.last_seen = at
+
+    def _log_rejection(self, meter_id: str, message: str) -> None:
+        now = time.monotonic()
+        last = self._last_logged.get(meter_id)
+        if last is not None and now - last < self.log_every_s:
+            self._suppressed[meter_id] += 1
+            return
+        more = self._suppressed.pop(meter_id, 0)
+        self._last_logged[meter_id] = now
+        log.warning("meter %s: rejected: %s%s", meter_id, message,
+                    f" ({more} more rejections in the last minute)" if more else "")
+
+    def _on_reading(self, r: Reading, source: str) -> None:
+        meter = self._meters.get(r.meter_id)
+        if meter is None:
+            with self._lock:
+                self._count_unknown(r.meter_id, source, r.ts_utc)
+            return
+        state = self._states.setdefault(r.meter_id, _State())
+        if not state.loaded:
+            state.last = self.community.last_reading(r.meter_id)
+            state.loaded = True
+        with self._lock:
+            self._status[r.meter_id].last_received = r.ts_utc
+        self._judge(state, r, meter.max_power_kw)
+
+    def _judge(self, state: _State, r: Reading, limit_kw: float) -> None:
+        last = state.last
+        if last is not None and r.ts_utc <= last.ts_utc:
+            if r.ts_utc == last.ts_utc and (r.import_kwh, r.export_kwh) == (last.import_kwh, last.export_kwh):
+                with self._lock:
+                    self._status[r.meter_id].duplicates += 1
+                return
+            self._rejected(r, "out_of_order", f"reading at {r.ts_utc.isoformat()} is not newer than the "
+                                              f"last accepted one ({last.ts_utc.isoformat()})")
+            return
+        if state.held is None:
+            if last is None or self._steps_ok(last, r, limit_kw):
+                self._accept(state, r, reset=False)
+            else:
+                state.held = r
+                self._set_held(r.meter_id, 1)
+            return
+        # a held reading is decided by this one, then this one is judged on its own
+        held = state.held
+        state.held = None
+        self._set_held(r.meter_id, 0)
+        self._decide(state, held, r, limit_kw)
+        self._judge(state, r, limit_kw)
+
+    @staticmethod
+    def _steps_ok(a: Reading, b: Reading, limit_kw: float) -> bool:
+        dt = (b.ts_utc - a.ts_utc).total_seconds()
+        for x, y in ((a.import_kwh, b.import_kwh), (a.export_kwh, b.export_kwh)):
+            if x is not None and y is not None and counter_step(y - x, dt, limit_kw) != "ok":
+                return False
+        return True
+
+    def _decide(self, state: _State, held: Reading, nxt: Reading | None, limit_kw: float) -> None:
+        """Decide a held reading with the engine's rule, using ``nxt`` as its successor if given."""
+        seq = [state.last, held] + ([nxt] if nxt is not None else [])
+        t = np.array([x.ts_utc.timestamp() for x in seq])
+        reasons, is_break = [], False
+        for attr, label in (("import_kwh", "Ei"), ("export_kwh", "Eo")):
+            v = np.array([np.nan if getattr(x, attr) is None else getattr(x, attr) for x in seq], dtype=float)
+            cc = clean_counter(t, v, limit_kw, label)
+            if cc.reasons[1] is not None:
+                reasons.append(cc.reasons[1])
+            is_break |= bool(cc.breaks[1])
+        if reasons:
+            code = "went_backwards" if "backwards" in reasons[0] else "implausible_power"
+            self._rejected(held, code, "; ".join(reasons))
+        else:
+            self._accept(state, held, reset=is_break)
+
+    def _decide_held(self, force: bool) -> None:
+        now = datetime.now(timezone.utc)
+        for meter_id, state in self._states.items():
+            h = state.held
+            if h is None:
+                continue
+            if force and (now - h.ts_utc).total_seconds() < self.hold_timeout_s:
+                continue          # a flush keeps a recent held reading waiting for its successor
+            if (now - h.ts_utc).total_seconds() >= self.hold_timeout_s:
+                state.held = None
+                self._set_held(meter_id, 0)
+                self._decide(state, h, None, self._meters[meter_id].max_power_kw)
+
+    def _set_held(self, meter_id: str, n: int) -> None:
+        with self._lock:
+            self._status[meter_id].held = n
+
+    def _accept(self, state: _State, r: Reading, reset: bool) -> None:
+        state.last = r
+        if not self._batch:
+            self._batch_since = time.monotonic()
+        self._batch.append(r)
+        with self._lock:
+            st = self._status[r.meter_id]
+            st.accepted += 1
+            st.last_seen = r.ts_utc
+            if r.import_kwh is not None:
+                st.last_import_kwh = r.import_kwh
+            if r.export_kwh is not None:
+                st.last_export_kwh = r.export_kwh
+            st.last_power_in_kw, st.last_power_out_kw = r.power_in_kw, r.power_out_kw
+            if reset:
+                st.resets += 1
+                st.last_reset_at = r.ts_utc
+        if reset:
+            log.warning("meter %s: counter reset or exchange at %s: new series from Ei=%s Eo=%s "
+                        "(intervals flagged 'reset' for review)", r.meter_id, r.ts_utc.isoformat(),
+                        r.import_kwh, r.export_kwh)
+
+    def _rejected(self, r: Reading, code: str, message: str) -> None:
+        with self._lock:
+            st = self._status[r.meter_id]
+            st.rejected[code] += 1
+            st.last_rejection = message
+            st.last_rejection_at = r.ts_utc
+        self._log_rejection(r.meter_id, message)
+
+    def _write_batch(self, force: bool) -> None:
+        if not self._batch:
+            return
+        if not force and len(self._batch) < self.batch_max and \
+                time.monotonic() - self._batch_since < self.flush_s:
+            return
+        batch = self._batch
+        df = pd.DataFrame({
+            "meter_id": [r.meter_id for r in batch],
+            "ts": pd.to_datetime([r.ts_utc for r in batch], utc=True).astype("datetime64[us, UTC]"),
+            "import_kwh": np.array([np.nan if r.import_kwh is None else r.import_kwh for r in batch]),
+            "export_kwh": np.array([np.nan if r.export_kwh is None else r.export_kwh for r in batch]),
+            "power_in_kw": np.array([np.nan if r.power_in_kw is None else r.power_in_kw for r in batch]),
+            "power_out_kw": np.array([np.nan if r.power_out_kw is None else r.power_out_kw for r in batch]),
+        })
+        try:
+            result = self.community.store.write_readings(df)
+        except Exception as exc:
+            # keep the batch and retry: the store may be busy or briefly unavailable
+            self.write_failures += 1
+            if self.write_failures == 1:
+                log.error("cannot write %d readings to the store (%s); keeping them and retrying", len(batch), exc)
+            self._batch_since = time.monotonic()
+            return
+        if self.write_failures:
+            log.warning("store writes recovered after %d failed attempts", self.write_failures)
+            self.write_failures = 0
+        self._batch = []
+        self.stored += result.inserted
+        for meter_id, g in df.groupby("meter_id")["ts"]:
+            lo, hi = g.min(), g.max()
+            if meter_id in self._dirty:
+                a, b = self._dirty[meter_id]
+                lo, hi = min(lo, a), max(hi, b)
+            self._dirty[meter_id] = (lo, hi)
+
+    def _compute_intervals(self, force: bool) -> None:
+        if not self._dirty:
+            return
+        if not force and time.monotonic() - self._last_intervals < self.intervals_every_s:
+            return
+        self._last_intervals = time.monotonic()
+        dirty, self._dirty = self._dirty, {}
+        for meter_id, (lo, hi) in dirty.items():
+            try:
+                self.community.update_intervals(meter_id, lo, hi)
+            except Exception:
+                log.exception("meter %s: interval computation failed; will retry", meter_id)
+                self._dirty[meter_id] = (lo, hi)
