@@ -30,7 +30,7 @@ class HouseProfile:
 
 def sun_elevation_sin(ts_utc: pd.DatetimeIndex, lat: float, lon: float) -> np.ndarray:
     """Sine of the sun's elevation (declination and hour angle; good to a degree or two)."""
-    doy = ts_utc.dayofyear.to_numpy()
+    doy = ts_utc.day_of_year.to_numpy()
     hours = (ts_utc.hour + ts_utc.minute / 60 + ts_utc.second / 3600).to_numpy()
     decl = np.radians(23.44) * np.sin(2 * np.pi * (284 + doy) / 365)
     hour_angle = np.radians(15 * (hours + lon / 15 - 12))
@@ -67,7 +67,7 @@ def house_power_kw(p: HouseProfile, ts_utc: pd.DatetimeIndex, tz: ZoneInfo, seed
     if p.ev == "day":
         load += np.where((hour >= ev_start) & (hour < ev_start + 25 / 11), 11.0, 0.0)
     elif p.ev == "night":
-        weekday = local.weekday.to_numpy()
+        weekday = local.day_of_week.to_numpy()
         evening = (hour >= 22) & np.isin(weekday, (1, 4))               # Tuesday and Friday nights
         morning = (hour < 3) & np.isin(weekday, (2, 5))
         since_22 = np.where(evening, hour - 22, hour + 2)
