@@ -17,7 +17,7 @@ from billing.settlement import (Settlement, SettlementError, compute_settlement,
 from config import Config
 from storage.duckdb_store import DuckDBStore
 from storage.ledger import House, Ledger, Meter
-from storage.timeseries import TimeSeriesStore, WriteResult
+from storage.timeseries import INTERVAL_COLUMNS, QUARANTINE_COLUMNS, TimeSeriesStore, WriteResult
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class Community:
         self.interval_s = cfg.pricing.interval_minutes * 60
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self._compute_lock = threading.Lock()
+        self._meters: dict[str, Meter] | None = None
 
     @classmethod
     def open(cls, cfg: Config, clock=None) -> "Community":
@@ -63,7 +64,16 @@ class Community:
         return self.ledger.houses()
 
     def meters(self) -> list[Meter]:
-        return self.ledger.meters()
+        return list(self._meter_map().values())
+
+    def _meter_map(self) -> dict[str, Meter]:
+        """Active meters by id, cached: the registry changes only through reload_registry()."""
+        if self._meters is None:
+            self._meters = {m.meter_id: m for m in self.ledger.meters()}
+        return self._meters
+
+    def reload_registry(self) -> None:
+        self._meters = None
 
     def meters_of(self, house_id: str) -> list[Meter]:
         return [m for m in self.meters() if m.house_id == house_id]
@@ -86,46 +96,70 @@ class Community:
         result = self.store.write_readings(readings)
         if result.inserted:
             spans = readings.groupby("meter_id")["ts"].agg(["min", "max"])
-            for meter_id, span in spans.iterrows():
-                self.update_intervals(meter_id, span["min"], span["max"])
+            self.update_intervals_many({m: (r["min"], r["max"]) for m, r in spans.iterrows()})
         return result
 
     def update_intervals(self, meter_id: str, t_min: pd.Timestamp, t_max: pd.Timestamp) -> None:
-        """Recompute the intervals that readings of ``meter_id`` in [t_min, t_max] can change:
-        from the boundary before the preceding reading to the boundary after the following one."""
-        meter = next((m for m in self.meters() if m.meter_id == meter_id), None)
-        if meter is None:
-            return
-        ctx = self.store.reading_window(meter_id, t_min, t_max, context=1)
-        r0 = floor_boundary(ctx["ts"].iloc[0], self.interval_s)
-        r1 = ceil_boundary(ctx["ts"].iloc[-1], self.interval_s)
-        self.recompute_house(meter.house_id, r0, r1)
+        self.update_intervals_many({meter_id: (t_min, t_max)})
+
+    def update_intervals_many(self, spans: dict[str, tuple[pd.Timestamp, pd.Timestamp]],
+                              appended: bool = False) -> None:
+        """Recompute the intervals that new readings of each meter in [t_min, t_max] can change:
+        from the boundary before the preceding reading to the boundary after the following one.
+        ``appended``: the readings are the meters' newest (live ingest), none follows them."""
+        meters = self._meter_map()
+        spans = {m: v for m, v in spans.items() if m in meters}
+        neighbours = self.store.neighbour_times(spans, look_after=not appended)
+        houses: dict[str, tuple[pd.Timestamp, pd.Timestamp]] = {}
+        for m, (t_min, t_max) in spans.items():
+            prev, nxt = neighbours.get(m, (None, None))
+            r0 = floor_boundary(prev if prev is not None else t_min, self.interval_s)
+            r1 = ceil_boundary(nxt if nxt is not None else t_max, self.interval_s)
+            h = meters[m].house_id
+            if h in houses:
+                r0, r1 = min(r0, houses[h][0]), max(r1, houses[h][1])
+            houses[h] = (r0, r1)
+        self.recompute_houses(houses)
 
     def recompute_house(self, house_id: str, r0: pd.Timestamp, r1: pd.Timestamp) -> None:
-        if r1 <= r0:
-            return
-        bounds = boundaries(r0, r1, self.interval_s)
+        self.recompute_houses({house_id: (r0, r1)})
+
+    def recompute_houses(self, spans: dict[str, tuple[pd.Timestamp, pd.Timestamp]]) -> None:
+        """Recompute the intervals of each house with start in [r0, r1) from its meters' readings."""
+        spans = {h: (r0, r1) for h, (r0, r1) in spans.items() if r1 > r0}
+        by_house: dict[str, list[Meter]] = {}
+        for m in self.meters():
+            by_house.setdefault(m.house_id, []).append(m)
+        meter_spans = {m.meter_id: spans[h] for h in spans for m in by_house.get(h, [])}
         with self._compute_lock:
-            total_ei = np.zeros(len(bounds) - 1)
-            total_eo = np.zeros(len(bounds) - 1)
-            flags = np.zeros(len(bounds) - 1, dtype=np.uint8)
-            valid = np.ones(len(bounds) - 1, dtype=bool)
-            for m in self.meters_of(house_id):
-                rd = self.store.reading_window(m.meter_id, r0, r1, context=3)
-                res = meter_intervals(m.meter_id, rd, bounds, m.max_power_kw)
-                valid &= res.valid
-                total_ei += np.nan_to_num(res.delta_ei_kwh)
-                total_eo += np.nan_to_num(res.delta_eo_kwh)
-                flags |= res.flags
-                q = res.quarantine
-                if len(q):
-                    log.warning("meter %s: %d reading(s) quarantined, first: %s at %s", m.meter_id,
-                                len(q), q["reason"].iloc[0], q["ts"].iloc[0])
-                self.store.replace_quarantine(m.meter_id, r0, r1, q)
-            starts = pd.to_datetime(bounds[:-1][valid], unit="s", utc=True).astype("datetime64[us, UTC]")
-            df = pd.DataFrame({"house_id": house_id, "start": starts, "delta_ei_kwh": total_ei[valid],
-                               "delta_eo_kwh": total_eo[valid], "flags": flags[valid]})
-            self.store.replace_intervals(house_id, r0, r1, df)
+            windows = self.store.reading_windows(meter_spans, context=3)
+            frames, quarantined = [], []
+            for house_id, (r0, r1) in spans.items():
+                bounds = boundaries(r0, r1, self.interval_s)
+                n = len(bounds) - 1
+                total_ei, total_eo = np.zeros(n), np.zeros(n)
+                flags = np.zeros(n, dtype=np.uint8)
+                valid = np.ones(n, dtype=bool) if by_house.get(house_id) else np.zeros(n, dtype=bool)
+                for m in by_house.get(house_id, []):
+                    res = meter_intervals(m.meter_id, windows[m.meter_id], bounds, m.max_power_kw)
+                    valid &= res.valid
+                    total_ei += np.nan_to_num(res.delta_ei_kwh)
+                    total_eo += np.nan_to_num(res.delta_eo_kwh)
+                    flags |= res.flags
+                    q = res.quarantine
+                    if len(q):
+                        log.warning("meter %s: %d reading(s) quarantined, first: %s at %s", m.meter_id,
+                                    len(q), q["reason"].iloc[0], q["ts"].iloc[0])
+                        quarantined.append(q)
+                starts = pd.to_datetime(bounds[:-1][valid], unit="s", utc=True).astype("datetime64[us, UTC]")
+                frames.append(pd.DataFrame({"house_id": house_id, "start": starts,
+                                            "delta_ei_kwh": total_ei[valid], "delta_eo_kwh": total_eo[valid],
+                                            "flags": flags[valid]}))
+            intervals = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=INTERVAL_COLUMNS)
+            q_all = pd.concat(quarantined, ignore_index=True) if quarantined else \
+                pd.DataFrame(columns=QUARANTINE_COLUMNS)
+            self.store.replace_intervals_many(spans, intervals)
+            self.store.replace_quarantine_many(meter_spans, q_all)
 
     def recompute_all(self) -> None:
         """Recompute every house's intervals from all stored readings."""

@@ -32,6 +32,7 @@ class MqttSource:
         self.connects = 0
         self.last_error: str | None = None
         self._was_connected = False
+        self._stopping = False
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or cfg.client_id,
                                   clean_session=False, protocol=mqtt.MQTTv311)
         self.client.max_inflight_messages_set(1000)
@@ -53,6 +54,7 @@ class MqttSource:
         return self
 
     def stop(self) -> None:
+        self._stopping = True
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -74,7 +76,7 @@ class MqttSource:
         self._was_connected = True
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties):
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._stopping:
             self.last_error = f"disconnected: {reason_code}"
             log.warning("MQTT: %s; reconnecting with backoff", self.last_error)
         self.connected.clear()

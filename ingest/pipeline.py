@@ -98,6 +98,8 @@ class Pipeline:
         self._status: dict[str, MeterStatus] = {}
         self._unknown: dict[str, UnknownMeter] = {}
         self._states: dict[str, _State] = {}
+        self._held: set[str] = set()              # meters with a held reading
+        self._last_held_check = 0.0
         self._meters = {}
         self._batch: list[Reading] = []
         self._batch_since = 0.0
@@ -120,12 +122,13 @@ class Pipeline:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Write everything queued and buffered, compute the intervals, then stop the worker."""
+    def stop(self) -> None:
+        """Write everything queued and buffered, compute the intervals, then stop the worker
+        (waits for it: stopping early would lose what is buffered)."""
         if self._thread is None:
             return
         self._q.put(_STOP)
-        self._thread.join(timeout)
+        self._thread.join()
         self._thread = None
 
     def flush(self, timeout: float = 30.0) -> None:
@@ -256,8 +259,7 @@ class Pipeline:
         if not state.loaded:
             state.last = self.community.last_reading(r.meter_id)
             state.loaded = True
-        with self._lock:
-            self._status[r.meter_id].last_received = r.ts_utc
+        self._status[r.meter_id].last_received = r.ts_utc     # a single attribute store: atomic
         self._judge(state, r, meter.max_power_kw)
 
     def _judge(self, state: _State, r: Reading, limit_kw: float) -> None:
@@ -310,10 +312,15 @@ class Pipeline:
             self._accept(state, held, reset=is_break)
 
     def _decide_held(self, force: bool) -> None:
+        if not self._held or (not force and time.monotonic() - self._last_held_check < 1.0):
+            return
+        self._last_held_check = time.monotonic()
         now = datetime.now(timezone.utc)
-        for meter_id, state in self._states.items():
+        for meter_id in list(self._held):
+            state = self._states[meter_id]
             h = state.held
             if h is None:
+                self._held.discard(meter_id)
                 continue
             if force and (now - h.ts_utc).total_seconds() < self.hold_timeout_s:
                 continue          # a flush keeps a recent held reading waiting for its successor
@@ -323,6 +330,10 @@ class Pipeline:
                 self._decide(state, h, None, self._meters[meter_id].max_power_kw)
 
     def _set_held(self, meter_id: str, n: int) -> None:
+        if n:
+            self._held.add(meter_id)
+        else:
+            self._held.discard(meter_id)
         with self._lock:
             self._status[meter_id].held = n
 
@@ -399,9 +410,12 @@ class Pipeline:
             return
         self._last_intervals = time.monotonic()
         dirty, self._dirty = self._dirty, {}
-        for meter_id, (lo, hi) in dirty.items():
-            try:
-                self.community.update_intervals(meter_id, lo, hi)
-            except Exception:
-                log.exception("meter %s: interval computation failed; will retry", meter_id)
+        try:
+            self.community.update_intervals_many(dirty, appended=True)
+        except Exception:
+            log.exception("interval computation for %d meters failed; will retry", len(dirty))
+            for meter_id, (lo, hi) in dirty.items():
+                if meter_id in self._dirty:
+                    a, b = self._dirty[meter_id]
+                    lo, hi = min(lo, a), max(hi, b)
                 self._dirty[meter_id] = (lo, hi)

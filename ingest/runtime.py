@@ -27,8 +27,8 @@ class IngestRuntime:
         self.backfill_days = backfill_days
         self.seed = seed
         self.offset_months = offset_months
-        self.pipeline = Pipeline(community, intervals_every_s=max(1.0, min(cfg.collector.interval, 60)),
-                                 **(pipeline_options or {}))
+        options = {"intervals_every_s": max(1.0, min(cfg.collector.interval, 60))} | (pipeline_options or {})
+        self.pipeline = Pipeline(community, **options)
         self.intake = SensorIntake(self.pipeline, anchors_path=cfg.data_dir / "sensor_clock.json")
         self.mqtt = None
         self.simulator = None

@@ -146,6 +146,116 @@ class DuckDBStore(TimeSeriesStore):
             ORDER BY ts"""
         return _to_utc(self._df(sql, {"m": meter_id, "s": s, "e": e, "n": context}), "ts")
 
+    def reading_windows(self, spans, context=3) -> dict[str, pd.DataFrame]:
+        """One scan for all meters: readings within two days around each span; a meter whose
+        context lies further away (a long gap) falls back to its own query."""
+        if not spans:
+            return {}
+        margin = pd.Timedelta(days=2)
+        sp = pd.DataFrame([(m, _naive_utc(lo), _naive_utc(hi)) for m, (lo, hi) in spans.items()],
+                          columns=["meter_id", "lo", "hi"])
+        sp["lo"] = sp["lo"].astype("datetime64[us]")
+        sp["hi"] = sp["hi"].astype("datetime64[us]")
+        with self._lock:
+            self._con.register("spans", sp)
+            try:
+                df = self._con.execute("""
+                    SELECT r.*, s.lo, s.hi FROM readings r JOIN spans s USING (meter_id)
+                    WHERE r.ts >= s.lo - INTERVAL 2 DAY AND r.ts <= s.hi + INTERVAL 2 DAY
+                    ORDER BY r.meter_id, r.ts""").df()
+            finally:
+                self._con.unregister("spans")
+        out = {}
+        groups = dict(tuple(df.groupby("meter_id", sort=False))) if len(df) else {}
+        for m, (lo, hi) in spans.items():
+            g = groups.get(m)
+            if g is None:
+                out[m] = self.reading_window(m, lo, hi, context)
+                continue
+            lo_n, hi_n = _naive_utc(lo), _naive_utc(hi)
+            before = g[g["ts"] < lo_n]
+            after = g[g["ts"] > hi_n]
+            first_ts, last_ts = g["ts"].iloc[0], g["ts"].iloc[-1]
+            if len(before) < context and first_ts > lo_n - margin or len(after) < context and last_ts < hi_n + margin:
+                # the margin may cut the context off: ask for this meter alone
+                out[m] = self.reading_window(m, lo, hi, context)
+                continue
+            inside = g[(g["ts"] >= lo_n) & (g["ts"] <= hi_n)]
+            w = pd.concat([before.tail(context), inside, after.head(context)]).drop(columns=["lo", "hi"])
+            out[m] = _to_utc(w.reset_index(drop=True), "ts")
+        return out
+
+    def replace_intervals_many(self, spans, intervals) -> None:
+        self._replace_many("intervals", "house_id", "start", spans,
+                           _to_naive(intervals.reindex(columns=INTERVAL_COLUMNS), "start"), inclusive_end=False)
+
+    def replace_quarantine_many(self, spans, rows) -> None:
+        self._replace_many("quarantine", "meter_id", "ts", spans,
+                           _to_naive(rows.reindex(columns=QUARANTINE_COLUMNS), "ts"), inclusive_end=True)
+
+    def _replace_many(self, table, key, tcol, spans, df, inclusive_end) -> None:
+        if not spans:
+            return
+        sp = pd.DataFrame([(k, _naive_utc(lo), _naive_utc(hi)) for k, (lo, hi) in spans.items()],
+                          columns=["k", "lo", "hi"])
+        sp["lo"] = sp["lo"].astype("datetime64[us]")
+        sp["hi"] = sp["hi"].astype("datetime64[us]")
+        end_op = "<=" if inclusive_end else "<"
+        with self._lock:
+            con = self._con
+            con.register("spans", sp)
+            con.register("incoming", df)
+            try:
+                con.execute("BEGIN")
+                con.execute(f"DELETE FROM {table} USING spans WHERE {table}.{key} = spans.k "
+                            f"AND {table}.{tcol} >= spans.lo AND {table}.{tcol} {end_op} spans.hi")
+                if len(df):
+                    con.execute(f"INSERT INTO {table} SELECT * FROM incoming")
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+            finally:
+                con.unregister("spans")
+                con.unregister("incoming")
+
+    def neighbour_times(self, spans, look_after: bool = True
+                        ) -> dict[str, tuple[pd.Timestamp | None, pd.Timestamp | None]]:
+        """Per meter: the latest reading before its span and the earliest after it (None if none).
+        ``look_after=False`` when the span's readings are known to be the newest (live ingest)."""
+        if not spans:
+            return {}
+        sp = pd.DataFrame([(m, _naive_utc(lo), _naive_utc(hi)) for m, (lo, hi) in spans.items()],
+                          columns=["meter_id", "lo", "hi"])
+        sp["lo"] = sp["lo"].astype("datetime64[us]")
+        sp["hi"] = sp["hi"].astype("datetime64[us]")
+        with self._lock:
+            self._con.register("spans", sp)
+            try:
+                df = self._con.execute("""
+                    SELECT s.meter_id,
+                           max(r.ts) FILTER (WHERE r.ts < s.lo) AS prev,
+                           min(r.ts) FILTER (WHERE r.ts > s.hi) AS next
+                    FROM spans s JOIN readings r USING (meter_id)
+                    WHERE r.ts >= s.lo - INTERVAL 2 DAY AND r.ts <= s.hi + INTERVAL 2 DAY
+                    GROUP BY s.meter_id""").df()
+            finally:
+                self._con.unregister("spans")
+        out = {}
+        found = {r.meter_id: (r.prev, r.next) for r in df.itertuples(index=False)}
+        for m, (lo, hi) in spans.items():
+            prev, nxt = found.get(m, (None, None))
+            prev = None if prev is None or pd.isna(prev) else pd.Timestamp(prev).tz_localize("UTC")
+            nxt = None if nxt is None or pd.isna(nxt) else pd.Timestamp(nxt).tz_localize("UTC")
+            if prev is None or (nxt is None and look_after):   # maybe beyond the margin: ask directly
+                w = self.reading_window(m, lo, hi, context=1)
+                if prev is None and len(w) and w["ts"].iloc[0] < lo:
+                    prev = w["ts"].iloc[0]
+                if nxt is None and len(w) and w["ts"].iloc[-1] > hi:
+                    nxt = w["ts"].iloc[-1]
+            out[m] = (prev, nxt)
+        return out
+
     def meter_ids(self) -> list[str]:
         with self._lock:
             return [r[0] for r in self._con.execute(

@@ -57,6 +57,22 @@ class TimeSeriesStore(ABC):
                        context: int = 3) -> pd.DataFrame:
         """A meter's readings in [start, end] plus up to ``context`` readings before and after."""
 
+    def reading_windows(self, spans: dict[str, tuple[pd.Timestamp, pd.Timestamp]],
+                        context: int = 3) -> dict[str, pd.DataFrame]:
+        """``reading_window`` for many meters at once (implementations may batch it)."""
+        return {m: self.reading_window(m, lo, hi, context) for m, (lo, hi) in spans.items()}
+
+    def neighbour_times(self, spans: dict[str, tuple[pd.Timestamp, pd.Timestamp]], look_after: bool = True
+                        ) -> dict[str, tuple[pd.Timestamp | None, pd.Timestamp | None]]:
+        """Per meter: the latest reading before its span and the earliest after it (None if none)."""
+        out = {}
+        for m, (lo, hi) in spans.items():
+            w = self.reading_window(m, lo, hi, context=1)
+            prev = w["ts"].iloc[0] if len(w) and w["ts"].iloc[0] < lo else None
+            nxt = w["ts"].iloc[-1] if len(w) and w["ts"].iloc[-1] > hi and look_after else None
+            out[m] = (prev, nxt)
+        return out
+
     @abstractmethod
     def meter_ids(self) -> list[str]:
         """Every meter that has readings."""
@@ -66,6 +82,12 @@ class TimeSeriesStore(ABC):
     def replace_intervals(self, house_id: str, start: pd.Timestamp, end: pd.Timestamp,
                           intervals: pd.DataFrame) -> None:
         """Replace a house's intervals with start <= interval start < end by ``intervals``."""
+
+    def replace_intervals_many(self, spans: dict[str, tuple[pd.Timestamp, pd.Timestamp]],
+                               intervals: pd.DataFrame) -> None:
+        """``replace_intervals`` for many houses at once (implementations may batch it)."""
+        for house_id, (lo, hi) in spans.items():
+            self.replace_intervals(house_id, lo, hi, intervals[intervals["house_id"] == house_id])
 
     @abstractmethod
     def read_intervals(self, start: pd.Timestamp, end: pd.Timestamp,
@@ -90,6 +112,11 @@ class TimeSeriesStore(ABC):
     def replace_quarantine(self, meter_id: str, start: pd.Timestamp, end: pd.Timestamp,
                            rows: pd.DataFrame) -> None:
         """Replace a meter's quarantined readings with start <= ts <= end by ``rows``."""
+
+    def replace_quarantine_many(self, spans: dict[str, tuple[pd.Timestamp, pd.Timestamp]],
+                                rows: pd.DataFrame) -> None:
+        for meter_id, (lo, hi) in spans.items():
+            self.replace_quarantine(meter_id, lo, hi, rows[rows["meter_id"] == meter_id])
 
     @abstractmethod
     def read_quarantine(self, meter_id: str | None = None) -> pd.DataFrame:
