@@ -76,7 +76,8 @@ class UnknownMeter:
 class _State:
     last: Reading | None = None
     held: Reading | None = None
-    loaded: bool = False
+    held_since: float = 0.0        # monotonic time the reading was held (not its timestamp:
+    loaded: bool = False           # a backlog's readings are old, their successors queued)
 
 
 _FLUSH = object()
@@ -190,7 +191,7 @@ class Pipeline:
                 item = None
             try:
                 if item is _STOP:
-                    self._decide_held(force=True)
+                    self._decide_held(force=True, stopping=True)
                     self._write_batch(force=True)
                     self._compute_intervals(force=True)
                     return
@@ -263,6 +264,16 @@ class Pipeline:
         self._judge(state, r, meter.max_power_kw)
 
     def _judge(self, state: _State, r: Reading, limit_kw: float) -> None:
+        held = state.held
+        if held is not None and r.ts_utc <= held.ts_utc:
+            # a redelivered copy of the held reading does not confirm it
+            if r.ts_utc == held.ts_utc and (r.import_kwh, r.export_kwh) == (held.import_kwh, held.export_kwh):
+                with self._lock:
+                    self._status[r.meter_id].duplicates += 1
+                return
+            self._rejected(r, "out_of_order", f"reading at {r.ts_utc.isoformat()} is not newer than the "
+                                              f"one before it ({held.ts_utc.isoformat()})")
+            return
         last = state.last
         if last is not None and r.ts_utc <= last.ts_utc:
             if r.ts_utc == last.ts_utc and (r.import_kwh, r.export_kwh) == (last.import_kwh, last.export_kwh):
@@ -277,6 +288,7 @@ class Pipeline:
                 self._accept(state, r, reset=False)
             else:
                 state.held = r
+                state.held_since = time.monotonic()
                 self._set_held(r.meter_id, 1)
             return
         # a held reading is decided by this one, then this one is judged on its own
@@ -311,20 +323,20 @@ class Pipeline:
         else:
             self._accept(state, held, reset=is_break)
 
-    def _decide_held(self, force: bool) -> None:
+    def _decide_held(self, force: bool, stopping: bool = False) -> None:
+        """Decide held readings that waited ``hold_timeout_s`` for a successor (measured on the
+        monotonic clock from when they were held). A flush leaves recent ones waiting; stopping
+        decides every one, so nothing stays undecided."""
         if not self._held or (not force and time.monotonic() - self._last_held_check < 1.0):
             return
-        self._last_held_check = time.monotonic()
-        now = datetime.now(timezone.utc)
+        self._last_held_check = now = time.monotonic()
         for meter_id in list(self._held):
             state = self._states[meter_id]
             h = state.held
             if h is None:
                 self._held.discard(meter_id)
                 continue
-            if force and (now - h.ts_utc).total_seconds() < self.hold_timeout_s:
-                continue          # a flush keeps a recent held reading waiting for its successor
-            if (now - h.ts_utc).total_seconds() >= self.hold_timeout_s:
+            if stopping or now - state.held_since >= self.hold_timeout_s:
                 state.held = None
                 self._set_held(meter_id, 0)
                 self._decide(state, h, None, self._meters[meter_id].max_power_kw)

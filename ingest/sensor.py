@@ -53,7 +53,10 @@ def _number(obj: dict, key: str, unit: str, required: bool) -> float | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         kind = "a string" if isinstance(v, str) else type(v).__name__
         raise MessageError("wrong_type", f"{key}: must be a JSON number of {unit}, got {kind} {v!r:.40}")
-    v = float(v)
+    try:
+        v = float(v)
+    except OverflowError:
+        raise MessageError("not_finite", f"{key}: {str(v)[:20]}... is too large") from None
     if not math.isfinite(v):
         raise MessageError("not_finite", f"{key}: must be finite, got {v}")
     if v < 0:
@@ -75,7 +78,7 @@ def parse_sensor_payload(meter_id: str, payload: bytes, received_at: datetime,
         obj = json.loads(text, parse_constant=_reject_constant)
     except MessageError:
         raise
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:       # JSONDecodeError, or an integer too long
         where = f" at character {exc.pos}" if isinstance(exc, json.JSONDecodeError) else ""
         raise MessageError("not_json", f"payload is not JSON{where}: {text[:60]!r}") from None
     if not isinstance(obj, dict):
