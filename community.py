@@ -81,15 +81,15 @@ class Community:
     # -- readings and intervals ---------------------------------------------------------------
     def last_reading(self, meter_id: str):
         """The meter's latest stored reading (an ingest.readings.Reading), or None."""
+        return self.last_readings([meter_id]).get(meter_id)
+
+    def last_readings(self, meter_ids: list[str]) -> dict:
+        """Latest stored reading per meter (ingest.readings.Reading), for meters that have one."""
         from ingest.readings import Reading
-        far = pd.Timestamp("2200-01-01", tz="UTC")
-        df = self.store.reading_window(meter_id, far, far, context=1)
-        if df.empty:
-            return None
-        row = df.iloc[-1]
         val = lambda x: None if pd.isna(x) else float(x)
-        return Reading(meter_id, row["ts"].to_pydatetime(), val(row["import_kwh"]), val(row["export_kwh"]),
-                       val(row["power_in_kw"]), val(row["power_out_kw"]))
+        return {r.meter_id: Reading(r.meter_id, r.ts.to_pydatetime(), val(r.import_kwh), val(r.export_kwh),
+                                    val(r.power_in_kw), val(r.power_out_kw))
+                for r in self.store.last_readings(meter_ids).itertuples(index=False)}
 
     def store_readings(self, readings: pd.DataFrame) -> WriteResult:
         """Store readings and recompute the intervals they touch (incremental)."""
@@ -119,12 +119,13 @@ class Community:
             if h in houses:
                 r0, r1 = min(r0, houses[h][0]), max(r1, houses[h][1])
             houses[h] = (r0, r1)
-        self.recompute_houses(houses)
+        self.recompute_houses(houses, appended=appended)
 
     def recompute_house(self, house_id: str, r0: pd.Timestamp, r1: pd.Timestamp) -> None:
         self.recompute_houses({house_id: (r0, r1)})
 
-    def recompute_houses(self, spans: dict[str, tuple[pd.Timestamp, pd.Timestamp]]) -> None:
+    def recompute_houses(self, spans: dict[str, tuple[pd.Timestamp, pd.Timestamp]],
+                         appended: bool = False) -> None:
         """Recompute the intervals of each house with start in [r0, r1) from its meters' readings."""
         spans = {h: (r0, r1) for h, (r0, r1) in spans.items() if r1 > r0}
         by_house: dict[str, list[Meter]] = {}
@@ -132,7 +133,7 @@ class Community:
             by_house.setdefault(m.house_id, []).append(m)
         meter_spans = {m.meter_id: spans[h] for h in spans for m in by_house.get(h, [])}
         with self._compute_lock:
-            windows = self.store.reading_windows(meter_spans, context=3)
+            windows = self.store.reading_windows(meter_spans, context=3, look_after=not appended)
             frames, quarantined = [], []
             for house_id, (r0, r1) in spans.items():
                 bounds = boundaries(r0, r1, self.interval_s)

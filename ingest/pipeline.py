@@ -96,9 +96,9 @@ class Pipeline:
         self.log_every_s = log_every_s
         self._q: queue.Queue = queue.Queue(maxsize=queue_size)
         self._lock = threading.Lock()             # guards the status dicts read by other threads
+        self._states: dict[str, _State] = {}
         self._status: dict[str, MeterStatus] = {}
         self._unknown: dict[str, UnknownMeter] = {}
-        self._states: dict[str, _State] = {}
         self._held: set[str] = set()              # meters with a held reading
         self._last_held_check = 0.0
         self._meters = {}
@@ -140,7 +140,13 @@ class Pipeline:
             raise TimeoutError("ingest pipeline did not flush in time")
 
     def reload_meters(self) -> None:
+        """Take the registry's meters; the last stored reading of each is the reference for the
+        next one (loaded in one query)."""
         meters = {m.meter_id: m for m in self.community.meters()}
+        last = self.community.last_readings([m for m in meters if m not in self._states])
+        for mid in meters:
+            if mid not in self._states:
+                self._states[mid] = _State(last=last.get(mid), loaded=True)
         with self._lock:
             self._meters = meters
             for mid, m in meters.items():

@@ -146,44 +146,63 @@ class DuckDBStore(TimeSeriesStore):
             ORDER BY ts"""
         return _to_utc(self._df(sql, {"m": meter_id, "s": s, "e": e, "n": context}), "ts")
 
-    def reading_windows(self, spans, context=3) -> dict[str, pd.DataFrame]:
-        """One scan for all meters: readings within two days around each span; a meter whose
-        context lies further away (a long gap) falls back to its own query."""
+    def reading_windows(self, spans, context=3, look_after: bool = True) -> dict[str, pd.DataFrame]:
+        """All meters at once: one scan for the readings within two days around each span, then one
+        query for the context of the meters whose context lies further away (a long gap, a new
+        meter). ``look_after=False`` when nothing follows the spans (live ingest)."""
         if not spans:
             return {}
         margin = pd.Timedelta(days=2)
+        sp = self._spans_frame(spans)
+        df = self._with_spans(sp, """
+            SELECT r.* FROM readings r JOIN spans s USING (meter_id)
+            WHERE r.ts >= s.lo - INTERVAL 2 DAY AND r.ts <= s.hi + INTERVAL 2 DAY
+            ORDER BY r.meter_id, r.ts""")
+        groups = dict(tuple(df.groupby("meter_id", sort=False))) if len(df) else {}
+        parts, need_before, need_after = {}, [], []
+        for m, (lo, hi) in spans.items():
+            lo_n, hi_n = _naive_utc(lo), _naive_utc(hi)
+            g = groups.get(m, df.iloc[0:0])
+            before, after = g[g["ts"] < lo_n], g[g["ts"] > hi_n]
+            inside = g[(g["ts"] >= lo_n) & (g["ts"] <= hi_n)]
+            parts[m] = [before.tail(context), inside, after.head(context)]
+            if len(before) < context:
+                need_before.append(m)
+            if look_after and len(after) < context:
+                need_after.append(m)
+        for names, op, order, slot in ((need_before, "<", "DESC", 0), (need_after, ">", "ASC", 2)):
+            if not names:
+                continue
+            col = "lo" if op == "<" else "hi"
+            extra = self._with_spans(sp[sp["meter_id"].isin(names)], f"""
+                SELECT meter_id, ts, import_kwh, export_kwh, power_in_kw, power_out_kw FROM (
+                    SELECT r.*, row_number() OVER (PARTITION BY r.meter_id ORDER BY r.ts {order}) AS rn
+                    FROM readings r JOIN spans s USING (meter_id) WHERE r.ts {op} s.{col})
+                WHERE rn <= {int(context)}""")
+            for m, g in extra.groupby("meter_id", sort=False):
+                parts[m][slot] = g
+        out = {}
+        for m, (b, i, a) in parts.items():
+            w = pd.concat([x for x in (b, i, a) if len(x)]) if any(len(x) for x in (b, i, a)) else df.iloc[0:0]
+            w = w.drop_duplicates(subset=["ts"]).sort_values("ts")
+            out[m] = _to_utc(w.reindex(columns=READING_COLUMNS).reset_index(drop=True), "ts")
+        return out
+
+    @staticmethod
+    def _spans_frame(spans) -> pd.DataFrame:
         sp = pd.DataFrame([(m, _naive_utc(lo), _naive_utc(hi)) for m, (lo, hi) in spans.items()],
                           columns=["meter_id", "lo", "hi"])
         sp["lo"] = sp["lo"].astype("datetime64[us]")
         sp["hi"] = sp["hi"].astype("datetime64[us]")
+        return sp
+
+    def _with_spans(self, sp: pd.DataFrame, sql: str) -> pd.DataFrame:
         with self._lock:
             self._con.register("spans", sp)
             try:
-                df = self._con.execute("""
-                    SELECT r.*, s.lo, s.hi FROM readings r JOIN spans s USING (meter_id)
-                    WHERE r.ts >= s.lo - INTERVAL 2 DAY AND r.ts <= s.hi + INTERVAL 2 DAY
-                    ORDER BY r.meter_id, r.ts""").df()
+                return self._con.execute(sql).df()
             finally:
                 self._con.unregister("spans")
-        out = {}
-        groups = dict(tuple(df.groupby("meter_id", sort=False))) if len(df) else {}
-        for m, (lo, hi) in spans.items():
-            g = groups.get(m)
-            if g is None:
-                out[m] = self.reading_window(m, lo, hi, context)
-                continue
-            lo_n, hi_n = _naive_utc(lo), _naive_utc(hi)
-            before = g[g["ts"] < lo_n]
-            after = g[g["ts"] > hi_n]
-            first_ts, last_ts = g["ts"].iloc[0], g["ts"].iloc[-1]
-            if len(before) < context and first_ts > lo_n - margin or len(after) < context and last_ts < hi_n + margin:
-                # the margin may cut the context off: ask for this meter alone
-                out[m] = self.reading_window(m, lo, hi, context)
-                continue
-            inside = g[(g["ts"] >= lo_n) & (g["ts"] <= hi_n)]
-            w = pd.concat([before.tail(context), inside, after.head(context)]).drop(columns=["lo", "hi"])
-            out[m] = _to_utc(w.reset_index(drop=True), "ts")
-        return out
 
     def replace_intervals_many(self, spans, intervals) -> None:
         self._replace_many("intervals", "house_id", "start", spans,
@@ -225,36 +244,37 @@ class DuckDBStore(TimeSeriesStore):
         ``look_after=False`` when the span's readings are known to be the newest (live ingest)."""
         if not spans:
             return {}
-        sp = pd.DataFrame([(m, _naive_utc(lo), _naive_utc(hi)) for m, (lo, hi) in spans.items()],
-                          columns=["meter_id", "lo", "hi"])
-        sp["lo"] = sp["lo"].astype("datetime64[us]")
-        sp["hi"] = sp["hi"].astype("datetime64[us]")
+        sp = self._spans_frame(spans)
+        sql = """
+            SELECT s.meter_id,
+                   max(r.ts) FILTER (WHERE r.ts < s.lo) AS prev,
+                   min(r.ts) FILTER (WHERE r.ts > s.hi) AS next
+            FROM spans s JOIN readings r USING (meter_id) {where}
+            GROUP BY s.meter_id"""
+        near = self._with_spans(sp, sql.format(
+            where="WHERE r.ts >= s.lo - INTERVAL 2 DAY AND r.ts <= s.hi + INTERVAL 2 DAY"))
+        found = {r.meter_id: [r.prev, r.next] for r in near.itertuples(index=False)}
+        missing = [m for m in spans if pd.isna(found.get(m, [None])[0])
+                   or (look_after and pd.isna(found.get(m, [None, None])[1]))]
+        if missing:                     # beyond the two-day margin (or none at all): one wider query
+            far = self._with_spans(sp[sp["meter_id"].isin(missing)], sql.format(where=""))
+            for r in far.itertuples(index=False):
+                found[r.meter_id] = [r.prev, r.next if look_after else None]
+        ts = lambda x: None if x is None or pd.isna(x) else pd.Timestamp(x).tz_localize("UTC")
+        return {m: (ts(found.get(m, [None, None])[0]), ts(found.get(m, [None, None])[1]) if look_after else None)
+                for m in spans}
+
+    def last_readings(self, meter_ids) -> pd.DataFrame:
+        ids = pd.DataFrame({"meter_id": list(meter_ids)})
         with self._lock:
-            self._con.register("spans", sp)
+            self._con.register("ids", ids)
             try:
                 df = self._con.execute("""
-                    SELECT s.meter_id,
-                           max(r.ts) FILTER (WHERE r.ts < s.lo) AS prev,
-                           min(r.ts) FILTER (WHERE r.ts > s.hi) AS next
-                    FROM spans s JOIN readings r USING (meter_id)
-                    WHERE r.ts >= s.lo - INTERVAL 2 DAY AND r.ts <= s.hi + INTERVAL 2 DAY
-                    GROUP BY s.meter_id""").df()
+                    SELECT r.* FROM readings r JOIN ids USING (meter_id)
+                    QUALIFY row_number() OVER (PARTITION BY r.meter_id ORDER BY r.ts DESC) = 1""").df()
             finally:
-                self._con.unregister("spans")
-        out = {}
-        found = {r.meter_id: (r.prev, r.next) for r in df.itertuples(index=False)}
-        for m, (lo, hi) in spans.items():
-            prev, nxt = found.get(m, (None, None))
-            prev = None if prev is None or pd.isna(prev) else pd.Timestamp(prev).tz_localize("UTC")
-            nxt = None if nxt is None or pd.isna(nxt) else pd.Timestamp(nxt).tz_localize("UTC")
-            if prev is None or (nxt is None and look_after):   # maybe beyond the margin: ask directly
-                w = self.reading_window(m, lo, hi, context=1)
-                if prev is None and len(w) and w["ts"].iloc[0] < lo:
-                    prev = w["ts"].iloc[0]
-                if nxt is None and len(w) and w["ts"].iloc[-1] > hi:
-                    nxt = w["ts"].iloc[-1]
-            out[m] = (prev, nxt)
-        return out
+                self._con.unregister("ids")
+        return _to_utc(df, "ts")
 
     def meter_ids(self) -> list[str]:
         with self._lock:

@@ -58,8 +58,9 @@ class TimeSeriesStore(ABC):
         """A meter's readings in [start, end] plus up to ``context`` readings before and after."""
 
     def reading_windows(self, spans: dict[str, tuple[pd.Timestamp, pd.Timestamp]],
-                        context: int = 3) -> dict[str, pd.DataFrame]:
-        """``reading_window`` for many meters at once (implementations may batch it)."""
+                        context: int = 3, look_after: bool = True) -> dict[str, pd.DataFrame]:
+        """``reading_window`` for many meters at once (implementations may batch it);
+        ``look_after=False``: nothing follows the spans, no context after them is needed."""
         return {m: self.reading_window(m, lo, hi, context) for m, (lo, hi) in spans.items()}
 
     def neighbour_times(self, spans: dict[str, tuple[pd.Timestamp, pd.Timestamp]], look_after: bool = True
@@ -72,6 +73,13 @@ class TimeSeriesStore(ABC):
             nxt = w["ts"].iloc[-1] if len(w) and w["ts"].iloc[-1] > hi and look_after else None
             out[m] = (prev, nxt)
         return out
+
+    def last_readings(self, meter_ids: list[str]) -> pd.DataFrame:
+        """Each meter's latest reading (READING_COLUMNS), for the meters that have one."""
+        far = pd.Timestamp("2200-01-01", tz="UTC")
+        frames = [self.reading_window(m, far, far, context=1).tail(1) for m in meter_ids]
+        frames = [f for f in frames if len(f)]
+        return pd.concat(frames, ignore_index=True) if frames else empty_readings()
 
     @abstractmethod
     def meter_ids(self) -> list[str]:

@@ -219,9 +219,9 @@ def test_twenty_thousand_readings_of_twenty_meters_are_stored_exactly_once(env):
 
 def test_a_full_queue_makes_sources_wait_and_loses_nothing(env, caplog):
     c = env.community()
-    p = env.pipeline(c, queue_size=20)
+    p = env.pipeline(c, queue_size=20, batch_max=5)
     rs = series("M1", datetime(2026, 5, 4, tzinfo=timezone.utc), [0.01 * k for k in range(500)])
-    # hold the store: the worker stops at its first look-up of M1's last stored reading
+    # hold the store: the worker stops at its first write (a batch of 5)
     with c.store._lock:
         source = threading.Thread(target=lambda: [p.submit(r) for r in rs], daemon=True)
         source.start()
