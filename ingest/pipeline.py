@@ -82,6 +82,7 @@ class _State:
 
 _FLUSH = object()
 _STOP = object()
+IDLE_S = 0.005
 
 
 class Pipeline:
@@ -94,7 +95,9 @@ class Pipeline:
         self.intervals_every_s = intervals_every_s
         self.hold_timeout_s = hold_timeout_s
         self.log_every_s = log_every_s
-        self._q: queue.Queue = queue.Queue(maxsize=queue_size)
+        # SimpleQueue (C, no per-item locking in Python) bounded by polling its size in _put
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self.queue_size = queue_size
         self._lock = threading.Lock()             # guards the status dicts read by other threads
         self._states: dict[str, _State] = {}
         self._status: dict[str, MeterStatus] = {}
@@ -103,6 +106,7 @@ class Pipeline:
         self._last_held_check = 0.0
         self._meters = {}
         self._batch: list[Reading] = []
+        self._batch_spans: dict[str, tuple[datetime, datetime]] = {}
         self._batch_since = 0.0
         self._dirty: dict[str, tuple[pd.Timestamp, pd.Timestamp]] = {}
         self._last_intervals = time.monotonic()
@@ -164,15 +168,13 @@ class Pipeline:
         self._put(("reject", meter_id, code, message, source, at or datetime.now(timezone.utc)))
 
     def _put(self, item) -> None:
-        try:
-            self._q.put_nowait(item)
-            return
-        except queue.Full:
-            pass
-        if not self._full_logged:
-            log.warning("ingest queue full (%d items): sources wait until the store catches up",
-                        self._q.maxsize)
-            self._full_logged = True
+        if self._q.qsize() >= self.queue_size:
+            if not self._full_logged:
+                log.warning("ingest queue full (%d items): sources wait until the store catches up",
+                            self.queue_size)
+                self._full_logged = True
+            while self._q.qsize() >= self.queue_size:
+                time.sleep(0.001)
         self._q.put(item)
 
     # -- status (any thread) -----------------------------------------------------------------------
@@ -190,36 +192,44 @@ class Pipeline:
 
     # -- worker ------------------------------------------------------------------------------------
     def _run(self) -> None:
+        # The worker polls instead of blocking on every item: a blocked get() makes each put()
+        # wake this thread, a thread switch per message; polling drains whatever has arrived
+        # and sleeps IDLE_S when there is nothing (at most that much added latency).
+        handled = 0
         while True:
             try:
-                item = self._q.get(timeout=self._wait_time())
+                item = self._q.get_nowait()
             except queue.Empty:
                 item = None
             try:
+                if item is None:
+                    self._periodic()
+                    time.sleep(IDLE_S)
+                    continue
                 if item is _STOP:
                     self._decide_held(force=True, stopping=True)
                     self._write_batch(force=True)
                     self._compute_intervals(force=True)
                     return
-                if item is not None and item[0] is _FLUSH:
+                if item[0] == "reading":
+                    self._on_reading(item[1], item[2])
+                elif item[0] == "reject":
+                    self._on_reject(*item[1:])
+                elif item[0] is _FLUSH:
                     self._decide_held(force=True)
                     self._write_batch(force=True)
                     self._compute_intervals(force=True)
                     item[1].set()
-                elif item is not None and item[0] == "reading":
-                    self._on_reading(item[1], item[2])
-                elif item is not None and item[0] == "reject":
-                    self._on_reject(*item[1:])
-                self._decide_held(force=False)
-                self._write_batch(force=False)
-                self._compute_intervals(force=False)
+                handled += 1
+                if handled % 256 == 0 or len(self._batch) >= self.batch_max:
+                    self._periodic()
             except Exception:            # never let one bad item end ingest
                 log.exception("ingest pipeline: unexpected error (continuing)")
 
-    def _wait_time(self) -> float:
-        if self._batch:
-            return max(0.0, self._batch_since + self.flush_s - time.monotonic())
-        return min(self.flush_s, 1.0)
+    def _periodic(self) -> None:
+        self._decide_held(force=False)
+        self._write_batch(force=False)
+        self._compute_intervals(force=False)
 
     def _on_reject(self, meter_id, code, message, source, at) -> None:
         with self._lock:
@@ -360,6 +370,8 @@ class Pipeline:
         if not self._batch:
             self._batch_since = time.monotonic()
         self._batch.append(r)
+        span = self._batch_spans.get(r.meter_id)      # readings arrive in order: extend the end
+        self._batch_spans[r.meter_id] = (span[0], r.ts_utc) if span else (r.ts_utc, r.ts_utc)
         with self._lock:
             st = self._status[r.meter_id]
             st.accepted += 1
@@ -414,12 +426,12 @@ class Pipeline:
             self.write_failures = 0
         self._batch = []
         self.stored += result.inserted
-        for meter_id, g in df.groupby("meter_id")["ts"]:
-            lo, hi = g.min(), g.max()
+        for meter_id, (lo, hi) in self._batch_spans.items():
             if meter_id in self._dirty:
                 a, b = self._dirty[meter_id]
                 lo, hi = min(lo, a), max(hi, b)
-            self._dirty[meter_id] = (lo, hi)
+            self._dirty[meter_id] = (pd.Timestamp(lo), pd.Timestamp(hi))
+        self._batch_spans = {}
 
     def _compute_intervals(self, force: bool) -> None:
         if not self._dirty:
