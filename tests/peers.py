@@ -48,6 +48,7 @@ class Mosquitto:
             f"persistence_location {self.workdir}/\n"
             "autosave_interval 1\n"
             "max_queued_messages 0\n"
+            "max_inflight_messages 1000\n"
             f"log_dest file {self.workdir}/mosquitto.log\n")
         self.proc: subprocess.Popen | None = None
 
