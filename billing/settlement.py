@@ -130,18 +130,26 @@ class Settlement:
     missing: dict[str, int] = field(default_factory=dict)   # house -> missing intervals
 
 
-def expected_starts(period: Period, house: House, interval_s: int,
-                    now: pd.Timestamp | None = None) -> pd.DatetimeIndex:
-    """Interval starts a house must have in the period: from its ``active_from`` (local midnight)
-    and, for a period still running, up to the last interval that has ended by ``now``."""
+def expected_span(period: Period, house: House, interval_s: int,
+                  now: pd.Timestamp | None = None) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+    """[start, end) of the intervals a house must have in the period: from its ``active_from``
+    (local midnight) and, for a period still running, up to the last interval ended by ``now``;
+    None when it has none."""
     start = period.start
     end = period.end if now is None else min(period.end, now.floor(f"{interval_s}s"))
     if house.active_from:
         af = pd.Timestamp(date.fromisoformat(house.active_from), tz=period.tz).tz_convert("UTC")
         start = max(start, af)
-    if start >= end:
+    return (start, end) if start < end else None
+
+
+def expected_starts(period: Period, house: House, interval_s: int,
+                    now: pd.Timestamp | None = None) -> pd.DatetimeIndex:
+    """The interval starts of ``expected_span``."""
+    span = expected_span(period, house, interval_s, now)
+    if span is None:
         return pd.DatetimeIndex([], tz="UTC")
-    return pd.date_range(start, end, freq=f"{interval_s}s", inclusive="left")
+    return pd.date_range(span[0], span[1], freq=f"{interval_s}s", inclusive="left")
 
 
 def price_frame(totals: pd.DataFrame, tariffs: list[Tariff]) -> pd.DataFrame:
@@ -170,20 +178,29 @@ def compute_settlement(store, houses: list[House], tariffs: list[Tariff], period
                        now: pd.Timestamp | None = None) -> Settlement:
     """Draft invoices for every house active in ``period`` from the stored intervals; ``now``
     limits the intervals expected of a period that is still running."""
-    active = [h for h in houses if len(expected_starts(period, h, interval_s))]
+    active = [h for h in houses if expected_span(period, h, interval_s) is not None]
+    spans = {h.house_id: expected_span(period, h, interval_s, now) for h in active}
     ids = [h.house_id for h in active]
     totals = store.community_totals(period.start, period.end, ids)
     prices = price_frame(totals, tariffs)
     sums = store.house_sums(period.start, period.end, ids, prices).set_index("house_id")
+    have = sums["intervals"].to_dict()
 
     missing_counts: dict[str, int] = {}
     missing_first: dict[str, list[pd.Timestamp]] = {}
+    short = []
     for h in active:
-        expected = expected_starts(period, h, interval_s, now)
-        have = int(sums.loc[h.house_id, "intervals"]) if h.house_id in sums.index else 0
-        if have < len(expected):
-            present = store.read_intervals(period.start, period.end, [h.house_id])["start"]
-            gaps = expected.difference(pd.DatetimeIndex(present))
+        span = spans[h.house_id]
+        n_expected = 0 if span is None else int((span[1] - span[0]).total_seconds()) // interval_s
+        if have.get(h.house_id, 0) < n_expected:
+            short.append(h)
+    if short:                      # only then: which intervals are missing (one query)
+        present = store.read_intervals(period.start, period.end, [h.house_id for h in short])
+        by_house = present.groupby("house_id")["start"]
+        got = {k: pd.DatetimeIndex(v) for k, v in by_house} if len(present) else {}
+        for h in short:
+            expected = expected_starts(period, h, interval_s, now)
+            gaps = expected.difference(got.get(h.house_id, pd.DatetimeIndex([], tz="UTC")))
             missing_counts[h.house_id] = len(gaps)
             missing_first[h.house_id] = list(gaps[:3])
     if missing_counts and not allow_incomplete:

@@ -300,40 +300,56 @@ class DuckDBStore(TimeSeriesStore):
             finally:
                 con.unregister("incoming")
 
+    def _house_filter(self, house_ids) -> pd.DataFrame:
+        return pd.DataFrame({"house_id": pd.Series(list(house_ids), dtype=object)})
+
     def read_intervals(self, start, end, house_ids=None) -> pd.DataFrame:
-        sql = "SELECT * FROM intervals WHERE start >= $s AND start < $e"
         params = {"s": _naive_utc(start), "e": _naive_utc(end)}
-        if house_ids is not None:
-            sql += " AND list_contains($h, house_id)"
-            params["h"] = list(house_ids)
-        return _to_utc(self._df(sql + " ORDER BY start, house_id", params), "start")
+        if house_ids is None:
+            return _to_utc(self._df("SELECT * FROM intervals WHERE start >= $s AND start < $e "
+                                    "ORDER BY start, house_id", params), "start")
+        with self._lock:
+            self._con.register("wanted", self._house_filter(house_ids))
+            try:
+                df = self._con.execute("""
+                    SELECT i.* FROM intervals i SEMI JOIN wanted w USING (house_id)
+                    WHERE i.start >= $s AND i.start < $e ORDER BY i.start, i.house_id""", params).df()
+            finally:
+                self._con.unregister("wanted")
+        return _to_utc(df, "start")
 
     def community_totals(self, start, end, house_ids) -> pd.DataFrame:
-        sql = """
-            SELECT start, sum(delta_ei_kwh) AS total_consumption_kwh,
-                   sum(delta_eo_kwh) AS total_production_kwh, count(*) AS houses
-            FROM intervals WHERE start >= $s AND start < $e AND list_contains($h, house_id)
-            GROUP BY start ORDER BY start"""
-        return _to_utc(self._df(sql, {"s": _naive_utc(start), "e": _naive_utc(end),
-                                      "h": list(house_ids)}), "start")
+        with self._lock:
+            self._con.register("wanted", self._house_filter(house_ids))
+            try:
+                df = self._con.execute("""
+                    SELECT i.start, sum(i.delta_ei_kwh) AS total_consumption_kwh,
+                           sum(i.delta_eo_kwh) AS total_production_kwh, count(*) AS houses
+                    FROM intervals i SEMI JOIN wanted w USING (house_id)
+                    WHERE i.start >= $s AND i.start < $e
+                    GROUP BY i.start ORDER BY i.start""", {"s": _naive_utc(start), "e": _naive_utc(end)}).df()
+            finally:
+                self._con.unregister("wanted")
+        return _to_utc(df, "start")
 
     def house_sums(self, start, end, house_ids, prices) -> pd.DataFrame:
         p = _to_naive(prices[["start", "p_con", "p_pv"]], "start")
-        sql = """
-            SELECT i.house_id, sum(i.delta_ei_kwh) AS delta_ei_kwh, sum(i.delta_eo_kwh) AS delta_eo_kwh,
-                   sum(i.delta_ei_kwh * p.p_con) AS value_consumption_ct,
-                   sum(i.delta_eo_kwh * p.p_pv) AS value_pv_delivery_ct,
-                   count(*) AS intervals, bit_or(i.flags) AS flags
-            FROM intervals i JOIN prices p USING (start)
-            WHERE i.start >= $s AND i.start < $e AND list_contains($h, i.house_id)
-            GROUP BY i.house_id ORDER BY i.house_id"""
         with self._lock:
             self._con.register("prices", p)
+            self._con.register("wanted", self._house_filter(house_ids))
             try:
-                return self._con.execute(sql, {"s": _naive_utc(start), "e": _naive_utc(end),
-                                               "h": list(house_ids)}).df()
+                return self._con.execute("""
+                    SELECT i.house_id, sum(i.delta_ei_kwh) AS delta_ei_kwh, sum(i.delta_eo_kwh) AS delta_eo_kwh,
+                           sum(i.delta_ei_kwh * p.p_con) AS value_consumption_ct,
+                           sum(i.delta_eo_kwh * p.p_pv) AS value_pv_delivery_ct,
+                           count(*) AS intervals, bit_or(i.flags) AS flags
+                    FROM intervals i JOIN prices p USING (start) SEMI JOIN wanted w USING (house_id)
+                    WHERE i.start >= $s AND i.start < $e
+                    GROUP BY i.house_id ORDER BY i.house_id""",
+                    {"s": _naive_utc(start), "e": _naive_utc(end)}).df()
             finally:
                 self._con.unregister("prices")
+                self._con.unregister("wanted")
 
     # -- quarantine --------------------------------------------------------------------------
     def replace_quarantine(self, meter_id, start, end, rows) -> None:
