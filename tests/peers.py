@@ -1,6 +1,7 @@
 """Real network peers for tests, started on free localhost ports: mosquitto (Debian package)."""
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -49,7 +50,9 @@ class Mosquitto:
             "autosave_interval 1\n"
             "max_queued_messages 0\n"
             "max_inflight_messages 1000\n"
-            f"log_dest file {self.workdir}/mosquitto.log\n")
+            f"log_dest file {self.workdir}/mosquitto.log\n"
+            # as root, mosquitto drops to user 'mosquitto', who cannot write the test's directory
+            + ("user root\n" if os.geteuid() == 0 else ""))
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "Mosquitto":

@@ -8,6 +8,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pandas as pd
 import paho.mqtt.client as mqtt
 import pytest
 
@@ -203,3 +204,38 @@ storage: {{data_dir: "{tmp_path / 'sim'}"}}
     # counters carry on across a restart of the simulator: never backwards
     state = json.loads((tmp_path / "sim" / "simulator_state.json").read_text())
     assert state[MAC1]["import_kwh"] >= max(b["Ei"] for t, b in got if t.startswith(MAC1)) - 0.001
+
+
+def test_collect_command_stores_and_flushes_on_sigterm(tmp_path, broker):
+    cfg = make_config(tmp_path, broker.port, client_id="leg-collector")
+    seed_anchors(cfg, MAC1)
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(f"""
+mqtt: {{broker: 127.0.0.1, port: {broker.port}, use_tls: false, client_id: leg-collector}}
+houses:
+  "{MAC1}": {{id: 2, name: House 2, type: simulated}}
+storage: {{data_dir: "{cfg.data_dir}"}}
+""")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "collect", "--config", str(cfg_path)],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        # wait for the subscription: the broker log shows the client's SUBSCRIBE
+        wait_until(lambda: "leg-collector" in (broker.workdir / "mosquitto.log").read_text(), what="collector")
+        time.sleep(0.5)
+        pub = publisher(broker.port)
+        publish_all(pub, [(f"{MAC1}/SENSOR", payload(round(300 + 0.01 * k, 3), 0, 60 * k)) for k in range(1, 51)])
+        pub.disconnect()
+        time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)      # at once: what is buffered must still be written
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "stopping: writing buffered readings" in out
+    community = Community.open(cfg)
+    try:
+        r = community.store.read_readings(MAC1)
+        assert len(r) == 50
+        assert not community.store.read_intervals(r["ts"].iloc[0] - pd.Timedelta(hours=1),
+                                                  r["ts"].iloc[-1]).empty
+    finally:
+        community.close()
