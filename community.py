@@ -52,7 +52,12 @@ class Community:
         data_dir.mkdir(parents=True, exist_ok=True)
         ledger = Ledger(data_dir / "ledger.sqlite")
         ledger.sync_from_config(cfg)
-        store = DuckDBStore(data_dir / "timeseries.duckdb")
+        if cfg.storage.backend == "influxdb":
+            from storage.influx_store import InfluxStore
+            store = InfluxStore(cfg.influxdb, data_dir)
+            store.set_registry({m.meter_id: m.house_id for m in ledger.meters()})
+        else:
+            store = DuckDBStore(data_dir / "timeseries.duckdb")
         return cls(cfg, ledger, store, clock)
 
     def close(self) -> None:
@@ -161,6 +166,23 @@ class Community:
                 pd.DataFrame(columns=QUARANTINE_COLUMNS)
             self.store.replace_intervals_many(spans, intervals)
             self.store.replace_quarantine_many(meter_spans, q_all)
+        if getattr(self.store, "stores_priced_intervals", False) and spans:
+            self.publish_prices(min(a for a, _ in spans.values()), max(b for _, b in spans.values()))
+
+    def publish_prices(self, start: pd.Timestamp, end: pd.Timestamp) -> None:
+        """Write the section 9.3 value and tariff fields of [start, end) to a store that keeps them
+        (InfluxDB, for Grafana); every house's values in an interval change with any house's data."""
+        prices = self.community_intervals(start, end)
+        if prices.empty:
+            return
+        iv = self.store.read_intervals(start, end, [h.house_id for h in self.houses()])
+        m = iv.merge(prices[["start", "p_con", "p_pv"]], on="start")
+        house_values = pd.DataFrame({
+            "house_id": m["house_id"], "start": m["start"],
+            "value_consumption_ct": m["delta_ei_kwh"] * m["p_con"],
+            "value_pv_delivery_ct": m["delta_eo_kwh"] * m["p_pv"],
+            "tariff_p_con": m["p_con"], "tariff_p_pv": m["p_pv"]})
+        self.store.write_priced(house_values, prices)
 
     def recompute_all(self) -> None:
         """Recompute every house's intervals from all stored readings."""

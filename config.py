@@ -124,7 +124,7 @@ class PricingConfig(_Strict):
 
 class StorageConfig(_Strict):
     data_dir: str = "./data"
-    backend: Literal["embedded"] = "embedded"
+    backend: Literal["embedded", "influxdb"] = "embedded"
 
 
 DEMO_HOUSES: dict[str, dict] = {

@@ -35,6 +35,7 @@ import pandas as pd
 
 from billing.intervals import clean_counter, counter_step
 from ingest.readings import Reading
+from storage.timeseries import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +117,7 @@ class Pipeline:
         self._full_logged = False
         self.stored = 0
         self.write_failures = 0
+        self._intervals_failing = False
         self.unattributed: Counter = Counter()   # rejections that name no meter (e.g. foreign topics)
         self.reload_meters()
 
@@ -442,8 +444,16 @@ class Pipeline:
         dirty, self._dirty = self._dirty, {}
         try:
             self.community.update_intervals_many(dirty, appended=True)
-        except Exception:
-            log.exception("interval computation for %d meters failed; will retry", len(dirty))
+            if self._intervals_failing:
+                log.warning("interval computation works again")
+                self._intervals_failing = False
+        except Exception as exc:
+            if not self._intervals_failing:
+                if isinstance(exc, StoreUnavailable):
+                    log.warning("intervals of %d meters wait for the store: %s", len(dirty), exc)
+                else:
+                    log.exception("interval computation for %d meters failed; will retry", len(dirty))
+                self._intervals_failing = True
             for meter_id, (lo, hi) in dirty.items():
                 if meter_id in self._dirty:
                     a, b = self._dirty[meter_id]

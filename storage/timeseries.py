@@ -22,6 +22,10 @@ INTERVAL_COLUMNS = ["house_id", "start", "delta_ei_kwh", "delta_eo_kwh", "flags"
 QUARANTINE_COLUMNS = ["meter_id", "ts", "import_kwh", "export_kwh", "reason"]
 
 
+class StoreUnavailable(Exception):
+    """The store cannot answer now (its server is down); writes are kept (spooled) meanwhile."""
+
+
 @dataclass
 class WriteResult:
     """What a write of readings did: ``inserted`` new rows, ``duplicates`` identical to stored

@@ -74,3 +74,77 @@ class Mosquitto:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+def influxd_binary() -> str | None:
+    return shutil.which("influxd") or next((p for p in ("/usr/bin/influxd",) if Path(p).exists()), None)
+
+
+class Influxd:
+    """An InfluxDB 1.x server (Debian's influxdb package) with its data in ``workdir``, HTTP and RPC
+    on free ports; stop() and start() keep its ports and data."""
+
+    def __init__(self, workdir: Path):
+        self.binary = influxd_binary()
+        if self.binary is None:
+            raise RuntimeError("influxd is not installed (apt-get install influxdb)")
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port, self.rpc_port = free_port(), free_port()
+        self.conf = self.workdir / "influxdb.conf"
+        w = self.workdir
+        self.conf.write_text(f"""
+reporting-disabled = true
+bind-address = "127.0.0.1:{self.rpc_port}"
+[meta]
+  dir = "{w}/meta"
+[data]
+  dir = "{w}/data"
+  wal-dir = "{w}/wal"
+  query-log-enabled = false
+[http]
+  bind-address = "127.0.0.1:{self.port}"
+  log-enabled = false
+[monitor]
+  store-enabled = false
+[continuous_queries]
+  enabled = false
+""")
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Influxd":
+        self.proc = subprocess.Popen([self.binary, "-config", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=open(self.workdir / "influxd.log", "ab"))
+        import urllib.request
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as r:
+                    if r.status == 204:
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        self.proc.kill()
+        raise RuntimeError(f"influxd did not start: {(self.workdir / 'influxd.log').read_text()[-2000:]}")
+
+    def query(self, q: str, db: str | None = None) -> dict:
+        import json
+        import urllib.parse
+        import urllib.request
+        data = urllib.parse.urlencode({"q": q, **({"db": db} if db else {})}).encode()
+        with urllib.request.urlopen(f"{self.url}/query", data=data, timeout=10) as r:
+            return json.loads(r.read())
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
