@@ -118,6 +118,7 @@ class Pipeline:
         self.stored = 0
         self.write_failures = 0
         self._intervals_failing = False
+        self._retry_last_at = 0.0
         self.unattributed: Counter = Counter()   # rejections that name no meter (e.g. foreign topics)
         self.reload_meters()
 
@@ -149,10 +150,14 @@ class Pipeline:
         """Take the registry's meters; the last stored reading of each is the reference for the
         next one (loaded in one query)."""
         meters = {m.meter_id: m for m in self.community.meters()}
-        last = self.community.last_readings([m for m in meters if m not in self._states])
-        for mid in meters:
-            if mid not in self._states:
-                self._states[mid] = _State(last=last.get(mid), loaded=True)
+        new = [m for m in meters if m not in self._states]
+        try:
+            last, loaded = self.community.last_readings(new), True
+        except StoreUnavailable as exc:
+            log.warning("last readings unavailable (%s): each meter's is loaded when the store answers", exc)
+            last, loaded = {}, False
+        for mid in new:
+            self._states[mid] = _State(last=last.get(mid), loaded=loaded)
         with self._lock:
             self._meters = meters
             for mid, m in meters.items():
@@ -275,9 +280,14 @@ class Pipeline:
                 self._count_unknown(r.meter_id, source, r.ts_utc)
             return
         state = self._states.setdefault(r.meter_id, _State())
-        if not state.loaded:
-            state.last = self.community.last_reading(r.meter_id)
-            state.loaded = True
+        if not state.loaded and time.monotonic() >= self._retry_last_at:
+            try:
+                stored = self.community.last_reading(r.meter_id)
+                if stored is not None and (state.last is None or stored.ts_utc > state.last.ts_utc):
+                    state.last = stored
+                state.loaded = True
+            except StoreUnavailable:
+                self._retry_last_at = time.monotonic() + 30   # judged against what arrived meanwhile
         self._status[r.meter_id].last_received = r.ts_utc     # a single attribute store: atomic
         self._judge(state, r, meter.max_power_kw)
 

@@ -179,6 +179,8 @@ class InfluxStore(TimeSeriesStore):
         results = r.json().get("results", [])
         for res in results:
             if "error" in res:
+                if "shutdown" in res["error"]:
+                    raise StoreUnavailable(f"InfluxDB at {self.url} is shutting down")
                 raise ValueError(f"InfluxDB query error: {res['error']} in {q[:200]}")
         return results
 
