@@ -73,9 +73,14 @@ def run(config_path, once):
     """Run the app: ingest (MQTT; the in-process simulator in the demo) and settlements."""
     from ingest.runtime import IngestRuntime
     community = _open(config_path)
-    runtime = IngestRuntime(community, simulate=community.cfg.is_demo)
+    cfg = community.cfg
+    read_only = cfg.storage.backend == "influxdb" and cfg.influxdb.mode == "read_only"
+    runtime = None if read_only else IngestRuntime(community, simulate=cfg.is_demo)
     try:
-        runtime.start()
+        if runtime:
+            runtime.start()
+        else:
+            click.echo("influxdb.mode is read_only: settling from the house_energy another collector writes")
         if community.cfg.is_demo:
             click.echo(f"demo: {len(community.houses())} simulated houses publishing every 10 s; "
                        f"history in {community.cfg.data_dir}")
@@ -85,9 +90,10 @@ def run(config_path, once):
             _print_settlement(community.settle(period_id, allow_incomplete=True))
         if not once:
             click.echo("running; stop with Ctrl-C")
-            _wait_for_signal(lambda: _print_status(runtime))
+            _wait_for_signal(lambda: _print_status(runtime) if runtime else None)
     finally:
-        runtime.stop()
+        if runtime:
+            runtime.stop()
         community.close()
 
 
@@ -100,6 +106,9 @@ def collect(config_path):
     if not community.cfg.mqtt.enabled:
         community.close()
         raise click.ClickException("mqtt.enabled is false: there is nothing to collect")
+    if community.cfg.storage.backend == "influxdb" and community.cfg.influxdb.mode == "read_only":
+        community.close()
+        raise click.ClickException("influxdb.mode is read_only: another collector writes the data")
     runtime = IngestRuntime(community)
     try:
         runtime.start()

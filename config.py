@@ -71,6 +71,9 @@ class InfluxConfig(_Strict):
     username: str | None = None
     password: str | None = None
     database: str | None = None
+    # read_only: settle and show dashboards from the house_energy deltas another collector writes
+    # (the LEG stack's own); the app then never writes to InfluxDB and runs no ingest
+    mode: Literal["read_write", "read_only"] = "read_write"
 
 
 class HouseConfig(_Strict):

@@ -38,6 +38,10 @@ class IngestRuntime:
     def start(self) -> "IngestRuntime":
         if self._started:
             raise RuntimeError("ingest already started")
+        c = self.community.cfg
+        if c.storage.backend == "influxdb" and c.influxdb.mode == "read_only":
+            raise RuntimeError("influxdb.mode is read_only: another collector writes the data; "
+                               "LEG-Invoicing runs no ingest")
         self._started = True
         # the network thread must get the GIL back quickly from the pipeline worker, or the
         # broker's in-flight window stalls: hand it over every 1 ms instead of every 5 ms

@@ -132,6 +132,9 @@ class InfluxStore(TimeSeriesStore):
 
     def __init__(self, cfg, data_dir: Path, timeout_s: float = 10.0, replay_every_s: float = 2.0):
         self.cfg = cfg                       # config.InfluxConfig
+        self.read_only = cfg.mode == "read_only"
+        if self.read_only:
+            self.stores_priced_intervals = False
         self.url = cfg.url.rstrip("/")
         self.db = cfg.database or cfg.bucket
         self.timeout_s = timeout_s
@@ -159,7 +162,7 @@ class InfluxStore(TimeSeriesStore):
         self._house_of = dict(house_of_meter)
 
     def _ensure_database(self) -> None:
-        if self.cfg.token:          # 2.x: the bucket exists with its DBRP mapping; 3.x: created on write
+        if self.cfg.token or self.read_only:          # 2.x: the bucket exists with its DBRP mapping; 3.x: created on write
             return
         try:
             self._query(f'CREATE DATABASE "{self.db}"')
@@ -199,6 +202,10 @@ class InfluxStore(TimeSeriesStore):
 
     def _write_lines(self, lines: list[str]) -> None:
         """Write in batches of LINES_PER_REQUEST; spool on failure and behind an existing spool."""
+        if self.read_only:
+            if lines:
+                raise PermissionError("influxdb.mode is read_only: LEG-Invoicing does not write to InfluxDB")
+            return
         with self._write_lock:
             for i in range(0, len(lines), LINES_PER_REQUEST):
                 body = "\n".join(lines[i:i + LINES_PER_REQUEST])
@@ -409,8 +416,15 @@ class InfluxStore(TimeSeriesStore):
             if not len(house_ids):
                 return pd.DataFrame(columns=INTERVAL_COLUMNS)
             where += f" AND house_id =~ {_regex(house_ids)}"
-        df = self._frames(f"SELECT delta_ei_kwh, delta_eo_kwh, flags FROM house_energy WHERE {where} "
-                          f"GROUP BY house_id")[0]
+        if self.read_only:
+            # another collector's deltas, at any cadence: summed into quarter hours
+            df = self._frames(f"SELECT sum(delta_ei_kwh) AS delta_ei_kwh, sum(delta_eo_kwh) AS delta_eo_kwh "
+                              f"FROM house_energy WHERE {where} GROUP BY time(15m), house_id fill(none)")[0]
+            if len(df):
+                df["flags"] = 0
+        else:
+            df = self._frames(f"SELECT delta_ei_kwh, delta_eo_kwh, flags FROM house_energy WHERE {where} "
+                              f"GROUP BY house_id")[0]
         if df.empty:
             out = pd.DataFrame({c: pd.Series(dtype="float64") for c in INTERVAL_COLUMNS})
             out["house_id"] = out["house_id"].astype(object)
@@ -427,6 +441,12 @@ class InfluxStore(TimeSeriesStore):
         cols = ["start", "total_consumption_kwh", "total_production_kwh", "houses"]
         if not len(house_ids):
             return pd.DataFrame(columns=cols)
+        if self.read_only:
+            iv = self.read_intervals(start, end, house_ids)
+            g = iv.groupby("start")
+            return pd.DataFrame({"total_consumption_kwh": g["delta_ei_kwh"].sum(),
+                                 "total_production_kwh": g["delta_eo_kwh"].sum(),
+                                 "houses": g.size().astype("int64")}).reset_index()[cols]
         q = (f"SELECT sum(delta_ei_kwh), sum(delta_eo_kwh), count(delta_ei_kwh) FROM house_energy "
              f"WHERE time >= {_q_time(start)} AND time < {_q_time(end)} AND house_id =~ {_regex(house_ids)} "
              f"GROUP BY time(15m) fill(none)")

@@ -34,13 +34,14 @@ def influxd(tmp_path_factory):
 def make(tmp_path, request):
     opened = []
 
-    def make(backend, houses, mode="break_even", sub=None, db=None):
+    def make(backend, houses, mode="break_even", sub=None, db=None, influx_mode="read_write"):
         data = {"houses": houses, "pricing": {"mode": mode},
                 "community": {"timezone": "Europe/Zurich"},
                 "storage": {"data_dir": str(tmp_path / (sub or backend)), "backend": backend}}
         if backend == "influxdb":
             server = request.getfixturevalue("influxd")
-            data["influxdb"] = {"url": server.url, "database": db or f"energy{next(_db_names)}"}
+            data["influxdb"] = {"url": server.url, "database": db or f"energy{next(_db_names)}",
+                                "mode": influx_mode}
         c = Community.open(parse_config(data, source="test"),
                            clock=lambda: datetime(2030, 1, 1, tzinfo=timezone.utc))
         opened.append(c)
@@ -188,3 +189,32 @@ def test_influx_outage_spools_and_replays_exactly_once(make, influxd):
     assert len(got) == 31 and got["ts"].is_unique
     assert c2.store.replay() == 0                   # nothing left: a replay never doubles
     assert len(c2.store.read_readings("M1")) == 31
+
+
+def test_read_only_mode_settles_from_another_collectors_house_energy(make, influxd):
+    # the LEG stack's own collector writes house_energy deltas every minute (tags house_id, mac)
+    lines = []
+    start = pd.Timestamp("2026-02-01T00:00:00+01:00").tz_convert("UTC")
+    minutes = 28 * 24 * 60
+    for k in range(minutes):
+        t_us = (start + pd.Timedelta(minutes=k)).value // 1000
+        lines.append(f"house_energy,house_id=1,mac=M1 delta_ei_kwh=0.01,delta_eo_kwh=0.0 {t_us}")
+        lines.append(f"house_energy,house_id=2,mac=M2 delta_ei_kwh=0.0,delta_eo_kwh=0.02 {t_us}")
+    influxd.query('CREATE DATABASE "legstack"')
+    import urllib.request
+    for i in range(0, len(lines), 5000):
+        req = urllib.request.Request(f"{influxd.url}/write?db=legstack&precision=u",
+                                     data="\n".join(lines[i:i + 5000]).encode(), method="POST")
+        assert urllib.request.urlopen(req).status == 204
+    c = make("influxdb", HOUSES, mode="static", db="legstack", influx_mode="read_only")
+    s = c.settle("2026-02")
+    one, two = s.invoices
+    assert not s.missing
+    assert float(one["energy_imported_kwh"]) == pytest.approx(minutes * 0.01)
+    assert float(two["energy_exported_kwh"]) == pytest.approx(minutes * 0.02)
+    assert float(one["import_cost_ct"]) == pytest.approx(minutes * 0.01 * 25)     # static: (20 + 30) / 2
+    with pytest.raises(PermissionError, match="read_only"):
+        c.store.write_readings(frame([("M1", "2026-02-03T00:00Z", 1.0, 0.0)]))
+    from ingest.runtime import IngestRuntime
+    with pytest.raises(RuntimeError, match="read_only"):
+        IngestRuntime(c, mqtt=False).start()
