@@ -213,10 +213,10 @@ class DuckDBStore(TimeSeriesStore):
                            _to_naive(rows.reindex(columns=QUARANTINE_COLUMNS), "ts"), inclusive_end=True)
 
     def _replace_many(self, table, key, tcol, spans, df, inclusive_end) -> None:
-        if not spans:
+        if not spans and not len(df):
             return
         sp = pd.DataFrame([(k, _naive_utc(lo), _naive_utc(hi)) for k, (lo, hi) in spans.items()],
-                          columns=["k", "lo", "hi"])
+                          columns=["k", "lo", "hi"]).astype({"k": object})
         sp["lo"] = sp["lo"].astype("datetime64[us]")
         sp["hi"] = sp["hi"].astype("datetime64[us]")
         end_op = "<=" if inclusive_end else "<"
@@ -328,6 +328,20 @@ class DuckDBStore(TimeSeriesStore):
                     FROM intervals i SEMI JOIN wanted w USING (house_id)
                     WHERE i.start >= $s AND i.start < $e
                     GROUP BY i.start ORDER BY i.start""", {"s": _naive_utc(start), "e": _naive_utc(end)}).df()
+            finally:
+                self._con.unregister("wanted")
+        return _to_utc(df, "start")
+
+    def community_buckets(self, start, end, bucket_s, house_ids) -> pd.DataFrame:
+        with self._lock:
+            self._con.register("wanted", self._house_filter(house_ids))
+            try:
+                df = self._con.execute(f"""
+                    SELECT time_bucket(INTERVAL {int(bucket_s)} SECOND, i.start) AS start,
+                           sum(i.delta_ei_kwh) AS total_consumption_kwh, sum(i.delta_eo_kwh) AS total_production_kwh
+                    FROM intervals i SEMI JOIN wanted w USING (house_id)
+                    WHERE i.start >= $s AND i.start < $e GROUP BY 1 ORDER BY 1""",
+                    {"s": _naive_utc(start), "e": _naive_utc(end)}).df()
             finally:
                 self._con.unregister("wanted")
         return _to_utc(df, "start")

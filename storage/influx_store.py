@@ -462,6 +462,21 @@ class InfluxStore(TimeSeriesStore):
         df["houses"] = df["houses"].astype("int64")
         return df
 
+    def community_buckets(self, start, end, bucket_s, house_ids) -> pd.DataFrame:
+        if self.read_only or not len(house_ids):
+            return super().community_buckets(start, end, bucket_s, house_ids)
+        df = self._frames(
+            f"SELECT sum(delta_ei_kwh), sum(delta_eo_kwh) FROM house_energy WHERE time >= {_q_time(start)} "
+            f"AND time < {_q_time(end)} AND house_id =~ {_regex(house_ids)} "
+            f"GROUP BY time({int(bucket_s)}s) fill(none)")[0]
+        cols = ["start", "total_consumption_kwh", "total_production_kwh"]
+        if df.empty:
+            return pd.DataFrame({c: pd.Series(dtype="float64") for c in cols}).astype(
+                {"start": "datetime64[us, UTC]"})
+        df.columns = cols
+        df["start"] = pd.to_datetime(df["start"], unit="us", utc=True).astype("datetime64[us, UTC]")
+        return df
+
     def house_sums(self, start, end, house_ids, prices) -> pd.DataFrame:
         iv = self.read_intervals(start, end, house_ids)
         cols = ["house_id", "delta_ei_kwh", "delta_eo_kwh", "value_consumption_ct", "value_pv_delivery_ct",

@@ -112,6 +112,16 @@ class TimeSeriesStore(ABC):
         """Per interval start: ``total_consumption_kwh`` (I), ``total_production_kwh`` (E) and
         ``houses`` (how many of ``house_ids`` have the interval)."""
 
+    def community_buckets(self, start: pd.Timestamp, end: pd.Timestamp, bucket_s: int,
+                          house_ids: list[str]) -> pd.DataFrame:
+        """Dashboard aggregate: per bucket of ``bucket_s`` seconds (UTC-aligned) the summed
+        ``total_consumption_kwh`` and ``total_production_kwh`` of ``house_ids``."""
+        iv = self.read_intervals(start, end, house_ids)
+        iv["start"] = iv["start"].dt.floor(f"{bucket_s}s")
+        g = iv.groupby("start")
+        return pd.DataFrame({"total_consumption_kwh": g["delta_ei_kwh"].sum(),
+                             "total_production_kwh": g["delta_eo_kwh"].sum()}).reset_index()
+
     @abstractmethod
     def house_sums(self, start: pd.Timestamp, end: pd.Timestamp, house_ids: list[str],
                    prices: pd.DataFrame) -> pd.DataFrame:

@@ -218,3 +218,18 @@ def test_read_only_mode_settles_from_another_collectors_house_energy(make, influ
     from ingest.runtime import IngestRuntime
     with pytest.raises(RuntimeError, match="read_only"):
         IngestRuntime(c, mqtt=False).start()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_community_buckets_for_dashboards(make, backend):
+    c = make(backend, HOUSES)
+    t = pd.date_range("2026-03-01T00:00Z", periods=8, freq="15min").astype("datetime64[us, UTC]")
+    iv = pd.DataFrame({"house_id": ["1"] * 8 + ["2"] * 8, "start": list(t) * 2,
+                       "delta_ei_kwh": [1.0] * 8 + [0.5] * 8, "delta_eo_kwh": [0.0] * 8 + [0.25] * 8,
+                       "flags": 0})
+    c.store.replace_intervals_many({}, iv)
+    b = c.store.community_buckets(t[0], t[-1] + pd.Timedelta(minutes=15), 3600, ["1", "2"])
+    assert list(b["start"]) == [t[0], t[4]]
+    assert list(b["total_consumption_kwh"]) == [6.0, 6.0] and list(b["total_production_kwh"]) == [1.0, 1.0]
+    only1 = c.store.community_buckets(t[0], t[-1] + pd.Timedelta(minutes=15), 3600, ["1"])
+    assert list(only1["total_consumption_kwh"]) == [4.0, 4.0]
