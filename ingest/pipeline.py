@@ -384,18 +384,19 @@ class Pipeline:
         self._batch.append(r)
         span = self._batch_spans.get(r.meter_id)      # readings arrive in order: extend the end
         self._batch_spans[r.meter_id] = (span[0], r.ts_utc) if span else (r.ts_utc, r.ts_utc)
-        with self._lock:
-            st = self._status[r.meter_id]
-            st.accepted += 1
-            st.last_seen = r.ts_utc
-            if r.import_kwh is not None:
-                st.last_import_kwh = r.import_kwh
-            if r.export_kwh is not None:
-                st.last_export_kwh = r.export_kwh
-            st.last_power_in_kw, st.last_power_out_kw = r.power_in_kw, r.power_out_kw
-            if reset:
-                st.resets += 1
-                st.last_reset_at = r.ts_utc
+        # only this thread writes a meter's status; single attribute stores need no lock (a
+        # reader may see a count one reading ahead of last_seen, never a broken object)
+        st = self._status[r.meter_id]
+        st.accepted += 1
+        st.last_seen = r.ts_utc
+        if r.import_kwh is not None:
+            st.last_import_kwh = r.import_kwh
+        if r.export_kwh is not None:
+            st.last_export_kwh = r.export_kwh
+        st.last_power_in_kw, st.last_power_out_kw = r.power_in_kw, r.power_out_kw
+        if reset:
+            st.resets += 1
+            st.last_reset_at = r.ts_utc
         if reset:
             log.warning("meter %s: counter reset or exchange at %s: new series from Ei=%s Eo=%s "
                         "(intervals flagged 'reset' for review)", r.meter_id, r.ts_utc.isoformat(),

@@ -30,6 +30,10 @@ def _reject_constant(name: str):
     raise MessageError("not_finite", f"payload contains {name}, which is not a number")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)   # built once: json.loads(**kw) builds one per call
+_MAX = 1e15                                                      # larger values take the checked path
+
+
 def mac_from_topic(topic: str, pattern: str = "+/SENSOR") -> str | None:
     """The MAC in ``topic`` for a pattern with one ``+`` level (default ``+/SENSOR``), else None."""
     t_parts, p_parts = topic.split("/"), pattern.split("/")
@@ -45,6 +49,12 @@ def mac_from_topic(topic: str, pattern: str = "+/SENSOR") -> str | None:
 
 
 def _number(obj: dict, key: str, unit: str, required: bool) -> float | None:
+    v = obj.get(key)
+    # fast path for the usual value (type(), not isinstance(): a bool is not a number here)
+    if type(v) is float and 0.0 <= v <= _MAX:
+        return v
+    if type(v) is int and 0 <= v <= _MAX:
+        return float(v)
     if key not in obj or obj[key] is None:
         if required:
             raise MessageError("missing_field", f"{key}: missing (cumulative {unit})")
@@ -75,7 +85,7 @@ def parse_sensor_payload(meter_id: str, payload: bytes, received_at: datetime,
     except UnicodeDecodeError as exc:
         raise MessageError("not_utf8", f"payload is not UTF-8 (byte {exc.start})") from None
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = _DECODER.decode(text)
     except MessageError:
         raise
     except (ValueError, RecursionError) as exc:       # JSONDecodeError, or an integer too long
