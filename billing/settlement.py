@@ -180,10 +180,19 @@ def compute_settlement(store, houses: list[House], tariffs: list[Tariff], period
     limits the intervals expected of a period that is still running."""
     active = [h for h in houses if expected_span(period, h, interval_s) is not None]
     spans = {h.house_id: expected_span(period, h, interval_s, now) for h in active}
-    ids = [h.house_id for h in active]
-    totals = store.community_totals(period.start, period.end, ids)
+    # a house counts (in the community's I and E, and on its invoice) only from its active_from:
+    # houses are grouped by the start of their span (usually all start with the period)
+    groups: dict[pd.Timestamp, list[str]] = {}
+    for h in active:
+        groups.setdefault(expected_span(period, h, interval_s)[0], []).append(h.house_id)
+    totals = pd.concat([store.community_totals(s, period.end, ids) for s, ids in groups.items()],
+                       ignore_index=True)
+    if len(groups) > 1:
+        totals = totals.groupby("start", as_index=False)[
+            ["total_consumption_kwh", "total_production_kwh", "houses"]].sum()
     prices = price_frame(totals, tariffs)
-    sums = store.house_sums(period.start, period.end, ids, prices).set_index("house_id")
+    sums = pd.concat([store.house_sums(s, period.end, ids, prices) for s, ids in groups.items()],
+                     ignore_index=True).set_index("house_id")
     have = sums["intervals"].to_dict()
 
     missing_counts: dict[str, int] = {}
@@ -195,14 +204,11 @@ def compute_settlement(store, houses: list[House], tariffs: list[Tariff], period
         if have.get(h.house_id, 0) < n_expected:
             short.append(h)
     if short:                      # only then: which intervals are missing (one query)
-        present = store.read_intervals(period.start, period.end, [h.house_id for h in short])
-        by_house = present.groupby("house_id")["start"]
-        got = {k: pd.DatetimeIndex(v) for k, v in by_house} if len(present) else {}
-        for h in short:
-            expected = expected_starts(period, h, interval_s, now)
-            gaps = expected.difference(got.get(h.house_id, pd.DatetimeIndex([], tz="UTC")))
-            missing_counts[h.house_id] = len(gaps)
-            missing_first[h.house_id] = list(gaps[:3])
+        gaps = store.missing_intervals(period.start, period.end,
+                                       {h.house_id: spans[h.house_id] for h in short}, interval_s)
+        for hid, starts in gaps.groupby("house_id", sort=False)["start"]:
+            missing_counts[hid] = len(starts)
+            missing_first[hid] = list(starts.iloc[:3])
     if missing_counts and not allow_incomplete:
         raise IncompleteDataError(period.period_id, missing_first, missing_counts, period.tz)
 
@@ -222,9 +228,12 @@ def compute_settlement(store, houses: list[House], tariffs: list[Tariff], period
                     "p_pv": ordered[v].p_pv, "p_grid_del": ordered[v].p_grid_del,
                     "p_grid_con": ordered[v].p_grid_con} for v in versions]
 
+    rows = sums.to_dict("index")              # plain dicts: no pandas indexing per invoice
+    period_start = period.start_local.isoformat()
+    period_end = period.end_local_inclusive.isoformat()
     invoices = []
     for h in active:
-        row = sums.loc[h.house_id] if h.house_id in sums.index else None
+        row = rows.get(h.house_id)
         ei = float(row["delta_ei_kwh"]) if row is not None else 0.0
         eo = float(row["delta_eo_kwh"]) if row is not None else 0.0
         cost = float(row["value_consumption_ct"]) if row is not None else 0.0
@@ -235,8 +244,8 @@ def compute_settlement(store, houses: list[House], tariffs: list[Tariff], period
         invoices.append({
             "invoice_id": f"DRAFT-{period.period_id}-{h.house_id}",
             "house_id": h.house_id,
-            "period_start": period.start_local.isoformat(),
-            "period_end": period.end_local_inclusive.isoformat(),
+            "period_start": period_start,
+            "period_end": period_end,
             "energy_exported_kwh": _dec(eo, _KWH),
             "energy_imported_kwh": _dec(ei, _KWH),
             "export_revenue_ct": export_ct,

@@ -318,6 +318,31 @@ class DuckDBStore(TimeSeriesStore):
                 self._con.unregister("wanted")
         return _to_utc(df, "start")
 
+    def missing_intervals(self, start, end, spans, interval_s) -> pd.DataFrame:
+        """(house_id, start) of every interval start in each house's [from, to) span (within
+        [start, end)) that has no stored interval: an anti-join in DuckDB, so only the missing
+        rows leave the database."""
+        want = pd.DataFrame({"house_id": pd.Series(list(spans), dtype=object),
+                             "first": [_naive_utc(a) for a, _ in spans.values()],
+                             "last": [_naive_utc(b - pd.Timedelta(seconds=interval_s)) for _, b in spans.values()]})
+        want["first"] = want["first"].astype("datetime64[us]")
+        want["last"] = want["last"].astype("datetime64[us]")
+        with self._lock:
+            self._con.register("wanted", want)
+            try:
+                df = self._con.execute(f"""
+                    WITH expected AS (
+                        SELECT w.house_id, g.start FROM wanted w,
+                               generate_series(w.first, w.last, INTERVAL {int(interval_s)} SECOND) AS g(start)),
+                         present AS (
+                        SELECT i.house_id, i.start FROM intervals i SEMI JOIN wanted w USING (house_id)
+                        WHERE i.start >= $s AND i.start < $e)
+                    SELECT house_id, start FROM expected ANTI JOIN present USING (house_id, start)
+                    ORDER BY house_id, start""", {"s": _naive_utc(start), "e": _naive_utc(end)}).df()
+            finally:
+                self._con.unregister("wanted")
+        return _to_utc(df, "start")
+
     def community_totals(self, start, end, house_ids) -> pd.DataFrame:
         with self._lock:
             self._con.register("wanted", self._house_filter(house_ids))

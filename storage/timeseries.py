@@ -106,6 +106,20 @@ class TimeSeriesStore(ABC):
                        house_ids: list[str] | None = None) -> pd.DataFrame:
         """INTERVAL_COLUMNS for start <= interval start < end, ordered by start and house."""
 
+    def missing_intervals(self, start: pd.Timestamp, end: pd.Timestamp,
+                          spans: dict[str, tuple[pd.Timestamp, pd.Timestamp]], interval_s: int) -> pd.DataFrame:
+        """(house_id, start) of the interval starts in each house's [from, to) span that have no
+        stored interval, ordered by house and start. This default reads the houses' intervals;
+        a store should answer it with an anti-join."""
+        present = self.read_intervals(start, end, list(spans))
+        got = {k: pd.DatetimeIndex(v) for k, v in present.groupby("house_id")["start"]} if len(present) else {}
+        frames = []
+        for hid, (a, b) in spans.items():
+            expected = pd.date_range(a, b, freq=f"{interval_s}s", inclusive="left")
+            gaps = expected.difference(got.get(hid, pd.DatetimeIndex([], tz="UTC")))
+            frames.append(pd.DataFrame({"house_id": hid, "start": gaps}))
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["house_id", "start"])
+
     @abstractmethod
     def community_totals(self, start: pd.Timestamp, end: pd.Timestamp,
                          house_ids: list[str]) -> pd.DataFrame:

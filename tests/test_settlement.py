@@ -204,3 +204,17 @@ def test_tariff_versions_price_their_own_intervals_and_never_reach_into_closed_p
     with pytest.raises(SettlementError, match="closed period"):
         c.add_tariff(Tariff(20, 6, 30, "static", datetime.fromisoformat("2026-02-15T00:00:00+01:00")), "test")
     c.add_tariff(Tariff(20, 6, 30, "static", march), "test")        # at the closed period's end: fine
+
+
+def test_intervals_before_active_from_are_not_billed(make_community):
+    houses = {"M1": {"id": 1, "name": "One"}, "M2": {"id": 2, "name": "Two", "active_from": "2026-02-15"}}
+    c = make_community(houses, mode="static")
+    # house 2's meter already ran before the house joined: those 14 days are not its bill
+    c.store_readings(frame([("M1", "2026-02-01T00:00", 0.0, 0.0), ("M1", "2026-03-01T00:00", 10.0, 0.0),
+                            ("M2", "2026-02-01T00:00", 0.0, 0.0), ("M2", "2026-02-15T00:00", 100.0, 0.0),
+                            ("M2", "2026-03-01T00:00", 104.0, 0.0)]))
+    s = c.settle("2026-02")
+    two = s.invoices[1]
+    assert two["energy_imported_kwh"] == Decimal("4.000")
+    assert two["details"]["intervals"] == 14 * 96
+    assert s.summary.total_consumption_kwh == pytest.approx(14.0)
