@@ -162,6 +162,8 @@ class Community:
                                             "delta_ei_kwh": total_ei[valid], "delta_eo_kwh": total_eo[valid],
                                             "flags": flags[valid]}))
             intervals = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=INTERVAL_COLUMNS)
+            # stored in time order: a period's queries then read only that period's row groups
+            intervals = intervals.sort_values(["start", "house_id"], kind="stable")
             q_all = pd.concat(quarantined, ignore_index=True) if quarantined else \
                 pd.DataFrame(columns=QUARANTINE_COLUMNS)
             self.store.replace_intervals_many(spans, intervals)
