@@ -169,6 +169,11 @@ class Pipeline:
         """Hand over one reading; waits while the queue is full (see back-pressure above)."""
         self._put(("reading", reading, source))
 
+    def submit_parse(self, parse, meter_id: str, received: datetime, source: str = "") -> None:
+        """Hand over a message to be parsed in the worker: ``parse()`` returns a Reading or raises
+        an error with a ``code`` (ingest.sensor.MessageError), which is counted as a rejection."""
+        self._put(("parse", parse, meter_id, received, source))
+
     def reject(self, meter_id: str | None, code: str, message: str, source: str = "",
                at: datetime | None = None) -> None:
         """Count a message a source could not turn into a reading."""
@@ -218,7 +223,9 @@ class Pipeline:
                     self._write_batch(force=True)
                     self._compute_intervals(force=True)
                     return
-                if item[0] == "reading":
+                if item[0] == "parse":
+                    self._on_parse(*item[1:])
+                elif item[0] == "reading":
                     self._on_reading(item[1], item[2])
                 elif item[0] == "reject":
                     self._on_reject(*item[1:])
@@ -237,6 +244,15 @@ class Pipeline:
         self._decide_held(force=False)
         self._write_batch(force=False)
         self._compute_intervals(force=False)
+
+    def _on_parse(self, parse, meter_id, received, source) -> None:
+        try:
+            reading = parse()
+        except Exception as exc:          # a MessageError carries its code; anything else is unreadable
+            self._on_reject(meter_id, getattr(exc, "code", "unreadable"),
+                            str(exc) if hasattr(exc, "code") else repr(exc), source, received)
+            return
+        self._on_reading(reading, source)
 
     def _on_reject(self, meter_id, code, message, source, at) -> None:
         with self._lock:

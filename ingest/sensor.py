@@ -167,15 +167,10 @@ class SensorIntake:
                 pass          # a damaged anchor file only costs the timing of a backlog
 
     def message(self, mac: str, payload: bytes, received: datetime, source: str) -> None:
-        try:
-            reading = parse_sensor_payload(mac, payload, received, self.clock)
-        except MessageError as exc:
-            self.pipeline.reject(mac, exc.code, str(exc), source, received)
-            return
-        except Exception as exc:          # never let one message end a source's thread
-            self.pipeline.reject(mac, "unreadable", f"{exc!r}", source, received)
-            return
-        self.pipeline.submit(reading, source)
+        """Hand a message over; it is parsed in the pipeline's worker, so the source's thread
+        (paho's network loop) only queues it and goes back to acknowledging the broker."""
+        self.pipeline.submit_parse(lambda: parse_sensor_payload(mac, payload, received, self.clock),
+                                   mac, received, source)
 
     def save(self) -> None:
         if self.anchors_path is not None:
