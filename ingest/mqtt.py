@@ -5,8 +5,9 @@
 * Subscribes in ``on_connect``, so every reconnect resubscribes; reconnects with backoff
   (1 s doubling to 60 s) and logs the loss and the recovery once each.
 * TLS with username/password (public port 8883) or anonymous plain (VPN port 1883).
-* ``on_message`` never blocks on the store: it parses and hands the reading to the pipeline (which
-  applies back-pressure by waiting, so unacknowledged messages stay with the broker).
+* ``on_message`` never blocks on the store: it hands the message to an intake (in the app: the
+  batching sink of ``ingest.mqtt_process``, in a process of its own), which may wait when the
+  pipeline is full; paho then stops acknowledging and the broker keeps the messages.
 """
 from __future__ import annotations
 

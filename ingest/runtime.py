@@ -30,7 +30,9 @@ class IngestRuntime:
         self.offset_months = offset_months
         options = {"intervals_every_s": max(1.0, min(cfg.collector.interval, 60))} | (pipeline_options or {})
         self.pipeline = Pipeline(community, **options)
-        self.intake = SensorIntake(self.pipeline, anchors_path=cfg.data_dir / "sensor_clock.json")
+        # the in-process simulator's messages are live: no uptime anchors needed here (the MQTT
+        # process keeps its own in data_dir/sensor_clock.json)
+        self.intake = SensorIntake(self.pipeline)
         self.mqtt = None
         self.simulator = None
         self._started = False
@@ -50,8 +52,9 @@ class IngestRuntime:
         if self.simulate:
             self._start_simulator()
         if self.use_mqtt:
-            from ingest.mqtt import MqttSource
-            self.mqtt = MqttSource(self.community.cfg.mqtt, self.intake).start()
+            from ingest.mqtt_process import MqttProcessSource
+            self.mqtt = MqttProcessSource(self.community.cfg.mqtt, self.pipeline,
+                                          anchors_path=self.community.cfg.data_dir / "sensor_clock.json").start()
         return self
 
     def _start_simulator(self) -> None:
