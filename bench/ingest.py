@@ -141,11 +141,18 @@ def app_receive(port: int, n_msgs: int, n_meters: int, client_id: str, workdir: 
     elapsed = time.perf_counter() - t_start
     st = rt.pipeline.status()
     rejected = sum(s.rejected_total for s in st.values())
+    child_peak_mb = 0.0
+    try:
+        for line in open(f"/proc/{rt.mqtt._proc.pid}/status"):
+            if line.startswith("VmHWM"):
+                child_peak_mb = int(line.split()[1]) / 1024
+    except OSError:
+        pass
     rt.stop()
     stored_rows = len(community.store.read_readings())
     community.close()
     return {"rate": rt.pipeline.stored / elapsed, "stored": stored_rows, "rejected": rejected,
-            "elapsed": elapsed}
+            "elapsed": elapsed, "child_mb": child_peak_mb}
 
 
 def main() -> None:
@@ -182,7 +189,7 @@ def main() -> None:
         finally:
             broker.stop()
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    child_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    child_mb = max(res["app_drain"]["child_mb"], res["app_stream"]["child_mb"])
     ok_loss = all(res[k]["stored"] == n and res[k]["rejected"] == 0 for k in ("app_drain", "app_stream"))
     lines = [
         f"{n:,} messages from {m:,} meters, QoS 1, through mosquitto on localhost.",
@@ -200,8 +207,9 @@ def main() -> None:
         f"- loss: stored {res['app_drain']['stored']:,} and {res['app_stream']['stored']:,} of {n:,}, "
         f"rejected {res['app_drain']['rejected']} and {res['app_stream']['rejected']}: "
         f"{'zero loss' if ok_loss else 'LOSS'}",
-        f"- peak resident memory with {m:,} meters: the app's process {rss_mb:,.0f} MB (target <= 300 MB); "
-        f"the largest child process (the MQTT receiver, a publisher or the broker) {child_mb:,.0f} MB",
+        f"- peak resident memory with {m:,} meters: the app's process {rss_mb:,.0f} MB and its MQTT process "
+        f"{child_mb:,.0f} MB, together {rss_mb + child_mb:,.0f} MB (target <= 300 MB; the app's process "
+        f"includes this benchmark's own data)",
     ]
     print("\n".join(lines))
     if not args.no_write:
