@@ -202,6 +202,8 @@ def main() -> None:
         f"| app, stream: published -> stored | {res['app_stream']['rate']:,.0f} | >= 10,000 |",
         f"| publisher alone (QoS 1) | {res['publish_rate']:,.0f} | |",
         "",
+        "- the stream rows are bounded by the publisher (one Python paho client, sharing the two cores "
+        "with the broker and the consumer); the drain rows show what the consumer itself can take",
         f"- app / bare: drain {res['app_drain']['rate'] / res['bare_drain']:.0%}, stream "
         f"{res['app_stream']['rate'] / res['bare_stream']:.0%} (target >= 50 %)",
         f"- loss: stored {res['app_drain']['stored']:,} and {res['app_stream']['stored']:,} of {n:,}, "
