@@ -68,9 +68,10 @@ def _print_status(runtime) -> None:
 
 @cli.command()
 @config_option
-@click.option("--once", is_flag=True, help="start ingest, print the settlements, stop")
-def run(config_path, once):
-    """Run the app: ingest (MQTT; the in-process simulator in the demo) and settlements."""
+@click.option("--once", is_flag=True, help="start ingest, print the settlements, stop (no web server)")
+@click.option("--debug", is_flag=True, help="Flask's development server with reloading (never in production)")
+def run(config_path, once, debug):
+    """Run the app: the web app on web.host:web.port, ingest (MQTT; the in-process simulator in the demo)."""
     from ingest.runtime import IngestRuntime
     community = _open(config_path)
     cfg = community.cfg
@@ -81,16 +82,28 @@ def run(config_path, once):
             runtime.start()
         else:
             click.echo("influxdb.mode is read_only: settling from the house_energy another collector writes")
-        if community.cfg.is_demo:
+        if cfg.is_demo:
             click.echo(f"demo: {len(community.houses())} simulated houses publishing every 10 s; "
-                       f"history in {community.cfg.data_dir}")
+                       f"history in {cfg.data_dir}")
         now = pd.Timestamp.now(tz=community.tz)
         last = (now.replace(day=1) - pd.Timedelta(days=1)).strftime("%Y-%m")
         for period_id in (last, now.strftime("%Y-%m")):
             _print_settlement(community.settle(period_id, allow_incomplete=True))
-        if not once:
-            click.echo("running; stop with Ctrl-C")
-            _wait_for_signal(lambda: _print_status(runtime) if runtime else None)
+        if once:
+            return
+        from web import create_app
+        app = create_app(community, runtime)
+        url = f"http://{cfg.web.host}:{cfg.web.port}{app.config.url_base_pathname}"
+        click.echo(f"web app on {url}; stop with Ctrl-C")
+        if debug:
+            app.run(host=cfg.web.host, port=cfg.web.port, debug=True, use_reloader=False)
+        else:
+            import waitress
+            signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+            try:
+                waitress.serve(app.server, host=cfg.web.host, port=cfg.web.port, threads=8)
+            except KeyboardInterrupt:
+                pass
     finally:
         if runtime:
             runtime.stop()

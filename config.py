@@ -98,7 +98,7 @@ class CollectorConfig(_Strict):
 class WebConfig(_Strict):
     host: str = "0.0.0.0"
     port: Port = 8060
-    url_prefix: str = "/"
+    base_path: str = "/"     # e.g. /invoicing/ behind a reverse proxy beside LEG-Simulator
 
 
 class LoggingConfig(_Strict):

@@ -1,0 +1,133 @@
+"""Energy and value flows for the dashboards: plain functions over the community service, so the
+pages stay thin and these are tested on their own.
+
+Ranges are named in the community's time zone; buckets are 15 min, hour, day or month (local),
+chosen so that no trace has more than MAX_POINTS points.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+MAX_POINTS = 5000
+BUCKETS = {"15min": pd.Timedelta(minutes=15), "hour": pd.Timedelta(hours=1), "day": pd.Timedelta(days=1),
+           "month": pd.Timedelta(days=31)}
+RANGES = {"today": "Today", "7days": "Last 7 days", "this_month": "This month", "last_month": "Last month",
+          "this_year": "This year"}
+FLOW_COLUMNS = ["start", "consumption_kwh", "production_kwh", "grid_import_kwh", "grid_export_kwh",
+                "value_consumption_ct", "value_pv_delivery_ct", "value_grid_import_ct", "value_grid_export_ct",
+                "p_con", "p_pv"]
+
+
+@dataclass(frozen=True)
+class Range:
+    start: pd.Timestamp       # UTC
+    end: pd.Timestamp         # UTC, exclusive
+    bucket: str
+
+
+def resolve_range(name: str, now: pd.Timestamp, tz) -> Range:
+    """A named range in the community's zone, with a resolution that fits it."""
+    local = now.tz_convert(tz)
+    day = local.normalize()
+    if name == "today":
+        start, end, bucket = day, day + pd.DateOffset(days=1), "15min"
+    elif name == "7days":
+        start, end, bucket = day - pd.DateOffset(days=6), day + pd.DateOffset(days=1), "hour"
+    elif name == "this_month":
+        start = day.replace(day=1)
+        start, end, bucket = start, start + pd.DateOffset(months=1), "day"
+    elif name == "last_month":
+        end = day.replace(day=1)
+        start, end, bucket = end - pd.DateOffset(months=1), end, "day"
+    elif name == "this_year":
+        start = day.replace(month=1, day=1)
+        start, end, bucket = start, start + pd.DateOffset(years=1), "month"
+    else:
+        raise ValueError(f"range: unknown {name!r}; one of {', '.join(RANGES)}")
+    return Range(start.tz_convert("UTC"), end.tz_convert("UTC"), bucket)
+
+
+def fit_bucket(start: pd.Timestamp, end: pd.Timestamp, bucket: str) -> str:
+    """``bucket``, or the next coarser one if the range would need more than MAX_POINTS points."""
+    order = list(BUCKETS)
+    i = order.index(bucket)
+    while i < len(order) - 1 and (end - start) / BUCKETS[order[i]] > MAX_POINTS:
+        i += 1
+    return order[i]
+
+
+def _bucket_local(starts: pd.Series, bucket: str, tz) -> pd.Series:
+    """Each interval's bucket start in the community's zone (days and months are local)."""
+    if bucket == "15min":
+        return starts.dt.tz_convert(tz)
+    if bucket == "hour":                     # whole-hour offsets: a UTC hour is a local hour
+        return starts.dt.floor("h").dt.tz_convert(tz)
+    local = starts.dt.tz_convert(tz)
+    if bucket == "day":
+        return local.dt.normalize()
+    return local.dt.tz_localize(None).dt.to_period("M").dt.start_time.dt.tz_localize(tz)
+
+
+def _aggregate(df: pd.DataFrame, bucket: str, tz) -> pd.DataFrame:
+    if df.empty:
+        return pd.DataFrame(columns=FLOW_COLUMNS)
+    df = df.copy()
+    df["bucket"] = _bucket_local(df["start"], bucket, tz)
+    sums = df.groupby("bucket")[[c for c in FLOW_COLUMNS[1:9]]].sum()
+    # average prices weighted by the energy they applied to
+    w_con = df["consumption_kwh"].where(df["consumption_kwh"] > 0, 0)
+    w_pv = df["production_kwh"].where(df["production_kwh"] > 0, 0)
+    g = df.assign(pc=df["p_con"] * w_con, pp=df["p_pv"] * w_pv, wc=w_con, wp=w_pv,
+                  pc0=df["p_con"], pp0=df["p_pv"]).groupby("bucket")
+    agg = g[["pc", "pp", "wc", "wp", "pc0", "pp0"]].agg({"pc": "sum", "pp": "sum", "wc": "sum", "wp": "sum",
+                                                          "pc0": "mean", "pp0": "mean"})
+    sums["p_con"] = np.where(agg["wc"] > 0, agg["pc"] / agg["wc"].where(agg["wc"] > 0, 1), agg["pc0"])
+    sums["p_pv"] = np.where(agg["wp"] > 0, agg["pp"] / agg["wp"].where(agg["wp"] > 0, 1), agg["pp0"])
+    out = sums.reset_index().rename(columns={"bucket": "start"})
+    return out[FLOW_COLUMNS]
+
+
+def community_flows(community, rng: Range) -> pd.DataFrame:
+    """Per bucket: the community's energy (kWh), values (ct) and average prices (ct/kWh)."""
+    p = community.community_intervals(rng.start, rng.end)
+    if p.empty:
+        return pd.DataFrame(columns=FLOW_COLUMNS)
+    df = pd.DataFrame({
+        "start": p["start"], "consumption_kwh": p["total_consumption_kwh"],
+        "production_kwh": p["total_production_kwh"], "grid_import_kwh": p["grid_import_kwh"],
+        "grid_export_kwh": p["grid_export_kwh"],
+        "value_consumption_ct": p["total_consumption_kwh"] * p["p_con"],
+        "value_pv_delivery_ct": p["total_production_kwh"] * p["p_pv"],
+        "value_grid_import_ct": p["value_grid_import_ct"], "value_grid_export_ct": p["value_grid_export_ct"],
+        "p_con": p["p_con"], "p_pv": p["p_pv"]})
+    return _aggregate(df, fit_bucket(rng.start, rng.end, rng.bucket), community.tz)
+
+
+def house_flows(community, house_id: str, rng: Range) -> pd.DataFrame:
+    """Per bucket: one house's consumption and production (kWh), values (ct), prices applied."""
+    p = community.community_intervals(rng.start, rng.end)
+    iv = community.store.read_intervals(rng.start, rng.end, [house_id])
+    if iv.empty or p.empty:
+        return pd.DataFrame(columns=FLOW_COLUMNS)
+    m = iv.merge(p[["start", "p_con", "p_pv"]], on="start")
+    df = pd.DataFrame({
+        "start": m["start"], "consumption_kwh": m["delta_ei_kwh"], "production_kwh": m["delta_eo_kwh"],
+        "grid_import_kwh": 0.0, "grid_export_kwh": 0.0,
+        "value_consumption_ct": m["delta_ei_kwh"] * m["p_con"], "value_pv_delivery_ct": m["delta_eo_kwh"] * m["p_pv"],
+        "value_grid_import_ct": 0.0, "value_grid_export_ct": 0.0, "p_con": m["p_con"], "p_pv": m["p_pv"]})
+    return _aggregate(df, fit_bucket(rng.start, rng.end, rng.bucket), community.tz)
+
+
+def kpis(flows: pd.DataFrame) -> dict:
+    """Self-sufficiency, self-consumption, community balance (CHF) and energy totals."""
+    c, p = float(flows["consumption_kwh"].sum()), float(flows["production_kwh"].sum())
+    gi, ge = float(flows["grid_import_kwh"].sum()), float(flows["grid_export_kwh"].sum())
+    balance_ct = float((flows["value_consumption_ct"] + flows["value_grid_export_ct"]
+                        - flows["value_pv_delivery_ct"] - flows["value_grid_import_ct"]).sum())
+    return {"consumption_kwh": c, "production_kwh": p, "grid_import_kwh": gi, "grid_export_kwh": ge,
+            "self_sufficiency": (1 - gi / c) if c > 0 else None,
+            "self_consumption": (1 - ge / p) if p > 0 else None,
+            "balance_chf": round(balance_ct / 100, 2) + 0.0}

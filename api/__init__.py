@@ -1,0 +1,1 @@
+"""REST API on the web app's Flask server."""

@@ -1,0 +1,193 @@
+"""REST endpoints (JSON). Bad parameters get 400 with ``{"error": ..., "field": ...}``."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from datetime import datetime, timezone
+
+import flask
+import pandas as pd
+
+from billing.settlement import CSV_EXTRA_FIELDS, CSV_FIELDS, SettlementError, invoice_rows
+from ingest.csv_files import parse_timestamp
+from ingest.readings import ReadingError
+from pricing.tariffs import Tariff, TariffError, tariff_errors
+
+api = flask.Blueprint("api", __name__)
+VERSION = "0.1.0"
+
+
+def _svc():
+    return flask.current_app.config["LEG"]
+
+
+def _bad(message: str, field: str, status: int = 400):
+    return flask.jsonify({"error": message, "field": field}), status
+
+
+def _time_param(name: str, tz, default=None):
+    text = flask.request.args.get(name)
+    if text is None:
+        return default
+    try:
+        return pd.Timestamp(parse_timestamp(text if "T" in text else text + "T00:00:00", tz))
+    except ReadingError as exc:
+        raise ValueError(str(exc).replace("timestamp", name, 1)) from None
+
+
+def _tariff_json(t: Tariff, tz) -> dict:
+    return {"p_pv": t.p_pv, "p_grid_del": t.p_grid_del, "p_grid_con": t.p_grid_con,
+            "p_con": t.p_con_static if t.mode == "static" else None, "mode": t.mode,
+            "effective_from": t.effective_from.astimezone(tz).isoformat()}
+
+
+@api.get("/health")
+def health():
+    s = _svc()
+    c = s.community
+    store = c.store.health() if hasattr(c.store, "health") else {"backend": c.cfg.storage.backend}
+    ingest = None
+    if s.runtime is not None:
+        p = s.runtime.pipeline
+        ingest = {"pipeline_alive": bool(p._thread and p._thread.is_alive()), "queued": p.queued,
+                  "mqtt_connected": bool(s.runtime.mqtt and s.runtime.mqtt.connected.is_set()),
+                  "simulator": s.runtime.simulator is not None}
+    return flask.jsonify({"status": "ok", "version": VERSION, "store": store, "ingest": ingest})
+
+
+@api.get("/tariffs")
+def tariffs_current():
+    c = _svc().community
+    now = datetime.now(timezone.utc)
+    versions = [t for t in c.ledger.tariff_versions() if t.effective_from <= now]
+    t = versions[-1]
+    body = _tariff_json(t, c.tz)
+    if t.mode != "static":
+        recent = c.community_intervals(pd.Timestamp(now) - pd.Timedelta(hours=2), pd.Timestamp(now))
+        if len(recent):
+            body["p_con"] = round(float(recent["p_con"].iloc[-1]), 4)
+            body["p_con_interval_start"] = recent["start"].iloc[-1].tz_convert(c.tz).isoformat()
+    return flask.jsonify(body)
+
+
+@api.get("/tariffs/history")
+def tariffs_history():
+    c = _svc().community
+    return flask.jsonify([_tariff_json(t, c.tz) for t in c.ledger.tariff_versions()])
+
+
+@api.post("/tariffs")
+def tariffs_post():
+    c = _svc().community
+    if not flask.request.is_json:
+        return _bad("the body must be JSON (Content-Type: application/json)", "body", 415)
+    data = flask.request.get_json(silent=True)
+    if not isinstance(data, dict):
+        return _bad("the body must be a JSON object with p_pv, p_grid_del, p_grid_con", "body")
+    unknown = sorted(set(data) - {"p_pv", "p_grid_del", "p_grid_con", "mode", "effective_from"})
+    if unknown:
+        return _bad(f"unknown field {unknown[0]!r}", unknown[0])
+    current = c.ledger.tariff_versions()[-1]
+    values = {"mode": data.get("mode", current.mode), **{k: data.get(k) for k in ("p_pv", "p_grid_del", "p_grid_con")}}
+    errors = tariff_errors(values)
+    if errors:
+        return _bad(errors[0].message, errors[0].field)
+    try:
+        eff = parse_timestamp(data["effective_from"], c.tz) if data.get("effective_from") else datetime.now(timezone.utc)
+    except (ReadingError, TypeError) as exc:
+        return _bad(str(exc).replace("timestamp: ", ""), "effective_from")
+    tariff = Tariff(float(values["p_pv"]), float(values["p_grid_del"]), float(values["p_grid_con"]),
+                    values["mode"], eff)
+    try:
+        c.add_tariff(tariff, created_by="api")
+    except (TariffError, SettlementError) as exc:
+        return _bad(str(exc), "effective_from")
+    return flask.jsonify(_tariff_json(tariff, c.tz)), 201
+
+
+@api.get("/prices")
+def prices():
+    c = _svc().community
+    now = pd.Timestamp.now(tz="UTC")
+    try:
+        start = _time_param("start", c.tz, now.tz_convert(c.tz).normalize().tz_convert("UTC"))
+        end = _time_param("end", c.tz, start + pd.Timedelta(days=1))
+    except ValueError as exc:
+        field = "start" if str(exc).startswith("start") else "end"
+        return _bad(str(exc), field)
+    if end <= start:
+        return _bad("end must be after start", "end")
+    if end - start > pd.Timedelta(days=366):
+        return _bad("at most 366 days at a time", "end")
+    p = c.community_intervals(start, end)
+    rows = [{"start": r.start.tz_convert(c.tz).isoformat(), "p_con": _num(r.p_con), "p_pv": _num(r.p_pv),
+             "I_kwh": _num(r.total_consumption_kwh), "E_kwh": _num(r.total_production_kwh)}
+            for r in p.itertuples(index=False)]
+    return flask.jsonify(rows)
+
+
+def _num(x):
+    x = float(x)
+    return round(x, 6) if math.isfinite(x) else None
+
+
+@api.get("/houses")
+def houses():
+    c = _svc().community
+    return flask.jsonify([{"house_id": h.house_id, "name": h.name, "type": h.type, "pv_kwp": h.pv_kwp,
+                           "active_from": h.active_from} for h in c.houses()])
+
+
+@api.get("/meters")
+def meters():
+    s = _svc()
+    status = s.runtime.pipeline.status() if s.runtime else {}
+    out = []
+    for m in s.community.meters():
+        st = status.get(m.meter_id)
+        out.append({"meter_id": m.meter_id, "house_id": m.house_id, "connection": m.connection,
+                    "last_seen": st.last_seen.isoformat() if st and st.last_seen else None,
+                    "last_import_kwh": st.last_import_kwh if st else None,
+                    "last_export_kwh": st.last_export_kwh if st else None,
+                    "accepted": st.accepted if st else 0, "rejected": dict(st.rejected) if st else {},
+                    "last_rejection": st.last_rejection if st else None})
+    return flask.jsonify(out)
+
+
+def _period_param():
+    period = flask.request.args.get("period")
+    if not period:
+        return None, _bad("period is required (YYYY-MM)", "period")
+    return period, None
+
+
+@api.get("/invoices")
+def invoices():
+    period, err = _period_param()
+    if err:
+        return err
+    try:
+        s = _svc().community.settle(period, allow_incomplete=True)
+    except SettlementError as exc:
+        return _bad(str(exc), "period")
+    return flask.jsonify({"period": period, "status": s.status, "missing": s.missing,
+                          "invoices": [{k: (str(v) if k not in ("details",) else v) for k, v in i.items()}
+                                       for i in s.invoices]})
+
+
+@api.get("/invoices.csv")
+def invoices_csv():
+    period, err = _period_param()
+    if err:
+        return err
+    try:
+        s = _svc().community.settle(period, allow_incomplete=True)
+    except SettlementError as exc:
+        return _bad(str(exc), "period")
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS + CSV_EXTRA_FIELDS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(invoice_rows(s.invoices))
+    return flask.Response(buf.getvalue(), mimetype="text/csv",
+                          headers={"Content-Disposition": f'attachment; filename="invoices-{period}.csv"'})

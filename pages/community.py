@@ -1,0 +1,35 @@
+"""Community: energy flow, value flow, price signal and KPIs over a chosen range."""
+import dash
+import pandas as pd
+from dash import Input, Output, callback, dcc, html
+
+import analytics
+from components.charts import energy_figure, price_figure, value_figure
+from components.controls import kpi_cards, range_controls
+from web import current
+
+dash.register_page(__name__, path="/", name="Community", order=0)
+
+
+def layout(**_):
+    return html.Div([
+        html.H3("Community"),
+        range_controls("community"),
+        html.Div(id="community-kpis"),
+        dcc.Graph(id="community-energy"), dcc.Graph(id="community-value"), dcc.Graph(id="community-price"),
+    ])
+
+
+def community_view(community, range_name: str, bucket: str | None, now: pd.Timestamp):
+    rng = analytics.resolve_range(range_name, now, community.tz)
+    if bucket:
+        rng = analytics.Range(rng.start, rng.end, bucket)
+    flows = analytics.community_flows(community, rng)
+    return kpi_cards(analytics.kpis(flows)), energy_figure(flows), value_figure(flows), price_figure(flows)
+
+
+@callback(Output("community-kpis", "children"), Output("community-energy", "figure"),
+          Output("community-value", "figure"), Output("community-price", "figure"),
+          Input("community-range", "value"), Input("community-bucket", "value"), Input("community-refresh", "n_intervals"))
+def _update(range_name, bucket, _n):
+    return community_view(current().community, range_name, bucket, pd.Timestamp.now(tz="UTC"))

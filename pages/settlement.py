@@ -1,0 +1,61 @@
+"""Settlement: a period's invoices (drafts, or issued once closed) and the CSV download."""
+import dash
+import dash_ag_grid as dag
+import dash_bootstrap_components as dbc
+import pandas as pd
+from dash import Input, Output, callback, dcc, html
+
+from billing.settlement import SettlementError, invoice_rows
+from web import current
+
+dash.register_page(__name__, path="/settlement", name="Settlement", order=4)
+
+
+def period_options(c, now: pd.Timestamp, months: int = 12) -> list[dict]:
+    local = now.tz_convert(c.tz)
+    first = local.normalize().replace(day=1)
+    return [{"label": (first - pd.DateOffset(months=k)).strftime("%B %Y"),
+             "value": (first - pd.DateOffset(months=k)).strftime("%Y-%m")} for k in range(months)]
+
+
+def layout(**_):
+    c = current().community
+    opts = period_options(c, pd.Timestamp.now(tz="UTC"))
+    return html.Div([
+        html.H3("Settlement"),
+        dbc.Row([dbc.Col([dbc.Label("Period"), dcc.Dropdown(id="settle-period", options=opts,
+                                                            value=opts[1]["value"], clearable=False)], md=4),
+                 dbc.Col(html.A(dbc.Button("Download CSV", color="secondary"), id="settle-csv", href=""),
+                         md=3, className="align-self-end")], className="mb-3"),
+        html.Div(id="settle-status"),
+        dag.AgGrid(id="settle-grid", columnDefs=[{"field": f} for f in (
+            "invoice_id", "house_id", "house_name", "energy_imported_kwh", "energy_exported_kwh", "import_cost_ct",
+            "export_revenue_ct", "net_amount_chf", "status", "missing_intervals", "flags")],
+            columnSize="autoSize", style={"height": "420px"}),
+    ])
+
+
+def settlement_view(c, period: str):
+    """(status alert, grid rows) for a period."""
+    try:
+        s = c.settle(period, allow_incomplete=True)
+    except SettlementError as exc:
+        return dbc.Alert(str(exc), color="danger"), []
+    rows = [{k: (str(v) if v is not None else "") for k, v in r.items()} for r in invoice_rows(s.invoices)]
+    if s.status == "closed":
+        alert = dbc.Alert(f"Closed: {len(rows)} invoices issued.", color="success")
+    elif s.missing:
+        alert = dbc.Alert("Provisional: intervals missing for house(s) "
+                          + ", ".join(f"{h} ({n})" for h, n in s.missing.items()), color="warning")
+    else:
+        alert = dbc.Alert("Open: drafts, recomputed on every view; complete data.", color="info")
+    return alert, rows
+
+
+@callback(Output("settle-status", "children"), Output("settle-grid", "rowData"), Output("settle-csv", "href"),
+          Input("settle-period", "value"))
+def _update(period):
+    c = current().community
+    alert, rows = settlement_view(c, period)
+    base = dash.get_relative_path("/")
+    return alert, rows, f"{base}api/invoices.csv?period={period}"

@@ -1,0 +1,134 @@
+"""The web app's logic: REST API through Flask's test client, page functions and figure builders
+called directly (browser tests come with the page work)."""
+import json
+from datetime import datetime, timezone
+
+import pandas as pd
+import pytest
+
+import analytics
+from community import Community
+from components.charts import energy_figure, price_figure, value_figure
+from config import parse_config
+
+HOUSES = {"M1": {"id": 1, "name": "One"}, "M2": {"id": 2, "name": "Two", "pv_kwp": 10}}
+
+
+@pytest.fixture
+def community(tmp_path):
+    cfg = parse_config({"houses": HOUSES, "storage": {"data_dir": str(tmp_path)},
+                        "web": {"base_path": "/invoicing/"}}, source="test")
+    c = Community.open(cfg)
+    df = pd.DataFrame({"meter_id": ["M1", "M1", "M2", "M2"],
+                       "ts": pd.to_datetime(["2026-02-01T00:00+01:00", "2026-03-01T00:00+01:00"] * 2, utc=True),
+                       "import_kwh": [0.0, 2688.0, 0.0, 0.0], "export_kwh": [0.0, 0.0, 0.0, 5376.0]})
+    df["ts"] = df["ts"].astype("datetime64[us, UTC]")
+    df["power_in_kw"] = df["power_out_kw"] = float("nan")
+    c.store_readings(df)
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def client(community):
+    from web import create_app
+    return create_app(community).server.test_client()
+
+
+def test_health_and_houses(client):
+    h = client.get("/invoicing/api/health").get_json()
+    assert h["status"] == "ok" and h["store"]["backend"] == "embedded"
+    houses = client.get("/invoicing/api/houses").get_json()
+    assert [x["house_id"] for x in houses] == ["1", "2"]
+
+
+def test_tariffs_get_post_history(client):
+    t = client.get("/invoicing/api/tariffs").get_json()
+    assert {k: t[k] for k in ("p_pv", "p_grid_del", "p_grid_con", "mode")} == \
+        {"p_pv": 20.0, "p_grid_del": 6.0, "p_grid_con": 30.0, "mode": "break_even"}
+    r = client.post("/invoicing/api/tariffs", data="p_pv=1")
+    assert r.status_code == 415
+    r = client.post("/invoicing/api/tariffs", json={"p_pv": "x", "p_grid_del": 6, "p_grid_con": 30})
+    assert r.status_code == 400 and r.get_json()["field"] == "p_pv"
+    r = client.post("/invoicing/api/tariffs", json={"p_pv": 10, "p_grid_del": 12, "p_grid_con": 30})
+    assert r.status_code == 400 and r.get_json()["field"] == "p_grid_del"
+    r = client.post("/invoicing/api/tariffs", json={"p_pv": 18, "p_grid_del": 5, "p_grid_con": 32, "bogus": 1})
+    assert r.status_code == 400 and r.get_json()["field"] == "bogus"
+    r = client.post("/invoicing/api/tariffs", json={"p_pv": 18, "p_grid_del": 5, "p_grid_con": 32,
+                                                    "mode": "static", "effective_from": "next week"})
+    assert r.status_code == 400 and r.get_json()["field"] == "effective_from"
+    r = client.post("/invoicing/api/tariffs", json={"p_pv": 18, "p_grid_del": 5, "p_grid_con": 32,
+                                                    "mode": "static", "effective_from": "2026-02-15T00:00"})
+    assert r.status_code == 201 and r.get_json()["p_con"] == 25.0
+    hist = client.get("/invoicing/api/tariffs/history").get_json()
+    assert [v["p_pv"] for v in hist] == [20.0, 18.0]
+    assert hist[1]["effective_from"] == "2026-02-15T00:00:00+01:00"
+
+
+def test_prices_and_bad_parameters(client):
+    r = client.get("/invoicing/api/prices?start=2026-02-01&end=2026-02-02")
+    rows = r.get_json()
+    assert r.status_code == 200 and len(rows) == 96
+    # I = 1, E = 2 per interval: p_con capped at 30, p_pv = (30 + 6) / 2 = 18
+    assert rows[0]["p_con"] == 30.0 and rows[0]["p_pv"] == 18.0 and rows[0]["start"] == "2026-02-01T00:00:00+01:00"
+    r = client.get("/invoicing/api/prices?start=yesterday")
+    assert r.status_code == 400 and r.get_json()["field"] == "start"
+    r = client.get("/invoicing/api/prices?start=2026-02-02&end=2026-02-01")
+    assert r.status_code == 400 and r.get_json()["field"] == "end"
+
+
+def test_invoices_json_and_csv(client):
+    r = client.get("/invoicing/api/invoices?period=2026-02").get_json()
+    assert [i["import_cost_ct"] for i in r["invoices"]] == ["80640.00", "0.00"]
+    r = client.get("/invoicing/api/invoices?period=2026-13")
+    assert r.status_code == 400 and r.get_json()["field"] == "period"
+    assert client.get("/invoicing/api/invoices").status_code == 400
+    csv = client.get("/invoicing/api/invoices.csv?period=2026-02")
+    assert csv.status_code == 200 and csv.headers["Content-Disposition"].endswith('invoices-2026-02.csv"')
+    assert csv.data.decode().splitlines()[0].startswith("invoice_id,house_id,period_start,period_end")
+
+
+def test_pages_are_served_under_the_base_path(client):
+    r = client.get("/invoicing/")
+    assert r.status_code == 200 and b"_dash-config" in r.data
+    cfg = json.loads(r.data.decode().split('<script id="_dash-config" type="application/json">')[1].split("</script>")[0])
+    assert cfg["url_base_pathname"] == "/invoicing/"
+    assert client.get("/invoicing/_dash-layout").status_code == 200
+
+
+def test_ranges_and_resolution():
+    tz = __import__("zoneinfo").ZoneInfo("Europe/Zurich")
+    now = pd.Timestamp("2026-03-15T10:00Z")
+    r = analytics.resolve_range("last_month", now, tz)
+    assert (r.start, r.end, r.bucket) == (pd.Timestamp("2026-01-31T23:00Z"), pd.Timestamp("2026-02-28T23:00Z"), "day")
+    assert analytics.fit_bucket(pd.Timestamp("2025-01-01T00:00Z"), pd.Timestamp("2026-01-01T00:00Z"), "15min") == "day"
+    with pytest.raises(ValueError, match="range"):
+        analytics.resolve_range("forever", now, tz)
+
+
+def test_flows_kpis_and_figures(community):
+    rng = analytics.Range(pd.Timestamp("2026-01-31T23:00Z"), pd.Timestamp("2026-02-28T23:00Z"), "day")
+    flows = analytics.community_flows(community, rng)
+    assert len(flows) == 28 and flows["start"].iloc[0] == pd.Timestamp("2026-02-01", tz="Europe/Zurich")
+    assert flows["consumption_kwh"].iloc[0] == pytest.approx(96) and flows["p_con"].iloc[0] == pytest.approx(30)
+    k = analytics.kpis(flows)
+    assert k["self_sufficiency"] == pytest.approx(1.0) and k["self_consumption"] == pytest.approx(0.5)
+    assert k["balance_chf"] == 0.0
+    fig = energy_figure(flows)
+    assert [t.name for t in fig.data] == ["Consumption", "Production"] and fig.data[0].y[0] == pytest.approx(-96)
+    assert value_figure(flows).data[0].y[0] == pytest.approx(-96 * 30 / 100)
+    assert list(price_figure(flows).data[1].y[:1]) == [pytest.approx(18)]
+    house = analytics.house_flows(community, "2", rng)
+    assert house["production_kwh"].sum() == pytest.approx(5376)
+
+
+def test_tariff_page_logic(community):
+    from pages.tariffs import p_con_text, submit
+    assert p_con_text({"p_pv": 20, "p_grid_del": 6, "p_grid_con": 30, "mode": "static"}).startswith("25.00 ct/kWh")
+    assert p_con_text({"p_pv": 40, "p_grid_del": 6, "p_grid_con": 30, "mode": "static"}) == "—"
+    errors, msg = submit(community, {"p_pv": 40, "p_grid_del": 6, "p_grid_con": 30, "mode": "static"}, None,
+                         datetime.now(timezone.utc))
+    assert errors == {"p_pv": "must not exceed p_grid_con (40.0 > 30.0)"} and msg is None
+    errors, msg = submit(community, {"p_pv": 19, "p_grid_del": 6, "p_grid_con": 30, "mode": "static"},
+                         "2026-03-01T00:00", datetime.now(timezone.utc))
+    assert errors == {} and msg.startswith("Saved: in force from 2026-03-01 00:00")
