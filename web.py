@@ -39,7 +39,7 @@ def create_app(community, runtime=None) -> dash.Dash:
     from api.routes import api
     server.register_blueprint(api, url_prefix=base + "api")
     app = dash.Dash(__name__, server=server, use_pages=True, pages_folder=str(ROOT / "pages"),
-                    url_base_pathname=base, external_stylesheets=[dbc.themes.BOOTSTRAP],
+                    url_base_pathname=base, assets_folder=str(ROOT / "assets"),
                     suppress_callback_exceptions=True, title=community.cfg.community.name)
     nav = [dbc.NavItem(dbc.NavLink(p["name"], href=p["relative_path"], active="exact"))
            for p in dash.page_registry.values() if p.get("nav", True)]

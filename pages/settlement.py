@@ -28,9 +28,11 @@ def layout(**_):
                  dbc.Col(html.A(dbc.Button("Download CSV", color="secondary"), id="settle-csv", href=""),
                          md=3, className="align-self-end")], className="mb-3"),
         html.Div(id="settle-status"),
-        dag.AgGrid(id="settle-grid", columnDefs=[{"field": f} for f in (
-            "invoice_id", "house_id", "house_name", "energy_imported_kwh", "energy_exported_kwh", "import_cost_ct",
-            "export_revenue_ct", "net_amount_chf", "status", "missing_intervals", "flags")],
+        dag.AgGrid(id="settle-grid", columnDefs=[{"field": f, "headerName": h} for f, h in (
+            ("invoice_id", "Invoice"), ("house_id", "House"), ("house_name", "Name"),
+            ("energy_imported_kwh", "Bought kWh"), ("energy_exported_kwh", "Delivered kWh"),
+            ("import_cost_ct", "Cost ct"), ("export_revenue_ct", "Credit ct"), ("net_amount_chf", "Net CHF"),
+            ("status", "Status"), ("missing_intervals", "Missing intervals"), ("flags", "Flags"))],
             columnSize="autoSize", style={"height": "420px"}),
     ])
 
