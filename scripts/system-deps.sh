@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Debian packages the test suite runs as real peers: the mosquitto MQTT broker and InfluxDB 1.x.
+# Debian packages the test suite runs as real peers: the mosquitto MQTT broker, InfluxDB 1.x and
+# Chromium (headless, for the page tests; never a browser downloaded by a test tool).
 # Installed with apt-get when missing and running as root; otherwise say what to install.
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v influxd >/dev/null || [ -x /usr/bin/influxd ] || need+=(influxdb)
+command -v chromium >/dev/null || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   echo "installing ${need[*]} (apt-get)" >&2
