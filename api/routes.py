@@ -155,22 +155,22 @@ def meters():
     return flask.jsonify(out)
 
 
-def _period_param():
+def _settlement():
+    """(period, settlement, None) for ?period=YYYY-MM, or (None, None, an error response)."""
     period = flask.request.args.get("period")
     if not period:
-        return None, _bad("period is required (YYYY-MM)", "period")
-    return period, None
+        return None, None, _bad("period is required (YYYY-MM)", "period")
+    try:
+        return period, _svc().community.settle(period, allow_incomplete=True), None
+    except SettlementError as exc:
+        return None, None, _bad(str(exc), "period")
 
 
 @api.get("/invoices")
 def invoices():
-    period, err = _period_param()
+    period, s, err = _settlement()
     if err:
         return err
-    try:
-        s = _svc().community.settle(period, allow_incomplete=True)
-    except SettlementError as exc:
-        return _bad(str(exc), "period")
     return flask.jsonify({"period": period, "status": s.status, "missing": s.missing,
                           "invoices": [{k: (str(v) if k not in ("details",) else v) for k, v in i.items()}
                                        for i in s.invoices]})
@@ -178,13 +178,9 @@ def invoices():
 
 @api.get("/invoices.csv")
 def invoices_csv():
-    period, err = _period_param()
+    period, s, err = _settlement()
     if err:
         return err
-    try:
-        s = _svc().community.settle(period, allow_incomplete=True)
-    except SettlementError as exc:
-        return _bad(str(exc), "period")
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS + CSV_EXTRA_FIELDS, lineterminator="\n")
     w.writeheader()

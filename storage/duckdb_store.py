@@ -14,7 +14,7 @@ import duckdb
 import pandas as pd
 
 from storage.timeseries import (INTERVAL_COLUMNS, QUARANTINE_COLUMNS, READING_COLUMNS,
-                                TimeSeriesStore, WriteResult)
+                                TimeSeriesStore, WriteResult, split_batch)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -88,13 +88,8 @@ class DuckDBStore(TimeSeriesStore):
         df = _to_naive(readings.reindex(columns=READING_COLUMNS), "ts")
         for c in READING_COLUMNS[2:]:
             df[c] = df[c].astype("float64")
-        # identical rows within the batch are duplicates; differing rows for one timestamp conflict
-        batch_dups = df.duplicated(keep="first")
-        dup_count = int(batch_dups.sum())
-        df = df[~batch_dups]
-        clash = df.duplicated(subset=["meter_id", "ts"], keep="first")
-        conflicts = [df[clash]]
-        df = df[~clash]
+        df, dup_count, clashing = split_batch(df)
+        conflicts = [clashing]
         with self._lock:
             con = self._con
             con.register("incoming", df)

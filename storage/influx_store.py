@@ -39,7 +39,7 @@ import pandas as pd
 import requests
 
 from storage.timeseries import (INTERVAL_COLUMNS, QUARANTINE_COLUMNS, READING_COLUMNS, StoreUnavailable,
-                                TimeSeriesStore, WriteResult, empty_readings)
+                                TimeSeriesStore, WriteResult, split_batch, empty_readings)
 
 log = logging.getLogger(__name__)
 
@@ -285,12 +285,8 @@ class InfluxStore(TimeSeriesStore):
         if readings.empty:
             return WriteResult()
         df = readings.reindex(columns=READING_COLUMNS).copy()
-        batch_dups = df.duplicated(keep="first")
-        dup_count = int(batch_dups.sum())
-        df = df[~batch_dups]
-        clash = df.duplicated(subset=["meter_id", "ts"], keep="first")
-        conflicts = [df[clash]]
-        df = df[~clash]
+        df, dup_count, clashing = split_batch(df)
+        conflicts = [clashing]
         # what is stored already (InfluxDB would silently replace it): compare, when it answers
         try:
             stored = self._existing(df)

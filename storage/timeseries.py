@@ -36,6 +36,15 @@ class WriteResult:
     conflicts: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=READING_COLUMNS))
 
 
+def split_batch(df: pd.DataFrame) -> tuple[pd.DataFrame, int, pd.DataFrame]:
+    """(rows to store, identical duplicates within the batch, rows that clash with an earlier row of
+    the batch: same meter and time, other values). The first of each is kept."""
+    dups = df.duplicated(keep="first")
+    df = df[~dups]
+    clash = df.duplicated(subset=["meter_id", "ts"], keep="first")
+    return df[~clash], int(dups.sum()), df[clash]
+
+
 def empty_readings() -> pd.DataFrame:
     df = pd.DataFrame({c: pd.Series(dtype="float64") for c in READING_COLUMNS})
     df["meter_id"] = df["meter_id"].astype(object)
