@@ -153,6 +153,7 @@ class Community:
                     total_eo += np.nan_to_num(res.delta_eo_kwh)
                     flags |= res.flags
                     q = res.quarantine
+                    q = q[(q["ts"] >= r0) & (q["ts"] <= r1)] if len(q) else q     # context readings: their own window
                     if len(q):
                         log.warning("meter %s: %d reading(s) quarantined, first: %s at %s", m.meter_id,
                                     len(q), q["reason"].iloc[0], q["ts"].iloc[0])
@@ -229,7 +230,8 @@ class Community:
             raise SettlementError(f"period {period_id} is not over yet (it ends "
                                   f"{period.end.tz_convert(self.tz):%Y-%m-%d %H:%M %Z}); it can be "
                                   f"closed after its last interval")
-        s = compute_settlement(self.store, self.houses(), self.ledger.tariff_versions(), period,
+        # every house that belonged to the community during the period, also one that left since
+        s = compute_settlement(self.store, self.ledger.houses(active_only=False), self.ledger.tariff_versions(), period,
                                self.interval_s, allow_incomplete, now)
         if close:
             drafts = sorted(s.invoices, key=lambda inv: _house_order(inv["house_id"]))

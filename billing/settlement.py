@@ -133,10 +133,12 @@ class Settlement:
 def expected_span(period: Period, house: House, interval_s: int,
                   now: pd.Timestamp | None = None) -> tuple[pd.Timestamp, pd.Timestamp] | None:
     """[start, end) of the intervals a house must have in the period: from its ``active_from``
-    (local midnight) and, for a period still running, up to the last interval ended by ``now``;
-    None when it has none."""
+    (local midnight) until it left (``active_until``, to the interval) and, for a period still
+    running, up to the last interval ended by ``now``; None when it has none."""
     start = period.start
     end = period.end if now is None else min(period.end, now.floor(f"{interval_s}s"))
+    if house.active_until:
+        end = min(end, pd.Timestamp(house.active_until).tz_convert("UTC").floor(f"{interval_s}s"))
     if house.active_from:
         af = pd.Timestamp(date.fromisoformat(house.active_from), tz=period.tz).tz_convert("UTC")
         start = max(start, af)
@@ -185,6 +187,8 @@ def compute_settlement(store, houses: list[House], tariffs: list[Tariff], period
     groups: dict[pd.Timestamp, list[str]] = {}
     for h in active:
         groups.setdefault(expected_span(period, h, interval_s)[0], []).append(h.house_id)
+    if not groups:
+        return Settlement(period, "open", [], None, {})
     totals = pd.concat([store.community_totals(s, period.end, ids) for s, ids in groups.items()],
                        ignore_index=True)
     if len(groups) > 1:

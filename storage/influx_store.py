@@ -77,6 +77,11 @@ def _q_time(ts) -> str:
     return f"{_us(ts)}u"
 
 
+def _quote(v: str) -> str:
+    """An InfluxQL string literal."""
+    return "'" + str(v).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def _regex(values) -> str:
     return "/^(" + "|".join(re.escape(str(v)).replace("/", r"\/") for v in values) + ")$/"
 
@@ -170,6 +175,12 @@ class InfluxStore(TimeSeriesStore):
             log.warning("InfluxDB: cannot create database %s now (%s); writes are spooled", self.db, exc)
 
     def _query(self, q: str, chunked: bool = False) -> list[dict]:
+        if not self.read_only and self.spool.head() is not None:
+            # what is still in the spool is not in InfluxDB yet: a read now would see a hole
+            self.replay()
+            if self.spool.head() is not None:
+                raise StoreUnavailable(f"InfluxDB at {self.url}: {self.spool.stats()['spool_lines']} lines "
+                                       f"still to replay")
         try:
             r = self._http.post(f"{self.url}/query", params={**self._params, "epoch": "u"},
                                 data={"q": q}, timeout=self.timeout_s)
@@ -342,7 +353,7 @@ class InfluxStore(TimeSeriesStore):
         stmts = []
         cols = "SELECT import_kwh, export_kwh, power_in_kw, power_out_kw FROM readings"
         for m, (lo, hi) in spans.items():
-            tag = f"meter_id = '{str(m).replace(chr(39), '')}'"
+            tag = f"meter_id = {_quote(m)}"
             stmts.append(f"{cols} WHERE {tag} AND time < {_q_time(lo)} GROUP BY meter_id "
                          f"ORDER BY time DESC LIMIT {int(context)}")
             stmts.append(f"{cols} WHERE {tag} AND time >= {_q_time(lo)} AND time <= {_q_time(hi)} GROUP BY meter_id")
@@ -524,7 +535,7 @@ class InfluxStore(TimeSeriesStore):
         self._write_lines(lines)
 
     def read_quarantine(self, meter_id=None) -> pd.DataFrame:
-        where = f" WHERE meter_id = '{meter_id}'" if meter_id else ""
+        where = f" WHERE meter_id = {_quote(meter_id)}" if meter_id else ""
         df = self._frames(f"SELECT import_kwh, export_kwh, reason FROM quarantine{where} GROUP BY meter_id")[0]
         if df.empty:
             return pd.DataFrame(columns=QUARANTINE_COLUMNS)

@@ -86,6 +86,10 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER invoices_never_deleted BEFORE DELETE ON invoices
     BEGIN SELECT RAISE(ABORT, 'issued invoices are never deleted'); END;
     """,
+    # 2: when a house left the community (UTC): it is still settled for the time it belonged
+    """
+    ALTER TABLE houses ADD COLUMN active_until TEXT;
+    """,
 ]
 
 
@@ -101,6 +105,7 @@ class House:
     pv_kwp: float | None
     active_from: str | None   # ISO date in the community time zone
     active: bool
+    active_until: str | None = None   # ISO date-time (UTC) the house left the configuration
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,10 @@ class Ledger:
             con.execute("INSERT INTO community (id, name, timezone) VALUES (1, ?, ?) "
                         "ON CONFLICT (id) DO UPDATE SET name = excluded.name, timezone = excluded.timezone",
                         (cfg.community.name, cfg.community.timezone))
+            still = {str(h.id) for h in cfg.houses.values()}
+            for (hid,) in con.execute("SELECT house_id FROM houses WHERE active = 1").fetchall():
+                if hid not in still:
+                    con.execute("UPDATE houses SET active_until = ? WHERE house_id = ?", (_now(), hid))
             con.execute("UPDATE houses SET active = 0")
             con.execute("UPDATE meters SET active = 0")
             for mac, h in cfg.houses.items():
@@ -180,7 +189,8 @@ class Ledger:
                 con.execute(
                     "INSERT INTO houses (house_id, name, type, pv_kwp, active_from, active) "
                     "VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (house_id) DO UPDATE SET name = excluded.name, "
-                    "type = excluded.type, pv_kwp = excluded.pv_kwp, active_from = excluded.active_from, active = 1",
+                    "type = excluded.type, pv_kwp = excluded.pv_kwp, active_from = excluded.active_from, active = 1, "
+                    "active_until = NULL",
                     (hid, h.name, h.type, h.pv_kwp, h.active_from.isoformat() if h.active_from else None))
                 con.execute(
                     "INSERT INTO meters (meter_id, house_id, max_power_kw, active) VALUES (?, ?, ?, 1) "
@@ -197,8 +207,8 @@ class Ledger:
     def houses(self, active_only: bool = True) -> list[House]:
         rows = self._rows("SELECT * FROM houses" + (" WHERE active = 1" if active_only else "")
                           + " ORDER BY CAST(house_id AS INTEGER), house_id")
-        return [House(r["house_id"], r["name"], r["type"], r["pv_kwp"], r["active_from"], bool(r["active"]))
-                for r in rows]
+        return [House(r["house_id"], r["name"], r["type"], r["pv_kwp"], r["active_from"], bool(r["active"]),
+                      r["active_until"]) for r in rows]
 
     def meters(self, active_only: bool = True) -> list[Meter]:
         rows = self._rows("SELECT * FROM meters" + (" WHERE active = 1" if active_only else "")

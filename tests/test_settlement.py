@@ -218,3 +218,34 @@ def test_intervals_before_active_from_are_not_billed(make_community):
     assert two["energy_imported_kwh"] == Decimal("4.000")
     assert two["details"]["intervals"] == 14 * 96
     assert s.summary.total_consumption_kwh == pytest.approx(14.0)
+
+
+def test_a_house_that_left_is_still_settled_for_its_time(make_community, tmp_path):
+    c = make_community(TWO, mode="static", clock=lambda: datetime(2026, 3, 2, tzinfo=timezone.utc), sub="leave")
+    c.store_readings(frame([("M1", "2026-02-01T00:00", 0.0, 0.0), ("M1", "2026-03-01T00:00", 100.0, 0.0),
+                            ("M2", "2026-02-01T00:00", 0.0, 0.0), ("M2", "2026-03-01T00:00", 0.0, 50.0)]))
+    before = [(i["house_id"], i["import_cost_ct"], i["export_revenue_ct"]) for i in c.settle("2026-02").invoices]
+    # house 2 leaves the configuration on 2 March: February still has both houses
+    cfg = c.cfg.model_copy(deep=True)
+    cfg.houses.pop("M2")
+    c.ledger.sync_from_config(cfg)
+    c.reload_registry()
+    after = [(i["house_id"], i["import_cost_ct"], i["export_revenue_ct"]) for i in c.settle("2026-02").invoices]
+    assert after == before and len(after) == 2
+    assert [h.house_id for h in c.houses()] == ["1"]
+
+
+def test_a_period_with_no_house_yet(make_community):
+    c = make_community({"M1": {"id": 1, "name": "One", "active_from": "2027-01-01"}})
+    s = c.settle("2026-02")
+    assert s.invoices == [] and not s.missing
+
+
+def test_a_quarantined_reading_is_kept_once(make_community):
+    c = make_community({"M1": {"id": 1, "name": "One"}})
+    c.store_readings(frame([("M1", "2026-02-01T00:00", 10.0, 0.0), ("M1", "2026-02-01T00:05", 900.0, 0.0),
+                            ("M1", "2026-02-01T00:10", 10.1, 0.0)]))
+    for minute in (20, 35, 50):
+        c.store_readings(frame([("M1", f"2026-02-01T00:{minute}", 10.1 + minute / 1000, 0.0)]))
+    q = c.store.read_quarantine("M1")
+    assert len(q) == 1 and "implied power" in q["reason"].iloc[0]
