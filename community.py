@@ -45,6 +45,7 @@ class Community:
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self._compute_lock = threading.Lock()
         self._meters: dict[str, Meter] | None = None
+        self._reports: dict[str, tuple[bool, bool]] = {}
 
     @classmethod
     def open(cls, cfg: Config, clock=None) -> "Community":
@@ -126,6 +127,17 @@ class Community:
             houses[h] = (r0, r1)
         self.recompute_houses(houses, appended=appended)
 
+    def _reported_counters(self, windows: dict[str, pd.DataFrame]) -> dict[str, tuple[bool, bool]]:
+        """Which counters each meter has ever reported (cached; a window that shows one updates it)."""
+        unknown = [m for m in windows if m not in self._reports]
+        if unknown:
+            self._reports.update(self.store.reported_counters(unknown))
+        for m, w in windows.items():
+            if len(w):
+                a, b = self._reports[m]
+                self._reports[m] = (a or bool(w["import_kwh"].notna().any()), b or bool(w["export_kwh"].notna().any()))
+        return {m: self._reports[m] for m in windows}
+
     def recompute_house(self, house_id: str, r0: pd.Timestamp, r1: pd.Timestamp) -> None:
         self.recompute_houses({house_id: (r0, r1)})
 
@@ -139,6 +151,7 @@ class Community:
         meter_spans = {m.meter_id: spans[h] for h in spans for m in by_house.get(h, [])}
         with self._compute_lock:
             windows = self.store.reading_windows(meter_spans, context=3, look_after=not appended)
+            reports = self._reported_counters(windows)
             frames, quarantined = [], []
             for house_id, (r0, r1) in spans.items():
                 bounds = boundaries(r0, r1, self.interval_s)
@@ -147,7 +160,8 @@ class Community:
                 flags = np.zeros(n, dtype=np.uint8)
                 valid = np.ones(n, dtype=bool) if by_house.get(house_id) else np.zeros(n, dtype=bool)
                 for m in by_house.get(house_id, []):
-                    res = meter_intervals(m.meter_id, windows[m.meter_id], bounds, m.max_power_kw)
+                    res = meter_intervals(m.meter_id, windows[m.meter_id], bounds, m.max_power_kw,
+                                          reports[m.meter_id])
                     valid &= res.valid
                     total_ei += np.nan_to_num(res.delta_ei_kwh)
                     total_eo += np.nan_to_num(res.delta_eo_kwh)

@@ -19,7 +19,8 @@ For each meter and each counter (``import_kwh`` = Ei, ``export_kwh`` = Eo):
    house's meters. An interval is stored only when every meter of the house covers both of its
    boundaries; an interval missing for an active house is *incomplete* (see billing.settlement).
 
-A counter that a meter never reports in the window (a house without export, say) contributes 0.
+A counter that a meter has never reported (a house without export, say) contributes 0; one it
+reports but that is missing around an interval leaves the interval open (incomplete).
 """
 from __future__ import annotations
 
@@ -155,17 +156,23 @@ class MeterResult:
 
 
 def meter_intervals(meter_id: str, readings: pd.DataFrame, bounds_s: np.ndarray,
-                    limit_kw: float = 100.0) -> MeterResult:
-    """Interval deltas of one meter's readings (columns ts, import_kwh, export_kwh) over bounds."""
+                    limit_kw: float = 100.0, reports: tuple[bool, bool] = (False, False)) -> MeterResult:
+    """Interval deltas of one meter's readings (columns ts, import_kwh, export_kwh) over bounds.
+    ``reports``: whether the meter has ever reported (import, export): a counter it reports but
+    that is missing from the window leaves the intervals open, never zero."""
     readings = readings.sort_values("ts")
     t_s = readings["ts"].to_numpy(dtype="datetime64[us]").astype(np.int64) / 1e6
     n_iv = len(bounds_s) - 1
     deltas, flags, valid = {}, np.zeros(n_iv, dtype=np.uint8), np.ones(n_iv, dtype=bool)
     reasons: dict[int, list[str]] = {}
-    for col, label in (("import_kwh", "Ei"), ("export_kwh", "Eo")):
+    for (col, label), reported in zip((("import_kwh", "Ei"), ("export_kwh", "Eo")), reports):
         v = readings[col].to_numpy(dtype=np.float64, na_value=np.nan)
         if np.isnan(v).all():
-            deltas[col] = np.zeros(n_iv)            # counter not reported by this meter
+            if reported:                            # reported elsewhere, missing here: unknown
+                deltas[col] = np.full(n_iv, np.nan)
+                valid &= False
+            else:
+                deltas[col] = np.zeros(n_iv)        # a counter this meter does not have
             continue
         cc = clean_counter(t_s, v, limit_kw, label)
         cd = counter_deltas(t_s, v, cc, bounds_s)

@@ -271,6 +271,19 @@ class DuckDBStore(TimeSeriesStore):
                 self._con.unregister("ids")
         return _to_utc(df, "ts")
 
+    def reported_counters(self, meter_ids) -> dict[str, tuple[bool, bool]]:
+        ids = pd.DataFrame({"meter_id": pd.Series(list(meter_ids), dtype=object)})
+        with self._lock:
+            self._con.register("ids", ids)
+            try:
+                rows = self._con.execute("""
+                    SELECT r.meter_id, count(r.import_kwh) > 0, count(r.export_kwh) > 0
+                    FROM readings r SEMI JOIN ids USING (meter_id) GROUP BY r.meter_id""").fetchall()
+            finally:
+                self._con.unregister("ids")
+        got = {m: (bool(a), bool(b)) for m, a, b in rows}
+        return {m: got.get(m, (False, False)) for m in meter_ids}
+
     def meter_ids(self) -> list[str]:
         with self._lock:
             return [r[0] for r in self._con.execute(

@@ -390,6 +390,16 @@ class InfluxStore(TimeSeriesStore):
              f"WHERE meter_id =~ {_regex(meter_ids)} GROUP BY meter_id ORDER BY time DESC LIMIT 1")
         return self._readings_frame(self._frames(q)[0])
 
+    def reported_counters(self, meter_ids) -> dict[str, tuple[bool, bool]]:
+        if not meter_ids:
+            return {}
+        df = self._frames(f"SELECT count(import_kwh), count(export_kwh) FROM readings "
+                          f"WHERE meter_id =~ {_regex(meter_ids)} GROUP BY meter_id")[0]
+        got = {}
+        for r in df.to_dict("records"):
+            got[r["meter_id"]] = (bool(r.get("count") or 0), bool(r.get("count_1") or 0))
+        return {m: got.get(m, (False, False)) for m in meter_ids}
+
     def meter_ids(self) -> list[str]:
         res = self._query("SHOW TAG VALUES FROM readings WITH KEY = meter_id")
         vals = [v[1] for s in res[0].get("series", []) for v in s["values"]]

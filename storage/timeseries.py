@@ -94,6 +94,14 @@ class TimeSeriesStore(ABC):
         frames = [f for f in frames if len(f)]
         return pd.concat(frames, ignore_index=True) if frames else empty_readings()
 
+    def reported_counters(self, meter_ids: list[str]) -> dict[str, tuple[bool, bool]]:
+        """Per meter: whether it has ever reported (import_kwh, export_kwh)."""
+        out = {}
+        for m in meter_ids:
+            r = self.read_readings(m)
+            out[m] = (bool(r["import_kwh"].notna().any()), bool(r["export_kwh"].notna().any()))
+        return out
+
     @abstractmethod
     def meter_ids(self) -> list[str]:
         """Every meter that has readings."""

@@ -38,6 +38,7 @@ def serve(base_path, tmp_path):
     srv = waitress.create_server(app.server, host="127.0.0.1", port=port, threads=4)
     threading.Thread(target=srv.run, daemon=True).start()
     wait_port(port)
+    srv.leg_app = app
     return c, srv, f"http://127.0.0.1:{port}{base_path}"
 
 
@@ -64,4 +65,5 @@ def test_every_page_renders_without_console_errors(tmp_path, base_path):
             assert "Error loading layout" not in dom and "Callback error" not in dom
     finally:
         srv.close()
+        srv.leg_app.server.config["LEG"] = None    # no store handle outlives the test
         c.close()

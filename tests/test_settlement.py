@@ -249,3 +249,20 @@ def test_a_quarantined_reading_is_kept_once(make_community):
         c.store_readings(frame([("M1", f"2026-02-01T00:{minute}", 10.1 + minute / 1000, 0.0)]))
     q = c.store.read_quarantine("M1")
     assert len(q) == 1 and "implied power" in q["reason"].iloc[0]
+
+
+def test_a_counter_missing_for_a_while_is_not_zero_energy(make_community):
+    c = make_community({"M1": {"id": 1, "name": "One"}})
+    base = pd.Timestamp("2026-02-01T00:00Z")
+    rows = []
+    for k in range(19):                       # every 5 min; Eo missing from 00:25 to 01:15
+        eo = None if 5 <= k <= 15 else 0.02 * k
+        rows.append(("M1", (base + pd.Timedelta(minutes=5 * k)).isoformat(), 1.0 + 0.01 * k, eo))
+    for r in rows:                            # live: one reading at a time
+        c.store_readings(frame([r]))
+    iv = c.store.read_intervals(base, base + pd.Timedelta(hours=2))
+    # while Eo is missing its intervals stay open (settlement reports them missing), never zero
+    assert (iv["delta_eo_kwh"] > 0).all() and len(iv) < 6
+    c.recompute_all()                         # with the whole series: interpolated across the gap
+    iv = c.store.read_intervals(base, base + pd.Timedelta(hours=2))
+    assert len(iv) == 6 and iv["delta_eo_kwh"].sum() == pytest.approx(0.36)      # 00:00..01:30
