@@ -111,7 +111,8 @@ class Community:
     def update_intervals_many(self, spans: dict[str, tuple[pd.Timestamp, pd.Timestamp]],
                               appended: bool = False) -> None:
         """Recompute the intervals that new readings of each meter in [t_min, t_max] can change:
-        from the boundary before the preceding reading to the boundary after the following one.
+        from the boundary before the second preceding reading (the new ones can change how the
+        one just before them is judged) to the boundary after the following one.
         ``appended``: the readings are the meters' newest (live ingest), none follows them."""
         meters = self._meter_map()
         spans = {m: v for m, v in spans.items() if m in meters}

@@ -235,14 +235,12 @@ class DuckDBStore(TimeSeriesStore):
 
     def neighbour_times(self, spans, look_after: bool = True
                         ) -> dict[str, tuple[pd.Timestamp | None, pd.Timestamp | None]]:
-        """Per meter: the latest reading before its span and the earliest after it (None if none).
-        ``look_after=False`` when the span's readings are known to be the newest (live ingest)."""
         if not spans:
             return {}
         sp = self._spans_frame(spans)
         sql = """
             SELECT s.meter_id,
-                   max(r.ts) FILTER (WHERE r.ts < s.lo) AS prev,
+                   list_last(max(r.ts, 2) FILTER (WHERE r.ts < s.lo)) AS prev,
                    min(r.ts) FILTER (WHERE r.ts > s.hi) AS next
             FROM spans s JOIN readings r USING (meter_id) {where}
             GROUP BY s.meter_id"""

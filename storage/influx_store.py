@@ -375,12 +375,12 @@ class InfluxStore(TimeSeriesStore):
         return out
 
     def neighbour_times(self, spans, look_after=True):
-        w = self.reading_windows(spans, context=1, look_after=look_after)
+        w = self.reading_windows(spans, context=2, look_after=look_after)
         out = {}
         for m, (lo, hi) in spans.items():
             ts = w[m]["ts"]
             before, after = ts[ts < lo], ts[ts > hi]
-            out[m] = (before.iloc[-1] if len(before) else None, after.iloc[0] if len(after) else None)
+            out[m] = (before.iloc[0] if len(before) else None, after.iloc[0] if len(after) else None)
         return out
 
     def last_readings(self, meter_ids) -> pd.DataFrame:

@@ -78,13 +78,16 @@ class TimeSeriesStore(ABC):
 
     def neighbour_times(self, spans: dict[str, tuple[pd.Timestamp, pd.Timestamp]], look_after: bool = True
                         ) -> dict[str, tuple[pd.Timestamp | None, pd.Timestamp | None]]:
-        """Per meter: the latest reading before its span and the earliest after it (None if none)."""
+        """Per meter: the second reading before its span (the first if there is one only: new
+        readings can change how the one just before them is judged, and so the intervals on its
+        other side) and the earliest reading after the span; None where there is none.
+        ``look_after=False`` when the span's readings are known to be the newest (live ingest)."""
         out = {}
         for m, (lo, hi) in spans.items():
-            w = self.reading_window(m, lo, hi, context=1)
-            prev = w["ts"].iloc[0] if len(w) and w["ts"].iloc[0] < lo else None
-            nxt = w["ts"].iloc[-1] if len(w) and w["ts"].iloc[-1] > hi and look_after else None
-            out[m] = (prev, nxt)
+            w = self.reading_window(m, lo, hi, context=2)
+            before, after = w["ts"][w["ts"] < lo], w["ts"][w["ts"] > hi]
+            out[m] = (before.iloc[0] if len(before) else None,
+                      after.iloc[0] if len(after) and look_after else None)
         return out
 
     def last_readings(self, meter_ids: list[str]) -> pd.DataFrame:

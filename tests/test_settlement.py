@@ -266,3 +266,17 @@ def test_a_counter_missing_for_a_while_is_not_zero_energy(make_community):
     c.recompute_all()                         # with the whole series: interpolated across the gap
     iv = c.store.read_intervals(base, base + pd.Timedelta(hours=2))
     assert len(iv) == 6 and iv["delta_eo_kwh"].sum() == pytest.approx(0.36)      # 00:00..01:30
+
+
+def test_a_dip_first_taken_as_a_reset_is_corrected_when_the_next_reading_shows_a_glitch(make_community):
+    c = make_community({"M1": {"id": 1, "name": "One"}})
+    rows = [("M1", "2026-02-01T00:00", 10.0, 0.0), ("M1", "2026-02-01T00:10", 10.2, 0.0),
+            ("M1", "2026-02-01T00:20", 0.5, 0.0), ("M1", "2026-02-01T00:30", 10.4, 0.0),
+            ("M1", "2026-02-01T00:45", 10.7, 0.0)]
+    for r in rows:                           # one at a time: the dip is a reset until 00:30 arrives
+        c.store_readings(frame([r]))
+    live = c.store.read_intervals(pd.Timestamp("2026-01-31T23:00Z"), pd.Timestamp("2026-01-31T23:45Z"))
+    c.recompute_all()
+    full = c.store.read_intervals(pd.Timestamp("2026-01-31T23:00Z"), pd.Timestamp("2026-01-31T23:45Z"))
+    pd.testing.assert_frame_equal(live, full)
+    assert live["delta_ei_kwh"].sum() == pytest.approx(0.7) and not (live["flags"] & RESET).any()
