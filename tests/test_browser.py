@@ -18,6 +18,7 @@ from peers import free_port, wait_port
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 PAGES = {"": ["Energy flow", "Self-sufficiency", "Price signal"], "grid": ["Grid energy", "Grid value"],
+         "meters": ["AA-1", "Store: embedded"], "quality": ["Quarantined readings", "issing intervals"],
          "houses/2": ["House", "Energy flow"], "tariffs": ["House price p_con", "History"],
          "settlement": ["Download CSV", "DRAFT-"]}
 

@@ -132,3 +132,16 @@ def test_tariff_page_logic(community):
     errors, msg = submit(community, {"p_pv": 19, "p_grid_del": 6, "p_grid_con": 30, "mode": "static"},
                          "2026-03-01T00:00", datetime.now(timezone.utc))
     assert errors == {} and msg.startswith("Saved: in force from 2026-03-01 00:00")
+
+
+def test_meter_status_and_quality(community):
+    import monitoring
+    now = pd.Timestamp("2026-03-01T00:10+01:00")
+    rows = monitoring.meter_rows(community, None, now)
+    assert [r["meter_id"] for r in rows] == ["M1", "M2"]
+    assert rows[0]["status"] == "OK" and rows[0]["last_import_kwh"] == 2688.0
+    later = monitoring.meter_rows(community, None, now + pd.Timedelta(hours=1))
+    assert later[0]["status"] == "stale" and "min ago" in later[0]["reason"]
+    q = monitoring.quality_summary(community, pd.Timestamp("2026-01-31T23:00Z"), pd.Timestamp("2026-02-28T23:00Z"))
+    assert q["houses"][0] == {"house": "One", "intervals": 2688, "estimated": 2688, "reset": 0, "quarantined": 0}
+    assert q["quarantined"] == []
