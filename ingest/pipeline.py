@@ -287,7 +287,7 @@ class Pipeline:
         more = self._suppressed.pop(meter_id, 0)
         self._last_logged[meter_id] = now
         log.warning("meter %s: rejected: %s%s", meter_id, message,
-                    f" ({more} more rejections in the last minute)" if more else "")
+                    f" ({more} more rejections since the last warning)" if more else "")
 
     def _on_reading(self, r: Reading, source: str) -> None:
         meter = self._meters.get(r.meter_id)
