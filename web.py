@@ -12,7 +12,6 @@ from pathlib import Path
 import dash
 import dash_bootstrap_components as dbc
 import flask
-from dash import dcc, html
 
 ROOT = Path(__file__).resolve().parent
 

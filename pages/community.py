@@ -3,9 +3,8 @@ import dash
 import pandas as pd
 from dash import Input, Output, callback, dcc, html
 
-import analytics
-from components.charts import energy_figure, price_figure, value_figure
-from components.controls import kpi_cards, range_controls
+from components.controls import range_controls
+from components.views import community_view
 from web import current
 
 dash.register_page(__name__, path="/", name="Community", order=0)
@@ -18,14 +17,6 @@ def layout(**_):
         html.Div(id="community-kpis"),
         dcc.Graph(id="community-energy"), dcc.Graph(id="community-value"), dcc.Graph(id="community-price"),
     ])
-
-
-def community_view(community, range_name: str, bucket: str | None, now: pd.Timestamp):
-    rng = analytics.resolve_range(range_name, now, community.tz)
-    if bucket:
-        rng = analytics.Range(rng.start, rng.end, bucket)
-    flows = analytics.community_flows(community, rng)
-    return kpi_cards(analytics.kpis(flows)), energy_figure(flows), value_figure(flows), price_figure(flows)
 
 
 @callback(Output("community-kpis", "children"), Output("community-energy", "figure"),

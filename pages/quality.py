@@ -8,7 +8,7 @@ from dash import Input, Output, callback, dcc, html
 
 import monitoring
 from billing.settlement import parse_period
-from pages.settlement import period_options
+from components.views import period_options
 from web import current
 
 dash.register_page(__name__, path="/quality", name="Data quality", order=6)

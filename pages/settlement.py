@@ -5,17 +5,10 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Input, Output, callback, dcc, html
 
-from billing.settlement import SettlementError, invoice_rows
+from components.views import period_options, settlement_view
 from web import current
 
 dash.register_page(__name__, path="/settlement", name="Settlement", order=4)
-
-
-def period_options(c, now: pd.Timestamp, months: int = 12) -> list[dict]:
-    local = now.tz_convert(c.tz)
-    first = local.normalize().replace(day=1)
-    return [{"label": (first - pd.DateOffset(months=k)).strftime("%B %Y"),
-             "value": (first - pd.DateOffset(months=k)).strftime("%Y-%m")} for k in range(months)]
 
 
 def layout(**_):
@@ -35,23 +28,6 @@ def layout(**_):
             ("status", "Status"), ("missing_intervals", "Missing intervals"), ("flags", "Flags"))],
             columnSize="autoSize", style={"height": "420px"}),
     ])
-
-
-def settlement_view(c, period: str):
-    """(status alert, grid rows) for a period."""
-    try:
-        s = c.settle(period, allow_incomplete=True)
-    except SettlementError as exc:
-        return dbc.Alert(str(exc), color="danger"), []
-    rows = [{k: (str(v) if v is not None else "") for k, v in r.items()} for r in invoice_rows(s.invoices)]
-    if s.status == "closed":
-        alert = dbc.Alert(f"Closed: {len(rows)} invoices issued.", color="success")
-    elif s.missing:
-        alert = dbc.Alert("Provisional: intervals missing for house(s) "
-                          + ", ".join(f"{h} ({n})" for h, n in s.missing.items()), color="warning")
-    else:
-        alert = dbc.Alert("Open: drafts, recomputed on every view; complete data.", color="info")
-    return alert, rows
 
 
 @callback(Output("settle-status", "children"), Output("settle-grid", "rowData"), Output("settle-csv", "href"),

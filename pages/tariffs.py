@@ -6,10 +6,8 @@ import dash_ag_grid as dag
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, callback, html
 
-from billing.settlement import SettlementError
-from ingest.csv_files import parse_timestamp
-from ingest.readings import ReadingError
-from pricing.tariffs import PRICING_MODES, TARIFF_FIELDS, Tariff, tariff_errors
+from components.views import history_rows, p_con_text, submit
+from pricing.tariffs import PRICING_MODES, TARIFF_FIELDS
 from web import current
 
 dash.register_page(__name__, path="/tariffs", name="Tariffs", order=3)
@@ -42,43 +40,6 @@ def layout(**_):
                    ("effective_from", "mode", "p_pv", "p_grid_del", "p_grid_con")],
                    columnSize="sizeToFit", style={"height": "260px"}),
     ])
-
-
-def history_rows(c) -> list[dict]:
-    return [{"effective_from": t.effective_from.astimezone(c.tz).strftime("%Y-%m-%d %H:%M"), "mode": t.mode,
-             "p_pv": t.p_pv, "p_grid_del": t.p_grid_del, "p_grid_con": t.p_grid_con}
-            for t in reversed(c.ledger.tariff_versions())]
-
-
-def p_con_text(values: dict) -> str:
-    """What houses pay under the entered tariff, as the seed's UI shows it."""
-    errors = tariff_errors(values)
-    if errors:
-        return "—"
-    if values["mode"] == "static":
-        return f"{(values['p_pv'] + values['p_grid_con']) / 2:.2f} ct/kWh (the mean of p_pv and p_grid_con)"
-    return (f"per 15 minutes between {values['p_pv']:.2f} (all local) and {values['p_grid_con']:.2f} ct/kWh "
-            f"(all from the grid), never above the grid price")
-
-
-def submit(c, values: dict, effective_text: str | None, now: datetime):
-    """(errors by field, message): validate and save a tariff version."""
-    errors = {e.field: e.message for e in tariff_errors(values)}
-    eff = now
-    if effective_text:
-        try:
-            eff = parse_timestamp(effective_text, c.tz)
-        except ReadingError as exc:
-            errors["effective_from"] = str(exc).replace("timestamp: ", "")
-    if errors:
-        return errors, None
-    tariff = Tariff(float(values["p_pv"]), float(values["p_grid_del"]), float(values["p_grid_con"]),
-                    values["mode"], eff)
-    try:
-        c.add_tariff(tariff, created_by="web")
-    except SettlementError as exc:
-        return {"effective_from": str(exc)}, None
-    return {}, f"Saved: in force from {eff.astimezone(c.tz):%Y-%m-%d %H:%M}"
 
 
 @callback(Output("tariff-pcon", "children"),

@@ -147,7 +147,6 @@ class DuckDBStore(TimeSeriesStore):
         meter). ``look_after=False`` when nothing follows the spans (live ingest)."""
         if not spans:
             return {}
-        margin = pd.Timedelta(days=2)
         sp = self._spans_frame(spans)
         df = self._with_spans(sp, """
             SELECT r.* FROM readings r JOIN spans s USING (meter_id)

@@ -123,7 +123,7 @@ def test_flows_kpis_and_figures(community):
 
 
 def test_tariff_page_logic(community):
-    from pages.tariffs import p_con_text, submit
+    from components.views import p_con_text, submit
     assert p_con_text({"p_pv": 20, "p_grid_del": 6, "p_grid_con": 30, "mode": "static"}).startswith("25.00 ct/kWh")
     assert p_con_text({"p_pv": 40, "p_grid_del": 6, "p_grid_con": 30, "mode": "static"}) == "—"
     errors, msg = submit(community, {"p_pv": 40, "p_grid_del": 6, "p_grid_con": 30, "mode": "static"}, None,
