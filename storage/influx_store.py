@@ -406,14 +406,18 @@ class InfluxStore(TimeSeriesStore):
         return sorted(vals)
 
     # -- derived intervals --------------------------------------------------------------------------
-    def _interval_lines(self, df: pd.DataFrame) -> list[str]:
-        macs = {}
+    def _house_tags(self) -> dict[str, str]:
+        """house_id -> the tags of its house_energy points (house_id, and the MAC of its meter)."""
+        macs: dict[str, str] = {}
         for m, h in self._house_of.items():
             macs.setdefault(h, m)
+        return {h: f"house_id={_esc_tag(h)},mac={_esc_tag(m)}" for h, m in macs.items()}
+
+    def _interval_lines(self, df: pd.DataFrame) -> list[str]:
+        house_tags = self._house_tags()
         lines = []
         for r in df.itertuples(index=False):
-            mac = macs.get(r.house_id)
-            tags = f"house_id={_esc_tag(r.house_id)}" + (f",mac={_esc_tag(mac)}" if mac else "")
+            tags = house_tags.get(r.house_id, f"house_id={_esc_tag(r.house_id)}")
             fields = _fields({"delta_ei_kwh": float(r.delta_ei_kwh), "delta_eo_kwh": float(r.delta_eo_kwh),
                               "flags": int(r.flags)})
             lines.append(f"house_energy,{tags} {fields} {_us(r.start)}")
@@ -515,13 +519,10 @@ class InfluxStore(TimeSeriesStore):
     def write_priced(self, house_values: pd.DataFrame, community: pd.DataFrame) -> None:
         """The section 9.3 value and tariff fields, for Grafana: house rows (house_id, start,
         value_consumption_ct, value_pv_delivery_ct, tariff_p_con, tariff_p_pv) and community rows."""
-        macs = {}
-        for m, h in self._house_of.items():
-            macs.setdefault(h, m)
+        house_tags = self._house_tags()
         lines = []
         for r in house_values.itertuples(index=False):
-            mac = macs.get(r.house_id)
-            tags = f"house_id={_esc_tag(r.house_id)}" + (f",mac={_esc_tag(mac)}" if mac else "")
+            tags = house_tags.get(r.house_id, f"house_id={_esc_tag(r.house_id)}")
             lines.append(f"house_energy,{tags} " + _fields({
                 "value_consumption_ct": r.value_consumption_ct, "value_pv_delivery_ct": r.value_pv_delivery_ct,
                 "tariff_p_con": r.tariff_p_con, "tariff_p_pv": r.tariff_p_pv}) + f" {_us(r.start)}")
