@@ -15,7 +15,8 @@ MAX_POINTS = 5000
 BUCKETS = {"15min": pd.Timedelta(minutes=15), "hour": pd.Timedelta(hours=1), "day": pd.Timedelta(days=1),
            "month": pd.Timedelta(days=31)}
 RANGES = {"today": "Today", "7days": "Last 7 days", "this_month": "This month", "last_month": "Last month",
-          "this_year": "This year"}
+          "this_year": "This year", "custom": "Custom dates"}
+MAX_CUSTOM_DAYS = 3660
 FLOW_COLUMNS = ["start", "consumption_kwh", "production_kwh", "grid_import_kwh", "grid_export_kwh",
                 "value_consumption_ct", "value_pv_delivery_ct", "value_grid_import_ct", "value_grid_export_ct",
                 "p_con", "p_pv"]
@@ -28,10 +29,27 @@ class Range:
     bucket: str
 
 
-def resolve_range(name: str, now: pd.Timestamp, tz) -> Range:
-    """A named range in the community's zone, with a resolution that fits it."""
+def resolve_range(name: str, now: pd.Timestamp, tz, first_day=None, last_day=None) -> Range:
+    """A named range in the community's zone, with a resolution that fits it. ``custom`` spans
+    the local days ``first_day`` to ``last_day`` (ISO dates, both included)."""
     local = now.tz_convert(tz)
     day = local.normalize()
+    if name == "custom":
+        try:
+            first = pd.Timestamp(first_day).tz_localize(tz) if first_day else None
+            last = pd.Timestamp(last_day).tz_localize(tz) if last_day else None
+        except (ValueError, TypeError):
+            raise ValueError(f"dates: {first_day!r} to {last_day!r} are not dates (YYYY-MM-DD)") from None
+        if first is None or last is None:
+            raise ValueError("dates: choose the first and the last day of the range")
+        if last < first:
+            raise ValueError("dates: the last day is before the first day")
+        end = last + pd.DateOffset(days=1)
+        if (end - first).days > MAX_CUSTOM_DAYS:
+            raise ValueError(f"dates: at most {MAX_CUSTOM_DAYS} days at a time")
+        days = (end - first).days
+        bucket = "15min" if days <= 2 else "hour" if days <= 14 else "day" if days <= 400 else "month"
+        return Range(first.tz_convert("UTC"), end.tz_convert("UTC"), bucket)
     if name == "today":
         start, end, bucket = day, day + pd.DateOffset(days=1), "15min"
     elif name == "7days":
@@ -48,6 +66,23 @@ def resolve_range(name: str, now: pd.Timestamp, tz) -> Range:
     else:
         raise ValueError(f"range: unknown {name!r}; one of {', '.join(RANGES)}")
     return Range(start.tz_convert("UTC"), end.tz_convert("UTC"), bucket)
+
+
+def chosen_range(range_name: str, bucket: str | None, now: pd.Timestamp, tz, first_day=None,
+                 last_day=None) -> Range:
+    """The range the controls describe: a named or custom range, at the chosen resolution or the
+    one that fits it."""
+    rng = resolve_range(range_name, now, tz, first_day, last_day)
+    if bucket:
+        if bucket not in BUCKETS:
+            raise ValueError(f"resolution: unknown {bucket!r}; one of {', '.join(BUCKETS)}")
+        rng = Range(rng.start, rng.end, bucket)
+    return rng
+
+
+def includes_now(rng: Range, now: pd.Timestamp) -> bool:
+    """Whether new readings can still change what the range shows (then the page refreshes)."""
+    return rng.start <= now < rng.end
 
 
 def fit_bucket(start: pd.Timestamp, end: pd.Timestamp, bucket: str) -> str:

@@ -66,12 +66,12 @@ def main() -> None:
             iv["start"] = pd.to_datetime(iv["start"], utc=True).astype("datetime64[us, UTC]")
             c.store.replace_intervals_many({}, iv)
         now = pd.Timestamp("2026-12-20T12:00Z")
-        (kpi_y, e_y, v_y, p_y), t_year = timed(lambda: community_view(c, "this_year", None, now))
-        (kpi_m, e_m, v_m, p_m), t_month15 = timed(lambda: community_view(c, "last_month", "15min", now))
+        view = lambda name, bucket: community_view(c, analytics.chosen_range(name, bucket, now, c.tz))
+        (kpi_y, e_y, v_y, p_y), t_year = timed(lambda: view("this_year", None))
+        (kpi_m, e_m, v_m, p_m), t_month15 = timed(lambda: view("last_month", "15min"))
         rng_m = analytics.resolve_range("last_month", now, c.tz)
         house, t_house = timed(lambda: analytics.house_flows(c, "7", rng_m))
-        (_, e_all, _, _), t_all15 = timed(lambda: community_view(
-            c, "this_year", "15min", now), runs=3)
+        (_, e_all, _, _), t_all15 = timed(lambda: view("this_year", "15min"), runs=3)
         points = max(len(tr.x) for fig in (e_y, v_y, p_y, e_m, v_m, p_m, e_all) for tr in fig.data)
         c.close()
     lines = [

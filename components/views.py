@@ -6,22 +6,80 @@ from datetime import datetime
 
 import dash_bootstrap_components as dbc
 import pandas as pd
+from dash import html
+from dash.exceptions import PreventUpdate
 
 import analytics
 from billing.settlement import SettlementError, invoice_rows
-from components.charts import energy_figure, price_figure, value_figure
+from components.charts import energy_figure, grid_figures, price_figure, value_figure
 from components.controls import kpi_cards
 from ingest.csv_files import parse_timestamp
 from ingest.readings import ReadingError
 from pricing.tariffs import Tariff, tariff_errors
 
 
-def community_view(community, range_name: str, bucket: str | None, now: pd.Timestamp):
-    rng = analytics.resolve_range(range_name, now, community.tz)
-    if bucket:
-        rng = analytics.Range(rng.start, rng.end, bucket)
+def page_range(community, range_name: str, bucket: str | None, first_day, last_day,
+               now: pd.Timestamp) -> analytics.Range:
+    """The range of a page's controls; an incomplete or wrong custom range leaves the page as it is
+    (the controls say what is wrong)."""
+    try:
+        return analytics.chosen_range(range_name, bucket, now, community.tz, first_day, last_day)
+    except ValueError:
+        raise PreventUpdate from None
+
+
+def community_view(community, rng: analytics.Range):
     flows = analytics.community_flows(community, rng)
     return kpi_cards(analytics.kpis(flows)), energy_figure(flows), value_figure(flows), price_figure(flows)
+
+
+def grid_view(community, rng: analytics.Range):
+    return grid_figures(analytics.community_flows(community, rng))
+
+
+def house_view(community, house_id: str, rng: analytics.Range, now: pd.Timestamp):
+    """(energy figure, value figure, draft invoice card, live power card) of one house."""
+    flows = analytics.house_flows(community, house_id, rng)
+    s = community.settle(now.tz_convert(community.tz).strftime("%Y-%m"), allow_incomplete=True)
+    inv = next((i for i in s.invoices if i["house_id"] == house_id), None)
+    return (energy_figure(flows, house=True), value_figure(flows), draft_invoice_card(inv),
+            live_power_card(community, house_id, now))
+
+
+def draft_invoice_card(invoice: dict | None):
+    if invoice is None:
+        return dbc.Alert("No invoice for this house in the current period.", color="secondary")
+    net = float(invoice["net_amount_chf"])
+    words = "credit to you" if net >= 0 else "amount due"
+    return dbc.Alert([html.Strong(f"Current period {invoice['period_start'][:7]} (draft): "),
+                      f"bought {invoice['energy_imported_kwh']} kWh, delivered {invoice['energy_exported_kwh']} kWh; "
+                      f"{words} {abs(net):,.2f} CHF"], color="info")
+
+
+def live_power_card(community, house_id: str, now: pd.Timestamp):
+    """The house's latest power draw (Pi) and feed-in (Po) per meter, with their age; meters that
+    do not report power say so."""
+    meters = community.meters_of(house_id)
+    last = community.last_readings([m.meter_id for m in meters])
+    items = []
+    for m in meters:
+        r = last.get(m.meter_id)
+        if r is None:
+            items.append(f"{m.meter_id}: no reading yet")
+            continue
+        age = now - pd.Timestamp(r.ts_utc)
+        when = pd.Timestamp(r.ts_utc).tz_convert(community.tz).strftime("%Y-%m-%d %H:%M:%S")
+        if r.power_in_kw is None and r.power_out_kw is None:
+            items.append(f"{m.meter_id}: this meter reports no power (last counters {when})")
+            continue
+        fmt = lambda x: "–" if x is None else f"{x:.2f} kW"
+        stale = " (stale)" if age > pd.Timedelta(minutes=15) else ""
+        items.append(f"{m.meter_id}: drawing {fmt(r.power_in_kw)}, feeding in {fmt(r.power_out_kw)} "
+                     f"at {when}{stale}")
+    if not items:
+        items = ["No meter registered for this house."]
+    return dbc.Card(dbc.CardBody([html.Div("Live power", className="text-muted small")]
+                                 + [html.Div(t) for t in items]), className="mb-2")
 
 
 def period_options(c, now: pd.Timestamp, months: int = 12) -> list[dict]:

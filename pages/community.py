@@ -3,8 +3,8 @@ import dash
 import pandas as pd
 from dash import Input, Output, callback, dcc, html
 
-from components.controls import range_controls
-from components.views import community_view
+from components.controls import range_callbacks, range_controls
+from components.views import community_view, page_range
 from web import current
 
 dash.register_page(__name__, path="/", name="Community", order=0)
@@ -21,6 +21,11 @@ def layout(**_):
 
 @callback(Output("community-kpis", "children"), Output("community-energy", "figure"),
           Output("community-value", "figure"), Output("community-price", "figure"),
-          Input("community-range", "value"), Input("community-bucket", "value"), Input("community-refresh", "n_intervals"))
-def _update(range_name, bucket, _n):
-    return community_view(current().community, range_name, bucket, pd.Timestamp.now(tz="UTC"))
+          Input("community-range", "value"), Input("community-bucket", "value"), Input("community-dates", "start_date"),
+          Input("community-dates", "end_date"), Input("community-refresh", "n_intervals"))
+def _update(range_name, bucket, first_day, last_day, _n):
+    c = current().community
+    return community_view(c, page_range(c, range_name, bucket, first_day, last_day, pd.Timestamp.now(tz="UTC")))
+
+
+range_callbacks("community")

@@ -3,9 +3,8 @@ import dash
 import pandas as pd
 from dash import Input, Output, callback, dcc, html
 
-import analytics
-from components.charts import grid_figures
-from components.controls import range_controls
+from components.controls import range_callbacks, range_controls
+from components.views import grid_view, page_range
 from web import current
 
 dash.register_page(__name__, path="/grid", name="Grid", order=1)
@@ -16,10 +15,11 @@ def layout(**_):
 
 
 @callback(Output("grid-energy", "figure"), Output("grid-value", "figure"),
-          Input("grid-range", "value"), Input("grid-bucket", "value"), Input("grid-refresh", "n_intervals"))
-def _update(range_name, bucket, _n):
+          Input("grid-range", "value"), Input("grid-bucket", "value"), Input("grid-dates", "start_date"),
+          Input("grid-dates", "end_date"), Input("grid-refresh", "n_intervals"))
+def _update(range_name, bucket, first_day, last_day, _n):
     c = current().community
-    rng = analytics.resolve_range(range_name, pd.Timestamp.now(tz="UTC"), c.tz)
-    if bucket:
-        rng = analytics.Range(rng.start, rng.end, bucket)
-    return grid_figures(analytics.community_flows(c, rng))
+    return grid_view(c, page_range(c, range_name, bucket, first_day, last_day, pd.Timestamp.now(tz="UTC")))
+
+
+range_callbacks("grid")

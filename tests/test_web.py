@@ -106,6 +106,47 @@ def test_ranges_and_resolution():
         analytics.resolve_range("forever", now, tz)
 
 
+def test_custom_range_and_refresh_only_while_the_range_includes_now():
+    from components.controls import range_state
+    tz = __import__("zoneinfo").ZoneInfo("Europe/Zurich")
+    now = pd.Timestamp("2026-03-15T10:00Z")
+    # DST starts on 2026-03-29: the custom range is local days, so 23 hours that day
+    r = analytics.chosen_range("custom", None, now, tz, "2026-03-29", "2026-03-29")
+    assert (r.start, r.end, r.bucket) == (pd.Timestamp("2026-03-28T23:00Z"), pd.Timestamp("2026-03-29T22:00Z"), "15min")
+    assert analytics.chosen_range("custom", None, now, tz, "2026-03-01", "2026-03-10").bucket == "hour"
+    assert analytics.chosen_range("custom", None, now, tz, "2025-01-01", "2025-12-31").bucket == "day"
+    assert analytics.chosen_range("custom", "month", now, tz, "2025-01-01", "2025-03-31").bucket == "month"
+    with pytest.raises(ValueError, match="before the first"):
+        analytics.chosen_range("custom", None, now, tz, "2026-03-10", "2026-03-01")
+    with pytest.raises(ValueError, match="first and the last"):
+        analytics.chosen_range("custom", None, now, tz, "2026-03-10", None)
+    with pytest.raises(ValueError, match="resolution"):
+        analytics.chosen_range("today", "week", now, tz)
+    # the controls: dates shown only for custom; refresh only while the range includes now
+    assert range_state("today", None, None, now, tz)[:3] == ({"display": "none"}, "", False)
+    assert range_state("last_month", None, None, now, tz)[2] is True
+    assert range_state("custom", "2026-03-01", "2026-03-31", now, tz)[:3] == ({}, "", False)
+    assert range_state("custom", "2026-02-01", "2026-02-28", now, tz)[2] is True
+    style, error, disabled, _ = range_state("custom", "2026-03-10", "2026-03-01", now, tz)
+    assert style == {} and "before the first day" in error and disabled
+
+
+def test_house_view_shows_live_power_and_the_draft(community):
+    from components.views import house_view, live_power_card
+    now = pd.Timestamp.now(tz="UTC")
+    card = str(live_power_card(community, "1", now))
+    assert "no reading yet" in card or "reports no power" in card or "drawing" in card
+    t = pd.Timestamp.now(tz="UTC").floor("s")
+    community.store_readings(pd.DataFrame({"meter_id": ["M1"], "ts": [t], "import_kwh": [1e6],
+                                           "export_kwh": [0.0], "power_in_kw": [1.25], "power_out_kw": [0.0]}))
+    card = str(live_power_card(community, "1", t + pd.Timedelta(seconds=5)))
+    assert "drawing 1.25 kW, feeding in 0.00 kW" in card and "stale" not in card
+    assert "stale" in str(live_power_card(community, "1", t + pd.Timedelta(hours=1)))
+    rng = analytics.chosen_range("last_month", None, now, community.tz)
+    energy, value, invoice, power = house_view(community, "1", rng, now)
+    assert "draft" in str(invoice) and "1.25 kW" in str(power)
+
+
 def test_flows_kpis_and_figures(community):
     rng = analytics.Range(pd.Timestamp("2026-01-31T23:00Z"), pd.Timestamp("2026-02-28T23:00Z"), "day")
     flows = analytics.community_flows(community, rng)
