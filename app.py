@@ -5,7 +5,6 @@
 """
 from __future__ import annotations
 
-import csv
 import logging
 import signal
 import sys
@@ -15,8 +14,8 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from billing.settlement import (CSV_EXTRA_FIELDS, CSV_FIELDS, SettlementError, invoice_rows,
-                                parse_period)
+from billing.exports import invoices_csv
+from billing.settlement import SettlementError, parse_period
 from community import Community, ImportSummary
 from config import ConfigError, load_config
 from ingest.csv_files import CsvFileError, parse_readings_csv, write_readings_csv
@@ -101,7 +100,10 @@ def run(config_path, once, debug):
             import waitress
             signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
             try:
-                waitress.serve(app.server, host=cfg.web.host, port=cfg.web.port, threads=8)
+                proxy = ({"trusted_proxy": cfg.web.trusted_proxy, "trusted_proxy_headers":
+                          {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}}
+                         if cfg.web.trusted_proxy else {})
+                waitress.serve(app.server, host=cfg.web.host, port=cfg.web.port, threads=8, **proxy)
             except KeyboardInterrupt:
                 pass
     finally:
@@ -327,10 +329,7 @@ def settle(period, out, close, allow_incomplete, config_path):
         community.close()
     path = Path(out) / "invoices.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=CSV_FIELDS + CSV_EXTRA_FIELDS, lineterminator="\n")
-        w.writeheader()
-        w.writerows(invoice_rows(s.invoices))
+    path.write_bytes(invoices_csv(s.invoices))
     _print_settlement(s)
     click.echo(f"wrote {path}")
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+import re
+from datetime import date, datetime, timezone
 
 import numpy as np
 import pandas as pd
@@ -16,10 +17,11 @@ from billing.settlement import (Settlement, SettlementError, compute_settlement,
                                 price_frame)
 from config import Config
 from storage.duckdb_store import DuckDBStore
-from storage.ledger import House, Ledger, Meter
+from storage.ledger import House, Ledger, LedgerError, Meter
 from storage.timeseries import INTERVAL_COLUMNS, QUARANTINE_COLUMNS, TimeSeriesStore, WriteResult
 
 log = logging.getLogger(__name__)
+_METER_ID = re.compile(r"^[A-Za-z0-9_:.-]{1,64}$")
 
 
 @dataclass
@@ -80,6 +82,29 @@ class Community:
 
     def reload_registry(self) -> None:
         self._meters = None
+        if hasattr(self.store, "set_registry"):
+            self.store.set_registry({m.meter_id: m.house_id for m in self.ledger.meters()})
+
+    def adopt_meter(self, meter_id: str, name: str, active_from: date, created_by: str) -> str:
+        """Register an unknown meter as a new house, billed from ``active_from`` (a local date).
+        Returns the new house id. Raises ValueError with the field at fault."""
+        meter_id = (meter_id or "").strip()
+        name = (name or "").strip()
+        if not _METER_ID.match(meter_id):
+            raise ValueError(f"meter_id: {meter_id!r} is not a meter id (letters, digits, - _ : . only)")
+        if not name or len(name) > 100:
+            raise ValueError("name: give the house a name (at most 100 characters)")
+        if meter_id in self._meter_map():
+            raise ValueError(f"meter_id: {meter_id} is already registered")
+        numeric = [int(h.house_id) for h in self.ledger.houses(active_only=False) if h.house_id.isdigit()]
+        house_id = str(max(numeric, default=0) + 1)
+        try:
+            self.ledger.adopt_meter(meter_id, house_id, name, created_by, active_from.isoformat())
+        except LedgerError as exc:
+            raise ValueError(f"meter_id: {exc}") from None
+        self.reload_registry()
+        log.info("meter %s adopted as house %s (%s) by %s", meter_id, house_id, name, created_by)
+        return house_id
 
     def meters_of(self, house_id: str) -> list[Meter]:
         return [m for m in self.meters() if m.house_id == house_id]
@@ -239,6 +264,9 @@ class Community:
         period = parse_period(period_id, self.tz)
         stored = self.ledger.period(period_id)
         if stored and stored["status"] == "closed":
+            if close:
+                raise SettlementError(f"period {period_id} is already closed (at {stored['closed_at'][:16]} "
+                                      f"UTC by {stored['closed_by']}); its invoices stay as issued")
             return Settlement(period, "closed", self.ledger.issued_invoices(period_id))
         now = pd.Timestamp(self.clock())
         if close and period.end > now:
@@ -256,6 +284,38 @@ class Community:
             log.info("period %s closed: %d invoices issued", period_id, len(issued))
             return Settlement(period, "closed", issued, s.summary, s.missing)
         return s
+
+
+    def periods(self, months: int = 12) -> list[dict]:
+        """The last ``months`` calendar months (the running one first) and any older closed
+        period: status, invoice count, and the intervals still missing (data completeness)."""
+        now = pd.Timestamp(self.clock())
+        first = now.tz_convert(self.tz).normalize().replace(day=1)
+        ids = [(first - pd.DateOffset(months=k)).strftime("%Y-%m") for k in range(months)]
+        stored = {p["period_id"]: p for p in self.ledger.periods()}
+        ids += sorted(set(stored) - set(ids), reverse=True)
+        out = []
+        for pid in ids:
+            s = self.settle(pid, allow_incomplete=True)
+            st = stored.get(pid, {})
+            status = s.status if s.status == "closed" else ("running" if s.period.end > now else "open")
+            out.append({"period_id": pid, "status": status, "invoices": len(s.invoices),
+                        "missing_intervals": sum(s.missing.values()), "houses_missing": sorted(s.missing),
+                        "closed_at": st.get("closed_at"), "closed_by": st.get("closed_by"),
+                        "start": s.period.start_local.isoformat(), "end": s.period.end_local_inclusive.isoformat()})
+        return out
+
+    def invoice(self, invoice_id: str) -> dict | None:
+        """An issued invoice, or the draft ``DRAFT-<period>-<house>`` as it stands now."""
+        inv = self.ledger.invoice(invoice_id)
+        if inv is not None or not invoice_id.startswith("DRAFT-"):
+            return inv
+        period_id = invoice_id[len("DRAFT-"):len("DRAFT-YYYY-MM")]
+        try:
+            s = self.settle(period_id, allow_incomplete=True)
+        except SettlementError:
+            return None
+        return next((i for i in s.invoices if i["invoice_id"] == invoice_id), None)
 
 
 def _house_order(house_id: str):

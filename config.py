@@ -99,6 +99,8 @@ class WebConfig(_Strict):
     host: str = "0.0.0.0"
     port: Port = 8060
     base_path: str = "/"     # e.g. /invoicing/ behind a reverse proxy beside LEG-Simulator
+    # the reverse proxy whose X-Forwarded-For/-Proto/-Host headers are believed (none: ignore them)
+    trusted_proxy: str | None = "127.0.0.1"
 
 
 class LoggingConfig(_Strict):

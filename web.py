@@ -6,12 +6,14 @@ no module-level state shared between users.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import dash
 import dash_bootstrap_components as dbc
 import flask
+
+from jobs import Jobs
 
 ROOT = Path(__file__).resolve().parent
 
@@ -20,6 +22,7 @@ ROOT = Path(__file__).resolve().parent
 class Services:
     community: object              # community.Community
     runtime: object | None = None  # ingest.runtime.IngestRuntime, when ingest runs in this process
+    jobs: Jobs = field(default_factory=Jobs)   # background work started from pages (closing a period, …)
 
 
 def current() -> Services:

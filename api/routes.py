@@ -1,21 +1,22 @@
 """REST endpoints (JSON). Bad parameters get 400 with ``{"error": ..., "field": ...}``."""
 from __future__ import annotations
 
-import csv
-import io
 import math
+import re
 from datetime import datetime, timezone
 
 import flask
 import pandas as pd
 
-from billing.settlement import CSV_EXTRA_FIELDS, CSV_FIELDS, SettlementError, invoice_rows
+from billing import exports
+from billing.settlement import SettlementError
 from ingest.csv_files import parse_timestamp
 from ingest.readings import ReadingError
 from pricing.tariffs import Tariff, TariffError, tariff_errors
 
 api = flask.Blueprint("api", __name__)
 VERSION = "0.1.0"
+_INVOICE_ID = re.compile(r"^(INV-\d{4}-\d{3,}|CN-\d{4}-\d{3,}|DRAFT-\d{4}-\d{2}-[A-Za-z0-9_.-]{1,64})$")
 
 
 def _svc():
@@ -172,8 +173,15 @@ def invoices():
     if err:
         return err
     return flask.jsonify({"period": period, "status": s.status, "missing": s.missing,
-                          "invoices": [{k: (str(v) if k not in ("details",) else v) for k, v in i.items()}
-                                       for i in s.invoices]})
+                          "invoices": [_invoice_json(i) for i in s.invoices]})
+
+
+def _invoice_json(inv: dict) -> dict:
+    return {k: (v if k == "details" else str(v)) for k, v in inv.items()}
+
+
+def _download(data: bytes, name: str, mimetype: str):
+    return flask.Response(data, mimetype=mimetype, headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
 @api.get("/invoices.csv")
@@ -181,9 +189,35 @@ def invoices_csv():
     period, s, err = _settlement()
     if err:
         return err
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS + CSV_EXTRA_FIELDS, lineterminator="\n")
-    w.writeheader()
-    w.writerows(invoice_rows(s.invoices))
-    return flask.Response(buf.getvalue(), mimetype="text/csv",
-                          headers={"Content-Disposition": f'attachment; filename="invoices-{period}.csv"'})
+    return _download(exports.invoices_csv(s.invoices), exports.csv_name(period), "text/csv; charset=utf-8")
+
+
+@api.get("/invoices.zip")
+def invoices_zip():
+    period, s, err = _settlement()
+    if err:
+        return err
+    return _download(exports.period_zip(s), f"invoices-{period}.zip", "application/zip")
+
+
+@api.get("/periods")
+def periods():
+    return flask.jsonify(_svc().community.periods())
+
+
+def _one_invoice(invoice_id: str):
+    if not _INVOICE_ID.match(invoice_id):
+        return None, _bad("invoice_id: expected INV-YYYY-NNN or DRAFT-YYYY-MM-<house>", "invoice_id")
+    inv = _svc().community.invoice(invoice_id)
+    if inv is None:
+        return None, _bad(f"no invoice {invoice_id}", "invoice_id", 404)
+    return inv, None
+
+
+@api.get("/invoices/<invoice_id>")
+def invoice(invoice_id: str):
+    if invoice_id.endswith(".csv"):
+        inv, err = _one_invoice(invoice_id.removesuffix(".csv"))
+        return err or _download(exports.invoices_csv([inv]), f"{inv['invoice_id']}.csv", "text/csv; charset=utf-8")
+    inv, err = _one_invoice(invoice_id)
+    return err or flask.jsonify(_invoice_json(inv))

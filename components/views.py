@@ -2,11 +2,11 @@
 callbacks call these, tests and benchmarks call them directly."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 import dash_bootstrap_components as dbc
 import pandas as pd
-from dash import html
+from dash import html, no_update
 from dash.exceptions import PreventUpdate
 
 import analytics
@@ -89,21 +89,65 @@ def period_options(c, now: pd.Timestamp, months: int = 12) -> list[dict]:
              "value": (first - pd.DateOffset(months=k)).strftime("%Y-%m")} for k in range(months)]
 
 
-def settlement_view(c, period: str):
-    """(status alert, grid rows) for a period."""
+def period_rows(c) -> list[dict]:
+    """The settlement page's periods table."""
+    return [{**p, "houses_missing": ", ".join(p["houses_missing"]), "closed_at": (p["closed_at"] or "")[:16]}
+            for p in c.periods()]
+
+
+def settlement_view(c, period: str, base: str = "/"):
+    """(status alert, grid rows with download links, whether the period can be closed now)."""
     try:
         s = c.settle(period, allow_incomplete=True)
     except SettlementError as exc:
-        return dbc.Alert(str(exc), color="danger"), []
-    rows = [{k: (str(v) if v is not None else "") for k, v in r.items()} for r in invoice_rows(s.invoices)]
+        return dbc.Alert(str(exc), color="danger"), [], False
+    rows = []
+    for r in invoice_rows(s.invoices):
+        row = {k: (str(v) if v is not None else "") for k, v in r.items()}
+        row["download"] = f"[CSV]({base}api/invoices/{r['invoice_id']}.csv)"
+        rows.append(row)
+    over = s.period.end <= pd.Timestamp(c.clock())
+    closable = s.status != "closed" and over and not s.missing
     if s.status == "closed":
         alert = dbc.Alert(f"Closed: {len(rows)} invoices issued.", color="success")
     elif s.missing:
         alert = dbc.Alert("Provisional: intervals missing for house(s) "
-                          + ", ".join(f"{h} ({n})" for h, n in s.missing.items()), color="warning")
+                          + ", ".join(f"{h} ({n})" for h, n in s.missing.items())
+                          + ". The period can be closed once the readings are complete.", color="warning")
+    elif not over:
+        alert = dbc.Alert("Running: drafts so far; the period can be closed after its last day.", color="info")
     else:
-        alert = dbc.Alert("Open: drafts, recomputed on every view; complete data.", color="info")
-    return alert, rows
+        alert = dbc.Alert("Open: drafts, recomputed on every view; complete data, ready to close.", color="info")
+    return alert, rows, closable
+
+
+def close_job(services, period: str) -> tuple[dict | None, str]:
+    """Start closing ``period`` in the background: (job for the page's store, or None, and a message)."""
+    from jobs import JobBusy
+    c = services.community
+
+    def run(progress):
+        progress(0, 1, "issuing invoices")
+        s = c.settle(period, close=True, closed_by="web")
+        progress(1, 1, "done")
+        return f"{period} closed: {len(s.invoices)} invoices issued"
+    try:
+        job = services.jobs.start(f"close:{period}", f"Closing {period}", run, errors=(SettlementError,))
+    except JobBusy as exc:
+        return None, dbc.Alert(str(exc), color="warning")
+    return {"id": job.job_id, "status": job.status}, ""
+
+
+def job_progress(jobs, job: dict | None):
+    """(job store, poll disabled, progress value, progress style, message) for the page."""
+    j = jobs.get(job["id"]) if job else None
+    if j is None:
+        return None, True, 0, {"display": "none"}, ""
+    if j.status == "running":
+        return no_update, False, j.percent, {}, f"{j.label}: {j.message}"
+    alert = (dbc.Alert(j.result, color="success") if j.status == "done"
+             else dbc.Alert(f"{j.label} failed: {j.error}", color="danger"))
+    return {"id": j.job_id, "status": j.status}, True, 100, {"display": "none"}, alert
 
 
 def history_rows(c) -> list[dict]:
@@ -143,3 +187,24 @@ def submit(c, values: dict, effective_text: str | None, now: datetime):
     return {}, f"Saved: in force from {eff.astimezone(c.tz):%Y-%m-%d %H:%M}"
 
 
+
+
+def adopt(services, meter_id: str | None, name: str | None, first_day: str | None, created_by: str = "web"):
+    """Adopt an unknown meter as a new house: (alert, whether it worked)."""
+    c = services.community
+    if not meter_id:
+        return dbc.Alert("Select a meter in the table of unknown meters first.", color="warning"), False
+    try:
+        active_from = date.fromisoformat(first_day) if first_day else pd.Timestamp(c.clock()).tz_convert(c.tz).date()
+    except ValueError:
+        return dbc.Alert(f"Billed from: {first_day!r} is not a date (YYYY-MM-DD)", color="danger"), False
+    try:
+        house_id = c.adopt_meter(meter_id, name, active_from, created_by)
+    except ValueError as exc:
+        return dbc.Alert(str(exc), color="danger"), False
+    if services.runtime is not None:
+        services.runtime.pipeline.registry_changed()
+    return dbc.Alert([f"Meter {meter_id} is now house {house_id} ({name.strip()}), billed from {active_from}. "
+                      "Readings it sent before today's adoption were not stored; its intervals before the "
+                      "first new reading are shown as missing. ",
+                      html.A("Open the house page", href=f"houses/{house_id}")], color="success"), True

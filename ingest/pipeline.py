@@ -146,6 +146,17 @@ class Pipeline:
         if not done.wait(timeout):
             raise TimeoutError("ingest pipeline did not flush in time")
 
+    def registry_changed(self, timeout: float = 30.0) -> None:
+        """The registry changed (a meter was adopted or edited): the worker takes the new meters
+        between two readings (never while it works on one)."""
+        if self._thread is None:
+            self.reload_meters()
+            return
+        done = threading.Event()
+        self._q.put(("reload", done))
+        if not done.wait(timeout):
+            raise TimeoutError("ingest pipeline did not take the new registry in time")
+
     def reload_meters(self) -> None:
         """Take the registry's meters; the last stored reading of each is the reference for the
         next one (loaded in one query)."""
@@ -229,6 +240,9 @@ class Pipeline:
                     self._on_reading(item[1], item[2])
                 elif item[0] == "reject":
                     self._on_reject(*item[1:])
+                elif item[0] == "reload":
+                    self.reload_meters()
+                    item[1].set()
                 elif item[0] is _FLUSH:
                     self._decide_held(force=True)
                     self._write_batch(force=True)

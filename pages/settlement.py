@@ -1,39 +1,90 @@
-"""Settlement: a period's invoices (drafts, or issued once closed) and the CSV download."""
+"""Settlement: periods with their completeness, a period's invoices (drafts, or issued once
+closed), closing a period (confirmed, in the background with progress) and the downloads."""
 import dash
 import dash_ag_grid as dag
 import dash_bootstrap_components as dbc
-import pandas as pd
-from dash import Input, Output, callback, dcc, html
+from dash import Input, Output, State, callback, dcc, html, no_update
 
-from components.views import period_options, settlement_view
+from components.views import close_job, job_progress, period_rows, settlement_view
 from web import current
 
 dash.register_page(__name__, path="/settlement", name="Settlement", order=4)
 
+INVOICE_COLUMNS = [("invoice_id", "Invoice"), ("house_id", "House"), ("house_name", "Name"),
+                   ("energy_imported_kwh", "Bought kWh"), ("energy_exported_kwh", "Delivered kWh"),
+                   ("import_cost_ct", "Cost ct"), ("export_revenue_ct", "Credit ct"), ("net_amount_chf", "Net CHF"),
+                   ("status", "Status"), ("missing_intervals", "Missing intervals"), ("flags", "Flags")]
+PERIOD_COLUMNS = [("period_id", "Period"), ("status", "Status"), ("invoices", "Invoices"),
+                  ("missing_intervals", "Missing intervals"), ("houses_missing", "Houses with gaps"),
+                  ("closed_at", "Closed at"), ("closed_by", "Closed by")]
+
 
 def layout(**_):
-    c = current().community
-    opts = period_options(c, pd.Timestamp.now(tz="UTC"))
+    rows = period_rows(current().community)
+    opts = [{"label": f"{r['period_id']} ({r['status']})", "value": r["period_id"]} for r in rows]
+    default = next((r["period_id"] for r in rows if r["status"] != "running"), rows[0]["period_id"])
     return html.Div([
         html.H3("Settlement"),
-        dbc.Row([dbc.Col([dbc.Label("Period"), dcc.Dropdown(id="settle-period", options=opts,
-                                                            value=opts[1]["value"], clearable=False)], md=4),
-                 dbc.Col(html.A(dbc.Button("Download CSV", color="secondary"), id="settle-csv", href=""),
-                         md=3, className="align-self-end")], className="mb-3"),
+        dbc.Row([
+            dbc.Col([dbc.Label("Period"), dcc.Dropdown(id="settle-period", options=opts, value=default,
+                                                       clearable=False)], md=3),
+            dbc.Col(dbc.ButtonGroup([
+                html.A(dbc.Button("Download CSV", color="secondary"), id="settle-csv", href=""),
+                html.A(dbc.Button("Download all (ZIP)", color="secondary"), id="settle-zip", href=""),
+                dbc.Button("Close period…", id="settle-close", color="danger"),
+            ]), md=6, className="align-self-end"),
+        ], className="mb-3"),
         html.Div(id="settle-status"),
-        dag.AgGrid(id="settle-grid", columnDefs=[{"field": f, "headerName": h} for f, h in (
-            ("invoice_id", "Invoice"), ("house_id", "House"), ("house_name", "Name"),
-            ("energy_imported_kwh", "Bought kWh"), ("energy_exported_kwh", "Delivered kWh"),
-            ("import_cost_ct", "Cost ct"), ("export_revenue_ct", "Credit ct"), ("net_amount_chf", "Net CHF"),
-            ("status", "Status"), ("missing_intervals", "Missing intervals"), ("flags", "Flags"))],
-            columnSize="autoSize", style={"height": "420px"}),
+        dbc.Progress(id="settle-progress", value=0, striped=True, animated=True, className="mb-2",
+                     style={"display": "none"}),
+        html.Div(id="settle-job-message"),
+        dcc.Store(id="settle-job"), dcc.Interval(id="settle-poll", interval=500, disabled=True),
+        dag.AgGrid(id="settle-grid", columnDefs=[{"field": f, "headerName": h} for f, h in INVOICE_COLUMNS]
+                   + [{"field": "download", "headerName": "Download", "cellRenderer": "markdown",
+                       "linkTarget": "_blank"}],
+                   columnSize="autoSize", style={"height": "420px"}),
+        html.H5("Periods", className="mt-3"),
+        dag.AgGrid(id="settle-periods", rowData=rows, columnDefs=[{"field": f, "headerName": h} for f, h in PERIOD_COLUMNS],
+                   columnSize="autoSize", style={"height": "300px"}),
+        dbc.Modal([
+            dbc.ModalHeader(dbc.ModalTitle("Close this period?")),
+            dbc.ModalBody(id="settle-confirm-text"),
+            dbc.ModalFooter([dbc.Button("Cancel", id="settle-cancel", color="secondary"),
+                             dbc.Button("Issue the invoices and close", id="settle-confirm", color="danger")]),
+        ], id="settle-modal", is_open=False),
     ])
 
 
 @callback(Output("settle-status", "children"), Output("settle-grid", "rowData"), Output("settle-csv", "href"),
-          Input("settle-period", "value"))
-def _update(period):
+          Output("settle-zip", "href"), Output("settle-close", "disabled"),
+          Input("settle-period", "value"), Input("settle-job", "data"))
+def _update(period, _job):
     c = current().community
-    alert, rows = settlement_view(c, period)
-    base = dash.get_relative_path("/")
-    return alert, rows, f"{base}api/invoices.csv?period={period}"
+    alert, rows, closable = settlement_view(c, period, dash.get_relative_path("/"))
+    api = dash.get_relative_path("/api/")
+    return alert, rows, f"{api}invoices.csv?period={period}", f"{api}invoices.zip?period={period}", not closable
+
+
+@callback(Output("settle-modal", "is_open"), Output("settle-confirm-text", "children"),
+          Input("settle-close", "n_clicks"), Input("settle-cancel", "n_clicks"), Input("settle-confirm", "n_clicks"),
+          State("settle-period", "value"), prevent_initial_call=True)
+def _confirm(_open, _cancel, _confirm, period):
+    if dash.ctx.triggered_id != "settle-close":
+        return False, no_update
+    n = len(current().community.settle(period, allow_incomplete=True).invoices)
+    return True, (f"Closing {period} issues {n} invoices with numbers that cannot be reused. "
+                  f"Issued invoices never change; corrections are made with credit notes.")
+
+
+@callback(Output("settle-job", "data"), Output("settle-poll", "disabled"), Output("settle-progress", "value"),
+          Output("settle-progress", "style"), Output("settle-job-message", "children"),
+          Input("settle-confirm", "n_clicks"), Input("settle-poll", "n_intervals"),
+          State("settle-period", "value"), State("settle-job", "data"), prevent_initial_call=True)
+def _job(_confirm, _tick, period, job):
+    s = current()
+    if dash.ctx.triggered_id == "settle-confirm":
+        job, message = close_job(s, period)
+        if job is None:
+            return no_update, True, 0, {"display": "none"}, message
+        return job, False, 0, {}, f"Closing {period}…"
+    return job_progress(s.jobs, job)

@@ -90,6 +90,14 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE houses ADD COLUMN active_until TEXT;
     """,
+    # 3: where a house and a meter were registered: 'config' (config.yaml, applied at every
+    # start) or 'web' (adopted in the browser; a start leaves them as they are)
+    """
+    ALTER TABLE houses ADD COLUMN origin TEXT NOT NULL DEFAULT 'config';
+    ALTER TABLE meters ADD COLUMN origin TEXT NOT NULL DEFAULT 'config';
+    ALTER TABLE meters ADD COLUMN created_at TEXT;
+    ALTER TABLE meters ADD COLUMN created_by TEXT;
+    """,
 ]
 
 
@@ -179,23 +187,23 @@ class Ledger:
                         "ON CONFLICT (id) DO UPDATE SET name = excluded.name, timezone = excluded.timezone",
                         (cfg.community.name, cfg.community.timezone))
             still = {str(h.id) for h in cfg.houses.values()}
-            for (hid,) in con.execute("SELECT house_id FROM houses WHERE active = 1").fetchall():
+            for (hid,) in con.execute("SELECT house_id FROM houses WHERE active = 1 AND origin = 'config'").fetchall():
                 if hid not in still:
                     con.execute("UPDATE houses SET active_until = ? WHERE house_id = ?", (_now(), hid))
-            con.execute("UPDATE houses SET active = 0")
-            con.execute("UPDATE meters SET active = 0")
+            con.execute("UPDATE houses SET active = 0 WHERE origin = 'config'")
+            con.execute("UPDATE meters SET active = 0 WHERE origin = 'config'")
             for mac, h in cfg.houses.items():
                 hid = str(h.id)
                 con.execute(
                     "INSERT INTO houses (house_id, name, type, pv_kwp, active_from, active) "
                     "VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (house_id) DO UPDATE SET name = excluded.name, "
                     "type = excluded.type, pv_kwp = excluded.pv_kwp, active_from = excluded.active_from, active = 1, "
-                    "active_until = NULL",
+                    "active_until = NULL, origin = 'config'",
                     (hid, h.name, h.type, h.pv_kwp, h.active_from.isoformat() if h.active_from else None))
                 con.execute(
                     "INSERT INTO meters (meter_id, house_id, max_power_kw, active) VALUES (?, ?, ?, 1) "
                     "ON CONFLICT (meter_id) DO UPDATE SET house_id = excluded.house_id, "
-                    "max_power_kw = excluded.max_power_kw, active = 1",
+                    "max_power_kw = excluded.max_power_kw, active = 1, origin = 'config'",
                     (mac, hid, h.max_power_kw))
             if not con.execute("SELECT 1 FROM tariff_versions LIMIT 1").fetchone():
                 t = cfg.tariffs
@@ -203,6 +211,20 @@ class Ledger:
                     "INSERT INTO tariff_versions (effective_from, mode, p_pv, p_grid_del, p_grid_con, "
                     "created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, 'config')",
                     (EPOCH.isoformat(), cfg.pricing.mode, t.p_pv, t.p_grid_del, t.p_grid_con, _now()))
+
+    def adopt_meter(self, meter_id: str, house_id: str, name: str, created_by: str,
+                    active_from: str | None = None) -> None:
+        """Register a meter heard but unknown as a new house (origin 'web': kept across restarts;
+        an entry for it in config.yaml takes over)."""
+        with self.transaction() as con:
+            if con.execute("SELECT 1 FROM meters WHERE meter_id = ?", (meter_id,)).fetchone():
+                raise LedgerError(f"meter {meter_id} is already registered")
+            if con.execute("SELECT 1 FROM houses WHERE house_id = ?", (house_id,)).fetchone():
+                raise LedgerError(f"house id {house_id} is already taken")
+            con.execute("INSERT INTO houses (house_id, name, type, pv_kwp, active_from, active, origin) "
+                        "VALUES (?, ?, 'real', NULL, ?, 1, 'web')", (house_id, name, active_from))
+            con.execute("INSERT INTO meters (meter_id, house_id, active, origin, created_at, created_by) "
+                        "VALUES (?, ?, 1, 'web', ?, ?)", (meter_id, house_id, _now(), created_by))
 
     def houses(self, active_only: bool = True) -> list[House]:
         rows = self._rows("SELECT * FROM houses" + (" WHERE active = 1" if active_only else "")
@@ -240,14 +262,17 @@ class Ledger:
         rows = self._rows("SELECT max(end_utc) FROM settlement_periods WHERE status = 'closed'")
         return datetime.fromisoformat(rows[0][0]) if rows and rows[0][0] else None
 
+    def periods(self) -> list[dict]:
+        """Every period on record (closed ones), newest first."""
+        return [dict(r) for r in self._rows("SELECT * FROM settlement_periods ORDER BY period_id DESC")]
+
     def issued_invoices(self, period_id: str) -> list[dict]:
         rows = self._rows("SELECT * FROM invoices WHERE period_id = ? ORDER BY invoice_id", (period_id,))
-        out = []
-        for r in rows:
-            d = dict(r)
-            d["details"] = json.loads(d["details"])
-            out.append(d)
-        return out
+        return [_invoice(r) for r in rows]
+
+    def invoice(self, invoice_id: str) -> dict | None:
+        rows = self._rows("SELECT * FROM invoices WHERE invoice_id = ?", (invoice_id,))
+        return _invoice(rows[0]) if rows else None
 
     def close_period(self, period_id: str, start_utc: str, end_utc: str, invoices: list[dict],
                      issue_year: int, closed_by: str) -> list[dict]:
@@ -284,6 +309,12 @@ class Ledger:
                         "ON CONFLICT (year) DO UPDATE SET last_number = excluded.last_number",
                         (issue_year, number))
         return self.issued_invoices(period_id)
+
+
+def _invoice(row: sqlite3.Row) -> dict:
+    d = dict(row)
+    d["details"] = json.loads(d["details"])
+    return d
 
 
 def _split_sql(script: str) -> list[str]:

@@ -137,6 +137,8 @@ def test_close_issues_gapless_numbers_and_freezes_figures(make_community):
     assert after == before and after[0]["energy_imported_kwh"] == str(feb.invoices[0]["energy_imported_kwh"])
     with pytest.raises(LedgerError, match="already closed"):
         c.ledger.close_period("2026-02", "", "", [], 2026, "x")
+    with pytest.raises(SettlementError, match="already closed .* by cli"):
+        c.settle("2026-02", close=True)
     con = sqlite3.connect(c.ledger.path)
     with pytest.raises(sqlite3.DatabaseError, match="immutable"):
         con.execute("UPDATE invoices SET net_amount_ct = '0' WHERE invoice_id = 'INV-2026-001'")

@@ -186,3 +186,124 @@ def test_meter_status_and_quality(community):
     q = monitoring.quality_summary(community, pd.Timestamp("2026-01-31T23:00Z"), pd.Timestamp("2026-02-28T23:00Z"))
     assert q["houses"][0] == {"house": "One", "intervals": 2688, "estimated": 2688, "reset": 0, "quarantined": 0}
     assert q["quarantined"] == []
+
+
+def test_periods_single_invoices_and_zip(client, community):
+    import io
+    import zipfile
+    periods = client.get("/invoicing/api/periods").get_json()
+    feb = next(p for p in periods if p["period_id"] == "2026-02")
+    assert feb["status"] == "open" and feb["invoices"] == 2 and feb["missing_intervals"] == 0
+    assert periods[0]["status"] == "running" and len(periods) == 12
+    # a month without readings: everything missing, said per house
+    jan = next(p for p in periods if p["period_id"] == "2026-01")
+    assert jan["missing_intervals"] == 2 * 744 * 4 and jan["houses_missing"] == ["1", "2"]
+    one = client.get("/invoicing/api/invoices/DRAFT-2026-02-1").get_json()
+    assert one["import_cost_ct"] == "80640.00" and one["net_amount_chf"] == "-806.40"
+    csv_one = client.get("/invoicing/api/invoices/DRAFT-2026-02-1.csv")
+    assert csv_one.status_code == 200 and len(csv_one.data.decode().splitlines()) == 2
+    assert client.get("/invoicing/api/invoices/INV-2026-999").status_code == 404
+    bad = client.get("/invoicing/api/invoices/INV-<b>")
+    assert bad.status_code == 400 and bad.get_json()["field"] == "invoice_id"
+    assert client.get("/invoicing/api/invoices/DRAFT-2026-02-9").status_code == 404
+    # the ZIP: the CSV and one file per invoice; the same bytes on every download
+    z1 = client.get("/invoicing/api/invoices.zip?period=2026-02")
+    assert z1.status_code == 200 and z1.headers["Content-Disposition"].endswith('invoices-2026-02.zip"')
+    names = zipfile.ZipFile(io.BytesIO(z1.data)).namelist()
+    assert names == ["2026-02/invoices-2026-02.csv", "2026-02/DRAFT-2026-02-1.csv", "2026-02/DRAFT-2026-02-2.csv"]
+    assert client.get("/invoicing/api/invoices.zip?period=2026-02").data == z1.data
+    assert client.get("/invoicing/api/invoices.zip?period=02-2026").get_json()["field"] == "period"
+
+
+def test_closing_from_the_page_runs_as_a_job_once(community):
+    import time
+
+    from components.views import close_job, job_progress, settlement_view
+    from jobs import Jobs
+    from web import Services
+    s = Services(community, None, Jobs())
+    alert, rows, closable = settlement_view(community, "2026-02", "/invoicing/")
+    assert closable and rows[0]["download"] == "[CSV](/invoicing/api/invoices/DRAFT-2026-02-1.csv)"
+    assert settlement_view(community, "2026-01")[2] is False          # data missing: cannot close
+    job, _ = close_job(s, "2026-02")
+    for _ in range(100):
+        store, poll_disabled, value, _style, message = job_progress(s.jobs, job)
+        if poll_disabled:
+            break
+        time.sleep(0.05)
+    assert store["status"] == "done" and "2026-02 closed: 2 invoices issued" in str(message)
+    alert, rows, closable = settlement_view(community, "2026-02")
+    assert not closable and [r["invoice_id"] for r in rows] == ["INV-2026-001", "INV-2026-002"]
+    assert community.ledger.period("2026-02")["closed_by"] == "web"
+    # a second close fails with the reason, and numbers are not consumed
+    job, _ = close_job(s, "2026-02")
+    for _ in range(100):
+        store, poll_disabled, _v, _s, message = job_progress(s.jobs, job)
+        if poll_disabled:
+            break
+        time.sleep(0.05)
+    assert store["status"] == "failed" and "already closed" in str(message)
+    assert [i["invoice_id"] for i in community.ledger.issued_invoices("2026-02")] == ["INV-2026-001", "INV-2026-002"]
+
+
+def test_jobs_run_one_per_key_and_report_errors():
+    import threading
+
+    from jobs import JobBusy, Jobs
+    jobs = Jobs()
+    gate = threading.Event()
+
+    def slow(progress):
+        progress(1, 4, "first")
+        gate.wait(5)
+        return "ok"
+    j = jobs.start("k", "Slow work", slow)
+    with pytest.raises(JobBusy, match="Slow work is already running"):
+        jobs.start("k", "Slow work", slow)
+    gate.set()
+    jobs.shutdown()
+    assert jobs.get(j.job_id).status == "done" and jobs.get(j.job_id).result == "ok"
+    jobs = Jobs()
+    bad = jobs.start("b", "Broken", lambda p: 1 / 0)
+    jobs.shutdown()
+    assert jobs.get(bad.job_id).status == "failed" and "ZeroDivisionError" in jobs.get(bad.job_id).error
+
+
+def test_adopting_an_unknown_meter_makes_a_house_that_survives_a_restart(tmp_path):
+    from components.views import adopt
+    from ingest.pipeline import Pipeline
+    from ingest.readings import Reading
+    from web import Services
+    cfg = parse_config({"houses": HOUSES, "storage": {"data_dir": str(tmp_path)}}, source="test")
+    c = Community.open(cfg, clock=lambda: datetime(2026, 3, 10, 12, tzinfo=timezone.utc))
+    p = Pipeline(c).start()
+    try:
+        t0 = datetime(2026, 3, 10, 11, 0, tzinfo=timezone.utc)
+        p.submit(Reading("NEW-1", t0, 10.0, 0.0), "mqtt")
+        p.flush()
+        assert "NEW-1" in p.unknown_meters()
+        s = Services(c, type("R", (), {"pipeline": p})())
+        alert, ok = adopt(s, None, "X", None)
+        assert not ok and "Select a meter" in str(alert)
+        alert, ok = adopt(s, "NEW-1", "  ", None)
+        assert not ok and "name" in str(alert)
+        alert, ok = adopt(s, "NEW-1", "Hofstrasse 3", "10.03.2026")
+        assert not ok and "not a date" in str(alert)
+        alert, ok = adopt(s, "NEW-1", "Hofstrasse 3", None)
+        assert ok and "is now house 3" in str(alert) and "billed from 2026-03-10" in str(alert)
+        assert "NEW-1" not in p.unknown_meters()
+        assert not adopt(s, "M1", "Again", None)[1]                     # registered meters cannot be adopted
+        # the pipeline takes its readings now
+        p.submit(Reading("NEW-1", t0 + pd.Timedelta(minutes=15), 10.5, 0.0), "mqtt")
+        p.flush()
+        assert p.status()["NEW-1"].accepted == 1
+    finally:
+        p.stop()
+        c.close()
+    c = Community.open(cfg)                                           # config.yaml does not list it: it stays
+    try:
+        h = {x.house_id: x for x in c.houses()}
+        assert h["3"].name == "Hofstrasse 3" and h["3"].active_from == "2026-03-10"
+        assert [m.meter_id for m in c.meters_of("3")] == ["NEW-1"]
+    finally:
+        c.close()
