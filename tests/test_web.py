@@ -215,33 +215,34 @@ def test_periods_single_invoices_and_zip(client, community):
     assert client.get("/invoicing/api/invoices.zip?period=02-2026").get_json()["field"] == "period"
 
 
-def test_closing_from_the_page_runs_as_a_job_once(community):
+def finish(services, job):
+    """Poll a page job as the progress bar does until it ends: (job store, message)."""
     import time
 
-    from components.views import close_job, job_progress, settlement_view
+    from components.views import job_progress
+    for _ in range(200):
+        store, poll_disabled, _value, _style, message = job_progress(services.jobs, job)
+        if poll_disabled:
+            return store, message
+        time.sleep(0.05)
+    raise AssertionError("job did not finish")
+
+
+def test_closing_from_the_page_runs_as_a_job_once(community):
+    from components.views import close_job, settlement_view
     from jobs import Jobs
     from web import Services
     s = Services(community, None, Jobs())
     alert, rows, closable = settlement_view(community, "2026-02", "/invoicing/")
     assert closable and rows[0]["download"] == "[CSV](/invoicing/api/invoices/DRAFT-2026-02-1.csv)"
     assert settlement_view(community, "2026-01")[2] is False          # data missing: cannot close
-    job, _ = close_job(s, "2026-02")
-    for _ in range(100):
-        store, poll_disabled, value, _style, message = job_progress(s.jobs, job)
-        if poll_disabled:
-            break
-        time.sleep(0.05)
+    store, message = finish(s, close_job(s, "2026-02")[0])
     assert store["status"] == "done" and "2026-02 closed: 2 invoices issued" in str(message)
     alert, rows, closable = settlement_view(community, "2026-02")
     assert not closable and [r["invoice_id"] for r in rows] == ["INV-2026-001", "INV-2026-002"]
     assert community.ledger.period("2026-02")["closed_by"] == "web"
     # a second close fails with the reason, and numbers are not consumed
-    job, _ = close_job(s, "2026-02")
-    for _ in range(100):
-        store, poll_disabled, _v, _s, message = job_progress(s.jobs, job)
-        if poll_disabled:
-            break
-        time.sleep(0.05)
+    store, message = finish(s, close_job(s, "2026-02")[0])
     assert store["status"] == "failed" and "already closed" in str(message)
     assert [i["invoice_id"] for i in community.ledger.issued_invoices("2026-02")] == ["INV-2026-001", "INV-2026-002"]
 
