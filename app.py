@@ -317,12 +317,17 @@ def tariffs_add(p_pv, p_grid_del, p_grid_con, mode, effective_from, config_path)
 @click.option("--allow-incomplete", is_flag=True, help="bill only the intervals present when data is missing")
 @config_option
 def settle(period, out, close, allow_incomplete, config_path):
-    """Settle a period: one invoice per house, written to OUT/invoices.csv."""
+    """Settle a period: one invoice per house, written to OUT/invoices.csv and OUT/<invoice>.pdf."""
+    from billing import lifecycle
     community = _open(config_path)
     try:
         try:
             parse_period(period, community.tz)
-            s = community.settle(period, close=close, allow_incomplete=allow_incomplete)
+            if close:
+                s = lifecycle.close_period(community, period, "cli", _progress_echo, allow_incomplete=allow_incomplete)
+            else:
+                s = community.settle(period, allow_incomplete=allow_incomplete)
+            pdfs = lifecycle.period_pdfs(community, s, _progress_echo)
         except SettlementError as exc:
             raise click.ClickException(str(exc))
     finally:
@@ -330,8 +335,15 @@ def settle(period, out, close, allow_incomplete, config_path):
     path = Path(out) / "invoices.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(invoices_csv(s.invoices))
+    for name, pdf in pdfs.items():
+        (Path(out) / name).write_bytes(pdf)
     _print_settlement(s)
-    click.echo(f"wrote {path}")
+    click.echo(f"wrote {path} and {len(pdfs)} PDFs")
+
+
+def _progress_echo(done: int, total: int, message: str = "") -> None:
+    if total and (done == total or done % 10 == 0):
+        click.echo(f"  {message} ({done}/{total})", err=True)
 
 
 def _print_settlement(s) -> None:

@@ -76,6 +76,19 @@ class InfluxConfig(_Strict):
     mode: Literal["read_write", "read_only"] = "read_write"
 
 
+Language = Literal["de", "fr", "it", "en"]
+
+
+class AddressConfig(_Strict):
+    """A structured Swiss postal address (as the QR-bill wants it)."""
+    name: str = Field(min_length=1, max_length=70)
+    street: str = Field("", max_length=70)
+    number: str = Field("", max_length=16)
+    postcode: str = Field("", max_length=16)
+    town: str = Field("", max_length=35)
+    country: str = Field("CH", pattern=r"^[A-Z]{2}$")
+
+
 class HouseConfig(_Strict):
     id: int | str
     name: str
@@ -83,6 +96,10 @@ class HouseConfig(_Strict):
     pv_kwp: Annotated[float | None, _not_bool("a number")] = Field(None, ge=0)
     active_from: date | None = None
     max_power_kw: Annotated[float, _not_bool("a number")] = Field(100.0, gt=0)
+    # the invoice's recipient; without it the house's name is used and the QR-bill has no debtor
+    owner: AddressConfig | None = None
+    email: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    language: Language | None = None        # the invoice's language; default: community.language
 
 
 class TariffConfig(_Strict):
@@ -111,6 +128,11 @@ class LoggingConfig(_Strict):
 class CommunityConfig(_Strict):
     name: str = "LEG Community"
     timezone: str = "Europe/Zurich"
+    language: Language = "de"                # invoices of houses that name none
+    address: AddressConfig | None = None     # the invoices' sender
+    # the account that receives payments: with it (and the address), invoices carry a Swiss QR-bill
+    iban: str | None = None
+    payment_days: int = Field(30, ge=0, le=365)
 
     @field_validator("timezone")
     @classmethod
@@ -120,6 +142,17 @@ class CommunityConfig(_Strict):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {v!r} (use an IANA name such as Europe/Zurich)")
         return v
+
+
+class SmtpConfig(_Strict):
+    """Mailing issued invoices; without ``host`` the settlement page offers no sending."""
+    host: str | None = None
+    port: Port = 587
+    security: Literal["starttls", "ssl", "none"] = "starttls"
+    username: str | None = None
+    password: str | None = None
+    sender: str = "LEG-Invoicing <invoices@localhost>"
+    timeout_s: float = Field(30.0, gt=0)
 
 
 class PricingConfig(_Strict):
@@ -152,6 +185,7 @@ class Config(_Strict):
     community: CommunityConfig = CommunityConfig()
     pricing: PricingConfig = PricingConfig()
     storage: StorageConfig = StorageConfig()
+    smtp: SmtpConfig = SmtpConfig()
 
     # Not a key of the file: where the configuration came from ("demo" when there is none).
     source: str = Field("demo", exclude=True)
@@ -245,6 +279,8 @@ def parse_config(data: dict | None, source: str = "config") -> Config:
         errors += [_format_error(e) for e in exc.errors()]
     errors += _duplicate_house_ids(data.get("houses"))
     errors += _tariff_rule_errors(data.get("tariffs"), data.get("pricing"))
+    if cfg is not None:
+        errors += creditor_errors(cfg.community)
     if errors:
         raise ConfigError(source, list(dict.fromkeys(errors)))
     cfg.source = source
@@ -277,6 +313,19 @@ def _tariff_rule_errors(tariffs, pricing) -> list[str]:
     mode = pricing.get("mode") if isinstance(pricing, dict) else None
     values["mode"] = mode if mode in ("break_even", "static", "zev_proportional") else "break_even"
     return [f"tariffs.{e.field}: {e.message}" for e in tariff_errors(values)]
+
+
+def creditor_errors(community: CommunityConfig) -> list[str]:
+    """The QR-bill's creditor, checked at start-up (not when an invoice is rendered)."""
+    if community.iban is None:
+        return []
+    from documents.model import Party
+    from documents.qr import creditor_errors as qr_errors
+    if community.address is None:
+        return ["community.address: is required with community.iban (the QR-bill names the creditor's address)"]
+    a = community.address
+    return [f"community.iban: {e}" for e in qr_errors(community.iban, Party(a.name, a.street, a.number, a.postcode,
+                                                                             a.town, a.country))]
 
 
 def demo_config(data_dir: str | None = None) -> Config:

@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import flask
 import pandas as pd
 
-from billing import exports
+from billing import exports, lifecycle
 from billing.settlement import SettlementError
 from ingest.csv_files import parse_timestamp
 from ingest.readings import ReadingError
@@ -197,7 +197,8 @@ def invoices_zip():
     period, s, err = _settlement()
     if err:
         return err
-    return _download(exports.period_zip(s), f"invoices-{period}.zip", "application/zip")
+    pdfs = lifecycle.period_pdfs(_svc().community, s)
+    return _download(exports.period_zip(s, pdfs), f"invoices-{period}.zip", "application/zip")
 
 
 @api.get("/periods")
@@ -216,8 +217,23 @@ def _one_invoice(invoice_id: str):
 
 @api.get("/invoices/<invoice_id>")
 def invoice(invoice_id: str):
+    if invoice_id.endswith(".pdf"):
+        doc_id = invoice_id.removesuffix(".pdf")
+        if not _INVOICE_ID.match(doc_id):
+            return _bad("invoice_id: expected INV-YYYY-NNN, CN-YYYY-NNN or DRAFT-YYYY-MM-<house>", "invoice_id")
+        pdf = lifecycle.document_pdf(_svc().community, doc_id)
+        if pdf is None:
+            return _bad(f"no invoice {doc_id}", "invoice_id", 404)
+        return _download(pdf, f"{doc_id}.pdf", "application/pdf")
     if invoice_id.endswith(".csv"):
         inv, err = _one_invoice(invoice_id.removesuffix(".csv"))
         return err or _download(exports.invoices_csv([inv]), f"{inv['invoice_id']}.csv", "text/csv; charset=utf-8")
     inv, err = _one_invoice(invoice_id)
-    return err or flask.jsonify(_invoice_json(inv))
+    if err:
+        return err
+    body = _invoice_json(inv)
+    if inv["status"] != "draft":
+        c = _svc().community
+        body["history"] = c.ledger.events(invoice_id)
+        body["credit_notes"] = [n for n in c.ledger.credit_notes(inv["period_id"]) if n["invoice_id"] == invoice_id]
+    return flask.jsonify(body)

@@ -96,20 +96,30 @@ def period_rows(c) -> list[dict]:
 
 
 def settlement_view(c, period: str, base: str = "/"):
-    """(status alert, grid rows with download links, whether the period can be closed now)."""
+    """(status alert, grid rows with download links, whether the period can be closed now).
+    Credit notes of a closed period are rows of their own."""
     try:
         s = c.settle(period, allow_incomplete=True)
     except SettlementError as exc:
         return dbc.Alert(str(exc), color="danger"), [], False
+    mails = c.ledger.mails() if s.status == "closed" else {}
+    link = lambda doc_id: f"[PDF]({base}api/invoices/{doc_id}.pdf)"
     rows = []
     for r in invoice_rows(s.invoices):
         row = {k: (str(v) if v is not None else "") for k, v in r.items()}
-        row["download"] = f"[CSV]({base}api/invoices/{r['invoice_id']}.csv)"
+        row["download"] = f"{link(r['invoice_id'])} · [CSV]({base}api/invoices/{r['invoice_id']}.csv)"
+        row["mail"] = _mail_text(mails.get(r["invoice_id"]))
         rows.append(row)
+    if s.status == "closed":
+        for n in c.ledger.credit_notes(period):
+            rows.append({"invoice_id": n["credit_note_id"], "status": f"credit note for {n['invoice_id']}",
+                         "net_amount_chf": n["net_amount_chf"], "flags": n["reason"],
+                         "download": link(n["credit_note_id"]), "mail": _mail_text(mails.get(n["credit_note_id"]))})
     over = s.period.end <= pd.Timestamp(c.clock())
     closable = s.status != "closed" and over and not s.missing
     if s.status == "closed":
-        alert = dbc.Alert(f"Closed: {len(rows)} invoices issued.", color="success")
+        alert = dbc.Alert(f"Closed: {len(s.invoices)} invoices issued. Their PDFs are stored and served as issued.",
+                          color="success")
     elif s.missing:
         alert = dbc.Alert("Provisional: intervals missing for house(s) "
                           + ", ".join(f"{h} ({n})" for h, n in s.missing.items())
@@ -121,21 +131,70 @@ def settlement_view(c, period: str, base: str = "/"):
     return alert, rows, closable
 
 
-def close_job(services, period: str) -> tuple[dict | None, str]:
-    """Start closing ``period`` in the background: (job for the page's store, or None, and a message)."""
-    from jobs import JobBusy
+def _mail_text(m: dict | None) -> str:
+    if m is None:
+        return ""
+    if m["status"] == "sent":
+        return f"sent to {m['recipient']} {m['at'][:16]}"
+    if m["status"] == "sending":
+        return f"interrupted while sending to {m['recipient']} ({m['at'][:16]}): check, then release"
+    return f"failed: {m['error']}"
+
+
+def close_job(services, period: str, by: str = "web") -> tuple[dict | None, str]:
+    """Start closing ``period`` in the background (issue, then render and store every PDF):
+    (job for the page's store, or None, and a message)."""
+    from billing import lifecycle
     c = services.community
 
     def run(progress):
-        progress(0, 1, "issuing invoices")
-        s = c.settle(period, close=True, closed_by="web")
-        progress(1, 1, "done")
-        return f"{period} closed: {len(s.invoices)} invoices issued"
+        s = lifecycle.close_period(c, period, by, progress)
+        return f"{period} closed: {len(s.invoices)} invoices issued, their PDFs stored"
+    return _start(services, f"close:{period}", f"Closing {period}", run)
+
+
+def mail_job(services, period: str, by: str = "web") -> tuple[dict | None, str]:
+    """Start mailing a closed period's documents in the background."""
+    from billing import mail
+    c = services.community
+    return _start(services, f"mail:{period}", f"Mailing {period}",
+                  lambda progress: f"Mailing {period}: " + mail.send_period(c, period, by, progress).summary())
+
+
+def _start(services, key: str, label: str, run):
+    from jobs import JobBusy
     try:
-        job = services.jobs.start(f"close:{period}", f"Closing {period}", run, errors=(SettlementError,))
+        job = services.jobs.start(key, label, run, errors=(SettlementError, ValueError))
     except JobBusy as exc:
         return None, dbc.Alert(str(exc), color="warning")
     return {"id": job.job_id, "status": job.status}, ""
+
+
+def invoice_action(c, action: str, selected: list[dict] | None, reason: str | None, by: str = "web"):
+    """Mark the selected issued invoice paid, or cancel it with a credit note: an alert."""
+    from billing import lifecycle, mail
+    doc_id = ((selected or [{}])[0] or {}).get("invoice_id")
+    if not doc_id:
+        return dbc.Alert("Select an invoice in the table first.", color="warning")
+    if doc_id.startswith("DRAFT-"):
+        return dbc.Alert(f"{doc_id} is a draft: invoices can be paid or cancelled once the period is closed.",
+                         color="warning")
+    try:
+        if action == "paid":
+            lifecycle.mark_paid(c, doc_id, by, reason or None)
+            return dbc.Alert(f"{doc_id} marked paid.", color="success")
+        if action == "cancel":
+            if not (reason or "").strip():
+                return dbc.Alert("Give the reason for the cancellation (it is recorded with the credit note).",
+                                 color="warning")
+            note = lifecycle.cancel(c, doc_id, by, reason)
+            return dbc.Alert(f"{doc_id} cancelled: credit note {note['credit_note_id']} issued.", color="success")
+        if action == "release":
+            mail.release(c, doc_id, by)
+            return dbc.Alert(f"{doc_id} may be mailed again.", color="success")
+    except (SettlementError, ValueError) as exc:
+        return dbc.Alert(str(exc), color="danger")
+    raise ValueError(f"unknown action {action!r}")
 
 
 def job_progress(jobs, job: dict | None):

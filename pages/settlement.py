@@ -5,7 +5,8 @@ import dash_ag_grid as dag
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, callback, dcc, html, no_update
 
-from components.views import close_job, job_progress, period_rows, settlement_view
+from billing.mail import configured as mail_configured
+from components.views import close_job, invoice_action, job_progress, mail_job, period_rows, settlement_view
 from web import current
 
 dash.register_page(__name__, path="/settlement", name="Settlement", order=4)
@@ -41,8 +42,22 @@ def layout(**_):
         dcc.Store(id="settle-job"), dcc.Interval(id="settle-poll", interval=500, disabled=True),
         dag.AgGrid(id="settle-grid", columnDefs=[{"field": f, "headerName": h} for f, h in INVOICE_COLUMNS]
                    + [{"field": "download", "headerName": "Download", "cellRenderer": "markdown",
-                       "linkTarget": "_blank"}],
-                   columnSize="autoSize", style={"height": "420px"}),
+                       "linkTarget": "_blank"}, {"field": "mail", "headerName": "E-mail"}],
+                   columnSize="autoSize", style={"height": "420px"}, getRowId="params.data.invoice_id",
+                   dashGridOptions={"rowSelection": {"mode": "singleRow"}}),
+        dbc.Row([
+            dbc.Col(dbc.Input(id="settle-reason", placeholder="Note or reason (required to cancel)", maxLength=200),
+                    md=4),
+            dbc.Col(dbc.ButtonGroup([
+                dbc.Button("Mark paid", id="settle-paid", color="success", outline=True),
+                dbc.Button("Cancel with a credit note", id="settle-cancel-invoice", color="danger", outline=True),
+                dbc.Button("Release interrupted e-mail", id="settle-release", color="secondary", outline=True),
+                dbc.Button("E-mail issued invoices", id="settle-mail", color="primary",
+                           disabled=not mail_configured(current().community.cfg),
+                           title="needs smtp.host in config.yaml"),
+            ]), md=8),
+        ], className="mt-2"),
+        html.Div(id="settle-action-result", className="mt-2"),
         html.H5("Periods", className="mt-3"),
         dag.AgGrid(id="settle-periods", rowData=rows, columnDefs=[{"field": f, "headerName": h} for f, h in PERIOD_COLUMNS],
                    columnSize="autoSize", style={"height": "300px"}),
@@ -57,8 +72,8 @@ def layout(**_):
 
 @callback(Output("settle-status", "children"), Output("settle-grid", "rowData"), Output("settle-csv", "href"),
           Output("settle-zip", "href"), Output("settle-close", "disabled"),
-          Input("settle-period", "value"), Input("settle-job", "data"))
-def _update(period, _job):
+          Input("settle-period", "value"), Input("settle-job", "data"), Input("settle-action-result", "children"))
+def _update(period, _job, _action):
     c = current().community
     alert, rows, closable = settlement_view(c, period, dash.get_relative_path("/"))
     api = dash.get_relative_path("/api/")
@@ -78,13 +93,22 @@ def _confirm(_open, _cancel, _confirm, period):
 
 @callback(Output("settle-job", "data"), Output("settle-poll", "disabled"), Output("settle-progress", "value"),
           Output("settle-progress", "style"), Output("settle-job-message", "children"),
-          Input("settle-confirm", "n_clicks"), Input("settle-poll", "n_intervals"),
+          Input("settle-confirm", "n_clicks"), Input("settle-mail", "n_clicks"), Input("settle-poll", "n_intervals"),
           State("settle-period", "value"), State("settle-job", "data"), prevent_initial_call=True)
-def _job(_confirm, _tick, period, job):
+def _job(_confirm, _mail, _tick, period, job):
     s = current()
-    if dash.ctx.triggered_id == "settle-confirm":
-        job, message = close_job(s, period)
+    if dash.ctx.triggered_id in ("settle-confirm", "settle-mail"):
+        start = close_job if dash.ctx.triggered_id == "settle-confirm" else mail_job
+        job, message = start(s, period)
         if job is None:
             return no_update, True, 0, {"display": "none"}, message
-        return job, False, 0, {}, f"Closing {period}…"
+        return job, False, 0, {}, "Started…"
     return job_progress(s.jobs, job)
+
+
+@callback(Output("settle-action-result", "children"), Input("settle-paid", "n_clicks"),
+          Input("settle-cancel-invoice", "n_clicks"), Input("settle-release", "n_clicks"),
+          State("settle-grid", "selectedRows"), State("settle-reason", "value"), prevent_initial_call=True)
+def _action(_paid, _cancel, _release, selected, reason):
+    action = {"settle-paid": "paid", "settle-cancel-invoice": "cancel", "settle-release": "release"}[dash.ctx.triggered_id]
+    return invoice_action(current().community, action, selected, reason)

@@ -12,6 +12,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from decimal import Decimal
 from pathlib import Path
 
 from pricing.tariffs import EPOCH, Tariff
@@ -98,7 +99,70 @@ MIGRATIONS: list[str] = [
     ALTER TABLE meters ADD COLUMN created_at TEXT;
     ALTER TABLE meters ADD COLUMN created_by TEXT;
     """,
+    # 4: invoice documents and lifecycle. The PDF of an issued invoice or credit note is stored
+    # once and served exactly as stored; every status change is an event (who, when); cancelling
+    # issues a credit note (own gapless number CN-YYYY-NNN) and never edits the invoice; mails
+    # are recorded per invoice so that none is sent twice by accident.
+    """
+    CREATE TABLE documents (
+        document_id TEXT PRIMARY KEY,
+        pdf BLOB NOT NULL,
+        sha256 TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TRIGGER documents_immutable BEFORE UPDATE ON documents
+    BEGIN SELECT RAISE(ABORT, 'issued documents are immutable'); END;
+    CREATE TRIGGER documents_never_deleted BEFORE DELETE ON documents
+    BEGIN SELECT RAISE(ABORT, 'issued documents are never deleted'); END;
+    CREATE TABLE invoice_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        invoice_id TEXT NOT NULL REFERENCES invoices(invoice_id),
+        status TEXT NOT NULL,
+        at TEXT NOT NULL,
+        by TEXT NOT NULL,
+        note TEXT
+    );
+    CREATE TRIGGER invoice_events_append_only BEFORE UPDATE ON invoice_events
+    BEGIN SELECT RAISE(ABORT, 'the invoice history is append-only'); END;
+    CREATE TRIGGER invoice_events_never_deleted BEFORE DELETE ON invoice_events
+    BEGIN SELECT RAISE(ABORT, 'the invoice history is append-only'); END;
+    INSERT INTO invoice_events (invoice_id, status, at, by, note)
+        SELECT i.invoice_id, 'issued', i.issued_at, coalesce(p.closed_by, 'unknown'), 'period closed'
+        FROM invoices i LEFT JOIN settlement_periods p ON p.period_id = i.period_id;
+    CREATE TABLE credit_notes (
+        credit_note_id TEXT PRIMARY KEY,
+        invoice_id TEXT NOT NULL UNIQUE REFERENCES invoices(invoice_id),
+        issued_at TEXT NOT NULL,
+        issued_by TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        net_amount_ct TEXT NOT NULL,
+        net_amount_chf TEXT NOT NULL
+    );
+    CREATE TRIGGER credit_notes_immutable BEFORE UPDATE ON credit_notes
+    BEGIN SELECT RAISE(ABORT, 'credit notes are immutable'); END;
+    CREATE TRIGGER credit_notes_never_deleted BEFORE DELETE ON credit_notes
+    BEGIN SELECT RAISE(ABORT, 'credit notes are never deleted'); END;
+    CREATE TABLE document_sequences (
+        series TEXT NOT NULL,
+        year INTEGER NOT NULL,
+        last_number INTEGER NOT NULL,
+        PRIMARY KEY (series, year)
+    );
+    CREATE TABLE invoice_mails (
+        document_id TEXT PRIMARY KEY,
+        recipient TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('sending', 'sent', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        at TEXT NOT NULL,
+        by TEXT NOT NULL,
+        error TEXT,
+        message_id TEXT
+    );
+    """,
 ]
+
+INVOICE_STATUSES = ("issued", "paid", "cancelled")
+_TRANSITIONS = {"issued": {"paid", "cancelled"}, "paid": {"cancelled"}, "cancelled": set()}
 
 
 class LedgerError(Exception):
@@ -305,10 +369,111 @@ class Ledger:
                      str(inv["energy_exported_kwh"]), str(inv["energy_imported_kwh"]),
                      str(inv["export_revenue_ct"]), str(inv["import_cost_ct"]), str(inv["net_amount_ct"]),
                      str(inv["net_amount_chf"]), "issued", issued_at, json.dumps(inv["details"])))
+                con.execute("INSERT INTO invoice_events (invoice_id, status, at, by, note) "
+                            "VALUES (?, 'issued', ?, ?, 'period closed')", (inv["invoice_id"], issued_at, closed_by))
             con.execute("INSERT INTO invoice_sequences (year, last_number) VALUES (?, ?) "
                         "ON CONFLICT (year) DO UPDATE SET last_number = excluded.last_number",
                         (issue_year, number))
         return self.issued_invoices(period_id)
+
+    # -- documents and lifecycle ------------------------------------------------------------------
+    def store_document(self, document_id: str, pdf: bytes) -> bytes:
+        """Keep an issued document's bytes; the first stored version stays. Returns the stored bytes."""
+        import hashlib
+        with self.transaction() as con:
+            con.execute("INSERT INTO documents (document_id, pdf, sha256, created_at) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (document_id) DO NOTHING",
+                        (document_id, pdf, hashlib.sha256(pdf).hexdigest(), _now()))
+            return bytes(con.execute("SELECT pdf FROM documents WHERE document_id = ?", (document_id,)).fetchone()[0])
+
+    def document(self, document_id: str) -> bytes | None:
+        rows = self._rows("SELECT pdf FROM documents WHERE document_id = ?", (document_id,))
+        return bytes(rows[0][0]) if rows else None
+
+    def stored_documents(self, document_ids: list[str]) -> set[str]:
+        found = set()
+        for i in range(0, len(document_ids), 500):
+            chunk = document_ids[i:i + 500]
+            found |= {r[0] for r in self._rows(
+                f"SELECT document_id FROM documents WHERE document_id IN ({','.join('?' * len(chunk))})", chunk)}
+        return found
+
+    def set_status(self, invoice_id: str, status: str, by: str, note: str | None = None) -> None:
+        """Mark an issued invoice paid (cancelling goes through ``cancel_invoice``)."""
+        if status == "cancelled":
+            raise LedgerError("cancel an invoice with a credit note (cancel_invoice)")
+        with self.transaction() as con:
+            self._transition(con, invoice_id, status, by, note)
+
+    def _transition(self, con, invoice_id: str, status: str, by: str, note: str | None) -> dict:
+        row = con.execute("SELECT * FROM invoices WHERE invoice_id = ?", (invoice_id,)).fetchone()
+        if row is None:
+            raise LedgerError(f"no issued invoice {invoice_id}")
+        if status not in _TRANSITIONS.get(row["status"], set()):
+            raise LedgerError(f"invoice {invoice_id} is {row['status']}; it cannot become {status}")
+        con.execute("UPDATE invoices SET status = ? WHERE invoice_id = ?", (status, invoice_id))
+        con.execute("INSERT INTO invoice_events (invoice_id, status, at, by, note) VALUES (?, ?, ?, ?, ?)",
+                    (invoice_id, status, _now(), by, note))
+        return dict(row)
+
+    def cancel_invoice(self, invoice_id: str, by: str, reason: str, issue_year: int) -> dict:
+        """Cancel an issued invoice: a credit note CN-<year>-NNN (gapless per year) for its full
+        amount, referring to it; the invoice itself keeps its figures. Returns the credit note."""
+        if not reason.strip():
+            raise LedgerError("give a reason for the cancellation")
+        with self.transaction() as con:
+            inv = self._transition(con, invoice_id, "cancelled", by, reason)
+            seq = con.execute("SELECT last_number FROM document_sequences WHERE series = 'CN' AND year = ?",
+                              (issue_year,)).fetchone()
+            number = (seq["last_number"] if seq else 0) + 1
+            cn_id = f"CN-{issue_year}-{number:03d}"
+            net_ct = -Decimal(inv["net_amount_ct"])
+            net_chf = -Decimal(inv["net_amount_chf"])
+            con.execute("INSERT INTO credit_notes (credit_note_id, invoice_id, issued_at, issued_by, reason, "
+                        "net_amount_ct, net_amount_chf) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (cn_id, invoice_id, _now(), by, reason.strip(), str(net_ct), str(net_chf)))
+            con.execute("INSERT INTO document_sequences (series, year, last_number) VALUES ('CN', ?, ?) "
+                        "ON CONFLICT (series, year) DO UPDATE SET last_number = excluded.last_number",
+                        (issue_year, number))
+        return self.credit_note(cn_id)
+
+    def credit_note(self, credit_note_id: str) -> dict | None:
+        rows = self._rows("SELECT * FROM credit_notes WHERE credit_note_id = ?", (credit_note_id,))
+        return dict(rows[0]) if rows else None
+
+    def credit_notes(self, period_id: str | None = None) -> list[dict]:
+        sql = ("SELECT c.* FROM credit_notes c JOIN invoices i ON i.invoice_id = c.invoice_id"
+               + (" WHERE i.period_id = ?" if period_id else "") + " ORDER BY c.credit_note_id")
+        return [dict(r) for r in self._rows(sql, (period_id,) if period_id else ())]
+
+    def events(self, invoice_id: str) -> list[dict]:
+        return [dict(r) for r in self._rows("SELECT invoice_id, status, at, by, note FROM invoice_events "
+                                            "WHERE invoice_id = ? ORDER BY id", (invoice_id,))]
+
+    # -- mails: claimed before sending, so a document is never mailed twice by accident -------------
+    def claim_mail(self, document_id: str, recipient: str, by: str) -> bool:
+        """Claim a document for sending; False when it was sent already or a send is under way
+        (or was interrupted: then its outcome is unknown and a person decides)."""
+        with self.transaction() as con:
+            row = con.execute("SELECT status FROM invoice_mails WHERE document_id = ?", (document_id,)).fetchone()
+            if row and row["status"] in ("sent", "sending"):
+                return False
+            con.execute("INSERT INTO invoice_mails (document_id, recipient, status, attempts, at, by) "
+                        "VALUES (?, ?, 'sending', 1, ?, ?) ON CONFLICT (document_id) DO UPDATE SET "
+                        "recipient = excluded.recipient, status = 'sending', attempts = attempts + 1, "
+                        "at = excluded.at, by = excluded.by, error = NULL",
+                        (document_id, recipient, _now(), by))
+            return True
+
+    def finish_mail(self, document_id: str, ok: bool, error: str | None = None, message_id: str | None = None) -> None:
+        with self.transaction() as con:
+            con.execute("UPDATE invoice_mails SET status = ?, error = ?, message_id = ?, at = ? WHERE document_id = ?",
+                        ("sent" if ok else "failed", error, message_id, _now(), document_id))
+
+    def mails(self, document_ids: list[str] | None = None) -> dict[str, dict]:
+        rows = self._rows("SELECT * FROM invoice_mails")
+        out = {r["document_id"]: dict(r) for r in rows}
+        return out if document_ids is None else {k: v for k, v in out.items() if k in set(document_ids)}
 
 
 def _invoice(row: sqlite3.Row) -> dict:

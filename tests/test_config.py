@@ -591,3 +591,29 @@ def test_impossible_unquoted_date_is_a_config_error(tmp_path, day):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert any("line 2" in e or "houses.AA-11-BB-22-CC-01.active_from" in e for e in info.value.errors)
+
+
+def test_invoice_addresses_languages_and_creditor_are_checked_at_start():
+    ok = parse_config({"community": {"name": "Sonnenhof", "language": "fr", "iban": "CH44 3199 9123 0008 8901 2",
+                                     "address": {"name": "LEG Sonnenhof", "street": "Hauptstrasse", "number": "1",
+                                                 "postcode": "8000", "town": "Zürich"}},
+                       "houses": {"M1": {"id": 1, "name": "One", "language": "it", "email": "a@example.ch",
+                                         "owner": {"name": "Anna Rossi", "street": "Via Nassa", "number": "5",
+                                                   "postcode": "6900", "town": "Lugano"}}},
+                       "smtp": {"host": "localhost", "port": 2525, "security": "none"}}, source="t")
+    assert ok.community.language == "fr" and ok.houses["M1"].owner.town == "Lugano"
+    with pytest.raises(ConfigError) as e:
+        parse_config({"community": {"iban": "CH00 1234", "address": {"name": "X", "street": "S", "postcode": "1",
+                                                                      "town": "T"}}}, source="t")
+    assert any(m.startswith("community.iban: IBAN") for m in e.value.errors)
+    with pytest.raises(ConfigError) as e:
+        parse_config({"community": {"iban": "CH44 3199 9123 0008 8901 2"}}, source="t")
+    assert e.value.errors == ["community.address: is required with community.iban (the QR-bill names the "
+                              "creditor's address)"]
+    with pytest.raises(ConfigError) as e:
+        parse_config({"community": {"iban": "CH44 3199 9123 0008 8901 2", "address": {"name": "X"}}}, source="t")
+    assert any("street: missing" in m for m in e.value.errors)
+    with pytest.raises(ConfigError) as e:
+        parse_config({"houses": {"M1": {"id": 1, "name": "One", "language": "rm", "email": "nope"}}}, source="t")
+    assert any(m.startswith("houses.M1.language: must be one of") for m in e.value.errors)
+    assert any(m.startswith("houses.M1.email") for m in e.value.errors)

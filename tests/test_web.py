@@ -206,11 +206,12 @@ def test_periods_single_invoices_and_zip(client, community):
     bad = client.get("/invoicing/api/invoices/INV-<b>")
     assert bad.status_code == 400 and bad.get_json()["field"] == "invoice_id"
     assert client.get("/invoicing/api/invoices/DRAFT-2026-02-9").status_code == 404
-    # the ZIP: the CSV and one file per invoice; the same bytes on every download
+    # the ZIP: the CSV and one PDF per invoice; the same bytes on every download
     z1 = client.get("/invoicing/api/invoices.zip?period=2026-02")
     assert z1.status_code == 200 and z1.headers["Content-Disposition"].endswith('invoices-2026-02.zip"')
     names = zipfile.ZipFile(io.BytesIO(z1.data)).namelist()
-    assert names == ["2026-02/invoices-2026-02.csv", "2026-02/DRAFT-2026-02-1.csv", "2026-02/DRAFT-2026-02-2.csv"]
+    assert names == ["2026-02/invoices-2026-02.csv", "2026-02/DRAFT-2026-02-1.pdf", "2026-02/DRAFT-2026-02-2.pdf"]
+    assert zipfile.ZipFile(io.BytesIO(z1.data)).read("2026-02/DRAFT-2026-02-1.pdf").startswith(b"%PDF-")
     assert client.get("/invoicing/api/invoices.zip?period=2026-02").data == z1.data
     assert client.get("/invoicing/api/invoices.zip?period=02-2026").get_json()["field"] == "period"
 
@@ -234,10 +235,12 @@ def test_closing_from_the_page_runs_as_a_job_once(community):
     from web import Services
     s = Services(community, None, Jobs())
     alert, rows, closable = settlement_view(community, "2026-02", "/invoicing/")
-    assert closable and rows[0]["download"] == "[CSV](/invoicing/api/invoices/DRAFT-2026-02-1.csv)"
+    assert closable and rows[0]["download"] == ("[PDF](/invoicing/api/invoices/DRAFT-2026-02-1.pdf) · "
+                                                "[CSV](/invoicing/api/invoices/DRAFT-2026-02-1.csv)")
     assert settlement_view(community, "2026-01")[2] is False          # data missing: cannot close
     store, message = finish(s, close_job(s, "2026-02")[0])
-    assert store["status"] == "done" and "2026-02 closed: 2 invoices issued" in str(message)
+    assert store["status"] == "done" and "2026-02 closed: 2 invoices issued, their PDFs stored" in str(message)
+    assert community.ledger.stored_documents(["INV-2026-001", "INV-2026-002"]) == {"INV-2026-001", "INV-2026-002"}
     alert, rows, closable = settlement_view(community, "2026-02")
     assert not closable and [r["invoice_id"] for r in rows] == ["INV-2026-001", "INV-2026-002"]
     assert community.ledger.period("2026-02")["closed_by"] == "web"
