@@ -91,7 +91,8 @@ def run(config_path, once, debug):
         if once:
             return
         from web import create_app
-        app = create_app(community, runtime)
+        accounts = _first_accounts(community)
+        app = create_app(community, runtime, accounts)
         url = f"http://{cfg.web.host}:{cfg.web.port}{app.config.url_base_pathname}"
         click.echo(f"web app on {url}; stop with Ctrl-C")
         if debug:
@@ -339,6 +340,126 @@ def settle(period, out, close, allow_incomplete, config_path):
         (Path(out) / name).write_bytes(pdf)
     _print_settlement(s)
     click.echo(f"wrote {path} and {len(pdfs)} PDFs")
+
+
+def _first_accounts(community):
+    """The accounts; on a first start a manager (LEG_ADMIN_USER / LEG_ADMIN_PASSWORD, or a random
+    password printed once). The demo has a manager and one member per house, with new passwords
+    printed at every start."""
+    import os
+
+    from auth.accounts import Accounts, bootstrap_manager, new_password
+    accounts = Accounts(community.ledger)
+    if community.cfg.is_demo:
+        click.echo("demo accounts (new passwords at every start of the demo):")
+        users = {u["username"] for u in accounts.users()}
+        for name, role, houses in [("admin", "manager", [])] + [
+                (f"house{h.house_id}", "member", [h.house_id]) for h in community.houses()]:
+            password = new_password()
+            if name in users:
+                accounts.set_password(name, password, by="demo start")
+            else:
+                accounts.add_user(name, password, role, houses, by="demo start")
+            click.echo(f"  {name:<10} {password}   ({role}{' of house ' + houses[0] if houses else ''})")
+        return accounts
+    made = bootstrap_manager(accounts, os.environ)
+    if made:
+        click.echo(f"first start: manager account {made[0]!r} with password {made[1]} "
+                   "(shown only now; change it under your name in the menu)")
+    return accounts
+
+
+def _accounts(config_path):
+    from auth.accounts import Accounts
+    community = _open(config_path)
+    return community, Accounts(community.ledger)
+
+
+@cli.group()
+def user():
+    """Accounts: managers (everything) and members (their own houses)."""
+
+
+@user.command("add")
+@click.argument("username")
+@click.option("--role", type=click.Choice(["manager", "member"]), required=True)
+@click.option("--house", "houses", multiple=True, help="a member's house id (repeat for several)")
+@click.option("--password-stdin", is_flag=True, help="read the password from standard input (else a random one is printed)")
+@config_option
+def user_add(username, role, houses, password_stdin, config_path):
+    password = _with_password(config_path, password_stdin,
+                              lambda a, pw: a.add_user(username, pw, role, list(houses), by="cli"))
+    click.echo(f"user {username} ({role}) added" + ("" if password_stdin else f"; password: {password}"))
+
+
+@user.command("passwd")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="read the new password from standard input (else a random one is printed)")
+@config_option
+def user_passwd(username, password_stdin, config_path):
+    password = _with_password(config_path, password_stdin, lambda a, pw: a.set_password(username, pw, by="cli"))
+    click.echo(f"password of {username} changed" + ("" if password_stdin else f": {password}"))
+
+
+def _with_password(config_path, password_stdin: bool, action) -> str:
+    """Run ``action(accounts, password)`` with a password from standard input or a random one."""
+    from auth.accounts import AccountError, new_password
+    community, accounts = _accounts(config_path)
+    try:
+        password = sys.stdin.readline().rstrip("\n") if password_stdin else new_password()
+        action(accounts, password)
+    except AccountError as exc:
+        raise click.ClickException(str(exc))
+    finally:
+        community.close()
+    return password
+
+
+@user.command("list")
+@config_option
+def user_list(config_path):
+    community, accounts = _accounts(config_path)
+    try:
+        for u in accounts.users():
+            click.echo(f"{u['username']:<24} {u['role']:<8} houses: {', '.join(u['houses']) or '-'}")
+    finally:
+        community.close()
+
+
+@cli.group()
+def token():
+    """API tokens (Authorization: Bearer <token>)."""
+
+
+@token.command("create")
+@click.option("--scope", type=click.Choice(["read", "write"]), required=True)
+@click.option("--label", default="", help="what the token is for")
+@config_option
+def token_create(scope, label, config_path):
+    """Print a new token (alone on the last line; it is not shown again)."""
+    community, accounts = _accounts(config_path)
+    try:
+        text = accounts.create_token(scope, by="cli", label=label)
+    finally:
+        community.close()
+    click.echo(f"{scope} token created; store it now, it cannot be shown again:")
+    click.echo(text)
+
+
+@token.command("revoke")
+@click.argument("token_id")
+@config_option
+def token_revoke(token_id, config_path):
+    """Revoke a token by its id (the part after leg_, or the whole token)."""
+    from auth.accounts import AccountError
+    community, accounts = _accounts(config_path)
+    try:
+        accounts.revoke_token(token_id, by="cli")
+    except AccountError as exc:
+        raise click.ClickException(str(exc))
+    finally:
+        community.close()
+    click.echo(f"token {token_id.removeprefix('leg_').split('_')[0]} revoked")
 
 
 def _progress_echo(done: int, total: int, message: str = "") -> None:

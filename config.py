@@ -118,6 +118,8 @@ class WebConfig(_Strict):
     base_path: str = "/"     # e.g. /invoicing/ behind a reverse proxy beside LEG-Simulator
     # the reverse proxy whose X-Forwarded-For/-Proto/-Host headers are believed (none: ignore them)
     trusted_proxy: str | None = "127.0.0.1"
+    # who may show the app in a frame (CSP frame-ancestors), e.g. ["'self'", "https://sim.example.org"]
+    frame_ancestors: list[str] = Field(default_factory=lambda: ["'self'"])
 
 
 class LoggingConfig(_Strict):

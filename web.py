@@ -29,24 +29,51 @@ def current() -> Services:
     return flask.current_app.config["LEG"]
 
 
+def current_accounts():
+    """The accounts (auth.accounts.Accounts) of the app serving the request."""
+    return flask.current_app.config["LEG_ACCOUNTS"]
+
+
 def normalise_base_path(path: str) -> str:
     path = "/" + path.strip("/") + "/"
     return "/" if path == "//" else path
 
 
-def create_app(community, runtime=None) -> dash.Dash:
-    base = normalise_base_path(community.cfg.web.base_path)
-    server = flask.Flask(__name__)
+def create_app(community, runtime=None, accounts=None) -> dash.Dash:
+    """The Dash app on its Flask server, with access control (``auth.web``); ``accounts``
+    defaults to the community ledger's."""
+    from auth import web as auth_web
+    from auth.accounts import Accounts
+    cfg = community.cfg
+    base = normalise_base_path(cfg.web.base_path)
+    server = flask.Flask(__name__, static_folder=None)
     server.config["LEG"] = Services(community, runtime)
     from api.routes import api
     server.register_blueprint(api, url_prefix=base + "api")
     app = dash.Dash(__name__, server=server, use_pages=True, pages_folder=str(ROOT / "pages"),
                     url_base_pathname=base, assets_folder=str(ROOT / "assets"),
-                    suppress_callback_exceptions=True, title=community.cfg.community.name)
-    nav = [dbc.NavItem(dbc.NavLink(p["name"], href=p["relative_path"], active="exact"))
-           for p in dash.page_registry.values() if p.get("nav", True)]
-    app.layout = dbc.Container([
-        dbc.NavbarSimple(nav, brand=community.cfg.community.name, color="dark", dark=True, className="mb-3"),
+                    suppress_callback_exceptions=True, title=cfg.community.name)
+    auth_web.install(app, accounts or Accounts(community.ledger), base, cfg.community.name,
+                     cfg.web.frame_ancestors, cfg.data_dir)
+    app.layout = lambda: _layout(cfg.community.name, base)
+    return app
+
+
+def _layout(name: str, base: str):
+    """The frame of every page: navigation for the visitor's role, who is logged in, log out."""
+    from dash import dcc, html
+
+    from auth.web import current_principal
+    p = current_principal()
+    pages = [pg for pg in dash.page_registry.values() if pg.get("nav", True)
+             and (p is not None and (p.is_manager or pg.get("members", False)))]
+    nav = [dbc.NavItem(dbc.NavLink(pg["name"], href=pg["relative_path"], active="exact")) for pg in pages]
+    if p is not None:
+        nav += [dbc.NavItem(dbc.NavLink(f"{p.name} ({p.role})", href=base + "account", external_link=True)),
+                dbc.NavItem(html.Form([dcc.Input(type="hidden", name="csrf_token", value=flask.session.get("csrf", "")),
+                                       html.Button("Log out", type="submit", className="btn btn-link nav-link")],
+                                      method="POST", action=base + "logout"))]
+    return dbc.Container([
+        dbc.NavbarSimple(nav, brand=name, color="dark", dark=True, className="mb-3"),
         dash.page_container,
     ], fluid=True)
-    return app

@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 import flask
 import pandas as pd
 
+from auth.principal import can_see_house, visible_houses, visible_invoices
+from auth.web import access, actor, current_principal
 from billing import exports, lifecycle
 from billing.settlement import SettlementError
 from ingest.csv_files import parse_timestamp
@@ -44,6 +46,7 @@ def _tariff_json(t: Tariff, tz) -> dict:
 
 
 @api.get("/health")
+@access("public")
 def health():
     s = _svc()
     c = s.community
@@ -58,6 +61,7 @@ def health():
 
 
 @api.get("/tariffs")
+@access("user")
 def tariffs_current():
     c = _svc().community
     now = datetime.now(timezone.utc)
@@ -73,12 +77,14 @@ def tariffs_current():
 
 
 @api.get("/tariffs/history")
+@access("user")
 def tariffs_history():
     c = _svc().community
     return flask.jsonify([_tariff_json(t, c.tz) for t in c.ledger.tariff_versions()])
 
 
 @api.post("/tariffs")
+@access("write")
 def tariffs_post():
     c = _svc().community
     if not flask.request.is_json:
@@ -101,13 +107,14 @@ def tariffs_post():
     tariff = Tariff(float(values["p_pv"]), float(values["p_grid_del"]), float(values["p_grid_con"]),
                     values["mode"], eff)
     try:
-        c.add_tariff(tariff, created_by="api")
+        c.add_tariff(tariff, created_by=actor())
     except (TariffError, SettlementError) as exc:
         return _bad(str(exc), "effective_from")
     return flask.jsonify(_tariff_json(tariff, c.tz)), 201
 
 
 @api.get("/prices")
+@access("read")
 def prices():
     c = _svc().community
     now = pd.Timestamp.now(tz="UTC")
@@ -134,13 +141,15 @@ def _num(x):
 
 
 @api.get("/houses")
+@access("user")
 def houses():
     c = _svc().community
     return flask.jsonify([{"house_id": h.house_id, "name": h.name, "type": h.type, "pv_kwp": h.pv_kwp,
-                           "active_from": h.active_from} for h in c.houses()])
+                           "active_from": h.active_from} for h in visible_houses(current_principal(), c.houses())])
 
 
 @api.get("/meters")
+@access("read")
 def meters():
     s = _svc()
     status = s.runtime.pipeline.status() if s.runtime else {}
@@ -168,12 +177,15 @@ def _settlement():
 
 
 @api.get("/invoices")
+@access("user")
 def invoices():
     period, s, err = _settlement()
     if err:
         return err
-    return flask.jsonify({"period": period, "status": s.status, "missing": s.missing,
-                          "invoices": [_invoice_json(i) for i in s.invoices]})
+    p = current_principal()
+    missing = {h: n for h, n in s.missing.items() if can_see_house(p, h)}
+    return flask.jsonify({"period": period, "status": s.status, "missing": missing,
+                          "invoices": [_invoice_json(i) for i in visible_invoices(p, s.invoices)]})
 
 
 def _invoice_json(inv: dict) -> dict:
@@ -185,14 +197,17 @@ def _download(data: bytes, name: str, mimetype: str):
 
 
 @api.get("/invoices.csv")
+@access("user")
 def invoices_csv():
     period, s, err = _settlement()
     if err:
         return err
-    return _download(exports.invoices_csv(s.invoices), exports.csv_name(period), "text/csv; charset=utf-8")
+    return _download(exports.invoices_csv(visible_invoices(current_principal(), s.invoices)), exports.csv_name(period),
+                     "text/csv; charset=utf-8")
 
 
 @api.get("/invoices.zip")
+@access("read")
 def invoices_zip():
     period, s, err = _settlement()
     if err:
@@ -202,6 +217,7 @@ def invoices_zip():
 
 
 @api.get("/periods")
+@access("read")
 def periods():
     return flask.jsonify(_svc().community.periods())
 
@@ -210,18 +226,22 @@ def _one_invoice(invoice_id: str):
     if not _INVOICE_ID.match(invoice_id):
         return None, _bad("invoice_id: expected INV-YYYY-NNN or DRAFT-YYYY-MM-<house>", "invoice_id")
     inv = _svc().community.invoice(invoice_id)
-    if inv is None:
+    if inv is None or not can_see_house(current_principal(), inv["house_id"]):   # others' invoices: not found
         return None, _bad(f"no invoice {invoice_id}", "invoice_id", 404)
     return inv, None
 
 
 @api.get("/invoices/<invoice_id>")
+@access("user")
 def invoice(invoice_id: str):
     if invoice_id.endswith(".pdf"):
         doc_id = invoice_id.removesuffix(".pdf")
         if not _INVOICE_ID.match(doc_id):
             return _bad("invoice_id: expected INV-YYYY-NNN, CN-YYYY-NNN or DRAFT-YYYY-MM-<house>", "invoice_id")
-        pdf = lifecycle.document_pdf(_svc().community, doc_id)
+        c = _svc().community
+        note = c.ledger.credit_note(doc_id)
+        owner = c.invoice(note["invoice_id"] if note else doc_id)
+        pdf = lifecycle.document_pdf(c, doc_id) if owner and can_see_house(current_principal(), owner["house_id"]) else None
         if pdf is None:
             return _bad(f"no invoice {doc_id}", "invoice_id", 404)
         return _download(pdf, f"{doc_id}.pdf", "application/pdf")
@@ -237,3 +257,10 @@ def invoice(invoice_id: str):
         body["history"] = c.ledger.events(invoice_id)
         body["credit_notes"] = [n for n in c.ledger.credit_notes(inv["period_id"]) if n["invoice_id"] == invoice_id]
     return flask.jsonify(body)
+
+
+@api.get("/audit")
+@access("manager")
+def audit():
+    """The audit log, newest first (managers)."""
+    return flask.jsonify(flask.current_app.config["LEG_ACCOUNTS"].audit_log())

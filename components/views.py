@@ -226,7 +226,7 @@ def p_con_text(values: dict) -> str:
             f"(all from the grid), never above the grid price")
 
 
-def submit(c, values: dict, effective_text: str | None, now: datetime):
+def submit(c, values: dict, effective_text: str | None, now: datetime, by: str = "web"):
     """(errors by field, message): validate and save a tariff version."""
     errors = {e.field: e.message for e in tariff_errors(values)}
     eff = now
@@ -240,7 +240,7 @@ def submit(c, values: dict, effective_text: str | None, now: datetime):
     tariff = Tariff(float(values["p_pv"]), float(values["p_grid_del"]), float(values["p_grid_con"]),
                     values["mode"], eff)
     try:
-        c.add_tariff(tariff, created_by="web")
+        c.add_tariff(tariff, created_by=by)
     except SettlementError as exc:
         return {"effective_from": str(exc)}, None
     return {}, f"Saved: in force from {eff.astimezone(c.tz):%Y-%m-%d %H:%M}"
@@ -267,3 +267,31 @@ def adopt(services, meter_id: str | None, name: str | None, first_day: str | Non
                       "Readings it sent before today's adoption were not stored; its intervals before the "
                       "first new reading are shown as missing. ",
                       html.A("Open the house page", href=f"houses/{house_id}")], color="success"), True
+
+
+def my_invoice_rows(c, house_ids: list[str], base: str) -> list[dict]:
+    """A member's invoices: issued ones (with their status) and the drafts of the running and
+    the last month."""
+    names = {h.house_id: h.name for h in c.ledger.houses(active_only=False)}
+    rows = []
+    now = pd.Timestamp(c.clock())
+    for period in period_options(c, now, months=2):
+        try:
+            s = c.settle(period["value"], allow_incomplete=True)
+        except SettlementError:
+            continue
+        if s.status == "closed":
+            continue
+        for inv in s.invoices:
+            if inv["house_id"] in house_ids:
+                rows.append(_my_row(inv, names, base))
+    rows += [_my_row(inv, names, base) for inv in c.ledger.invoices_of(house_ids)]
+    return rows
+
+
+def _my_row(inv: dict, names: dict, base: str) -> dict:
+    net = float(inv["net_amount_chf"])
+    words = "credit to you" if net >= 0 else "amount due"
+    return {"period": inv["period_start"][:7], "invoice_id": inv["invoice_id"],
+            "house": names.get(inv["house_id"], inv["house_id"]), "status": inv["status"],
+            "net": f"{abs(net):,.2f} CHF {words}", "download": f"[PDF]({base}api/invoices/{inv['invoice_id']}.pdf)"}

@@ -5,12 +5,15 @@ from dash import Input, Output, callback, dcc, html
 
 from components.controls import range_callbacks, range_controls
 from components.views import grid_view, page_range
+from auth.web import page_denied
 from web import current
 
 dash.register_page(__name__, path="/grid", name="Grid", order=1)
 
 
 def layout(**_):
+    if (denied := page_denied()) is not None:
+        return denied
     return html.Div([html.H3("Grid"), range_controls("grid"), dcc.Graph(id="grid-energy"), dcc.Graph(id="grid-value")])
 
 

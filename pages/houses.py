@@ -4,16 +4,26 @@ import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Input, Output, callback, dcc, html
 
+from dash.exceptions import PreventUpdate
+
+from auth.principal import can_see_house, visible_houses
+from auth.web import current_principal
 from components.controls import range_callbacks, range_controls
 from components.views import house_view, page_range
 from web import current
 
-dash.register_page(__name__, path_template="/houses/<house_id>", path="/houses/1", name="Houses", order=2)
+dash.register_page(__name__, path_template="/houses/<house_id>", path="/houses/1", name="Houses", order=2,
+                   members=True)
+# members may run this page's callbacks (for their own houses only: checked in each)
+MEMBER_OUTPUTS = {"house-energy", "house-value", "house-invoice", "house-power",
+                  "house-dates-col", "house-range-error", "house-refresh", "house-live"}
 
 
 def layout(house_id=None, **_):
-    houses = current().community.houses()
+    houses = visible_houses(current_principal(), current().community.houses())
     ids = [h.house_id for h in houses]
+    if house_id is not None and house_id not in ids and house_id != "1":
+        return html.Div([html.H3("Houses"), dbc.Alert(f"No house {house_id} to show.", color="warning")])
     value = house_id if house_id in ids else (ids[0] if ids else None)
     return html.Div([
         html.H3("Houses"),
@@ -32,6 +42,8 @@ def layout(house_id=None, **_):
           Input("house-dates", "start_date"), Input("house-dates", "end_date"), Input("house-refresh", "n_intervals"))
 def _update(house_id, range_name, bucket, first_day, last_day, _n):
     c = current().community
+    if not can_see_house(current_principal(), house_id):
+        raise PreventUpdate
     now = pd.Timestamp.now(tz="UTC")
     return house_view(c, house_id, page_range(c, range_name, bucket, first_day, last_day, now), now)
 

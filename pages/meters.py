@@ -7,6 +7,7 @@ from dash import Input, Output, State, callback, dcc, html
 
 import monitoring
 from components.views import adopt
+from auth.web import actor, page_denied
 from web import current
 
 dash.register_page(__name__, path="/meters", name="Meters", order=5)
@@ -18,6 +19,8 @@ METER_COLUMNS = [("meter_id", "Meter"), ("house", "House"), ("type", "Type"), ("
 
 
 def layout(**_):
+    if (denied := page_denied()) is not None:
+        return denied
     return html.Div([
         html.H3("Meters"), html.Div(id="meters-store"),
         dag.AgGrid(id="meters-grid", columnDefs=[{"field": f, "headerName": h} for f, h in METER_COLUMNS],
@@ -60,5 +63,5 @@ def _update(_n):
           State("meters-unknown", "selectedRows"), State("adopt-name", "value"), State("adopt-from", "value"),
           prevent_initial_call=True)
 def _adopt(_n, selected, name, first_day):
-    alert, _ok = adopt(current(), (selected or [{}])[0].get("meter_id"), name, first_day)
+    alert, _ok = adopt(current(), (selected or [{}])[0].get("meter_id"), name, first_day, actor())
     return alert

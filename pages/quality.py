@@ -9,12 +9,15 @@ from dash import Input, Output, callback, dcc, html
 import monitoring
 from billing.settlement import parse_period
 from components.views import period_options
+from auth.web import page_denied
 from web import current
 
 dash.register_page(__name__, path="/quality", name="Data quality", order=6)
 
 
 def layout(**_):
+    if (denied := page_denied()) is not None:
+        return denied
     c = current().community
     opts = period_options(c, pd.Timestamp.now(tz="UTC"))
     return html.Div([

@@ -7,6 +7,7 @@ from dash import Input, Output, State, callback, dcc, html, no_update
 
 from billing.mail import configured as mail_configured
 from components.views import close_job, invoice_action, job_progress, mail_job, period_rows, settlement_view
+from auth.web import actor, page_denied
 from web import current
 
 dash.register_page(__name__, path="/settlement", name="Settlement", order=4)
@@ -21,6 +22,8 @@ PERIOD_COLUMNS = [("period_id", "Period"), ("status", "Status"), ("invoices", "I
 
 
 def layout(**_):
+    if (denied := page_denied()) is not None:
+        return denied
     rows = period_rows(current().community)
     opts = [{"label": f"{r['period_id']} ({r['status']})", "value": r["period_id"]} for r in rows]
     default = next((r["period_id"] for r in rows if r["status"] != "running"), rows[0]["period_id"])
@@ -41,8 +44,7 @@ def layout(**_):
         html.Div(id="settle-job-message"),
         dcc.Store(id="settle-job"), dcc.Interval(id="settle-poll", interval=500, disabled=True),
         dag.AgGrid(id="settle-grid", columnDefs=[{"field": f, "headerName": h} for f, h in INVOICE_COLUMNS]
-                   + [{"field": "download", "headerName": "Download", "cellRenderer": "markdown",
-                       "linkTarget": "_blank"}, {"field": "mail", "headerName": "E-mail"}],
+                   + [{"field": "download", "headerName": "Download", "cellRenderer": "markdown"}, {"field": "mail", "headerName": "E-mail"}],
                    columnSize="autoSize", style={"height": "420px"}, getRowId="params.data.invoice_id",
                    dashGridOptions={"rowSelection": {"mode": "singleRow"}}),
         dbc.Row([
@@ -99,7 +101,7 @@ def _job(_confirm, _mail, _tick, period, job):
     s = current()
     if dash.ctx.triggered_id in ("settle-confirm", "settle-mail"):
         start = close_job if dash.ctx.triggered_id == "settle-confirm" else mail_job
-        job, message = start(s, period)
+        job, message = start(s, period, actor())
         if job is None:
             return no_update, True, 0, {"display": "none"}, message
         return job, False, 0, {}, "Started…"
@@ -111,4 +113,4 @@ def _job(_confirm, _mail, _tick, period, job):
           State("settle-grid", "selectedRows"), State("settle-reason", "value"), prevent_initial_call=True)
 def _action(_paid, _cancel, _release, selected, reason):
     action = {"settle-paid": "paid", "settle-cancel-invoice": "cancel", "settle-release": "release"}[dash.ctx.triggered_id]
-    return invoice_action(current().community, action, selected, reason)
+    return invoice_action(current().community, action, selected, reason, actor())

@@ -8,6 +8,7 @@ from dash import Input, Output, State, callback, html
 
 from components.views import history_rows, p_con_text, submit
 from pricing.tariffs import PRICING_MODES, TARIFF_FIELDS
+from auth.web import actor, page_denied
 from web import current
 
 dash.register_page(__name__, path="/tariffs", name="Tariffs", order=3)
@@ -17,6 +18,8 @@ LABELS = {"p_pv": "p_pv: PV delivery (house sells), ct/kWh", "p_grid_del": "p_gr
 
 
 def layout(**_):
+    if (denied := page_denied()) is not None:
+        return denied
     c = current().community
     t = c.ledger.tariff_versions()[-1]
     fields = [dbc.Col([dbc.Label(LABELS[f], html_for=f"tariff-{f}"),
@@ -59,7 +62,7 @@ def _pcon(p_pv, p_grid_del, p_grid_con, mode):
 def _save(_n, p_pv, p_grid_del, p_grid_con, mode, effective):
     c = current().community
     values = {"p_pv": p_pv, "p_grid_del": p_grid_del, "p_grid_con": p_grid_con, "mode": mode}
-    errors, message = submit(c, values, effective, datetime.now(timezone.utc))
+    errors, message = submit(c, values, effective, datetime.now(timezone.utc), actor())
     result = dbc.Alert(message, color="success") if message else dbc.Alert("Not saved: see the fields marked.",
                                                                            color="danger")
     return ([f in errors for f in TARIFF_FIELDS] + [errors.get(f, "") for f in TARIFF_FIELDS]

@@ -4,7 +4,7 @@
 
 Starts the demo (simulated houses, 90 days of history) in a temporary folder, serves it on a
 free port and photographs each page in Debian's headless Chromium (/usr/bin/chromium) with
-Playwright; no browser is downloaded.
+Playwright (logged in as a manager; "my.png" as the member of house 2); no browser is downloaded.
 """
 from __future__ import annotations
 
@@ -19,7 +19,23 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 PAGES = {"community": "", "grid": "grid", "houses-2": "houses/2", "tariffs": "tariffs",
-         "settlement": "settlement", "meters": "meters", "quality": "quality"}
+         "settlement": "settlement", "meters": "meters", "quality": "quality", "audit": "audit"}
+
+
+def login(page, port: int, user: str, password: str) -> None:
+    page.goto(f"http://127.0.0.1:{port}/login")
+    page.fill("#username", user)
+    page.fill("#password", password)
+    page.click("button[type=submit]")
+    page.wait_for_load_state("networkidle")
+
+
+def shoot(page, port: int, path: str, out: Path, name: str | None = None) -> None:
+    page.goto(f"http://127.0.0.1:{port}/{path}")
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(1500)
+    page.screenshot(path=str(out / f"{name or path}.png"), full_page=True)
+    print("wrote", out / f"{name or path}.png")
 
 
 def main(out: Path) -> None:
@@ -35,6 +51,10 @@ def main(out: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = demo_config(tmp)
         c = Community.open(cfg)
+        from auth.accounts import Accounts
+        accounts = Accounts(c.ledger)
+        accounts.add_user("admin", "screenshot-manager", "manager")
+        accounts.add_user("house2", "screenshot-member", "member", ["2"])
         runtime = IngestRuntime(c, simulate=True).start()
         port = free_port()
         srv = waitress.create_server(create_app(c, runtime).server, host="127.0.0.1", port=port, threads=4)
@@ -45,12 +65,12 @@ def main(out: Path) -> None:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
                 page = browser.new_page(viewport={"width": 1400, "height": 900})
+                login(page, port, "house2", "screenshot-member")
+                shoot(page, port, "my", out)
+                page.context.clear_cookies()
+                login(page, port, "admin", "screenshot-manager")
                 for name, path in PAGES.items():
-                    page.goto(f"http://127.0.0.1:{port}/{path}")
-                    page.wait_for_load_state("networkidle")
-                    page.wait_for_timeout(1500)
-                    page.screenshot(path=str(out / f"{name}.png"), full_page=True)
-                    print("wrote", out / f"{name}.png")
+                    shoot(page, port, path, out, name)
                 browser.close()
         finally:
             srv.close()

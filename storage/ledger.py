@@ -159,6 +159,48 @@ MIGRATIONS: list[str] = [
         message_id TEXT
     );
     """,
+    # 5: accounts. Passwords and API tokens are stored hashed only; the audit log is append-only;
+    # login failures are counted per account and per address (throttling survives a restart).
+    """
+    CREATE TABLE users (
+        username TEXT PRIMARY KEY,
+        password_hash TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('manager', 'member')),
+        houses TEXT NOT NULL DEFAULT '',
+        active INTEGER NOT NULL DEFAULT 1,
+        created_at TEXT NOT NULL,
+        password_changed_at TEXT NOT NULL
+    );
+    CREATE TABLE api_tokens (
+        token_id TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL,
+        scope TEXT NOT NULL CHECK (scope IN ('read', 'write')),
+        label TEXT NOT NULL DEFAULT '',
+        created_by TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        revoked_at TEXT,
+        revoked_by TEXT,
+        last_used_at TEXT
+    );
+    CREATE TABLE login_failures (
+        key TEXT PRIMARY KEY,
+        failures INTEGER NOT NULL,
+        last_at REAL NOT NULL,
+        locked_until REAL NOT NULL DEFAULT 0
+    );
+    CREATE TABLE audit_log (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        address TEXT
+    );
+    CREATE TRIGGER audit_log_append_only BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_log_never_deleted BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    """,
 ]
 
 INVOICE_STATUSES = ("issued", "paid", "cancelled")
@@ -332,6 +374,14 @@ class Ledger:
 
     def issued_invoices(self, period_id: str) -> list[dict]:
         rows = self._rows("SELECT * FROM invoices WHERE period_id = ? ORDER BY invoice_id", (period_id,))
+        return [_invoice(r) for r in rows]
+
+    def invoices_of(self, house_ids: list[str]) -> list[dict]:
+        """Every issued invoice of these houses, newest period first."""
+        if not house_ids:
+            return []
+        rows = self._rows(f"SELECT * FROM invoices WHERE house_id IN ({','.join('?' * len(house_ids))}) "
+                          "ORDER BY period_id DESC, invoice_id", list(house_ids))
         return [_invoice(r) for r in rows]
 
     def invoice(self, invoice_id: str) -> dict | None:

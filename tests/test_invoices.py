@@ -117,7 +117,9 @@ def test_issued_pdfs_are_served_byte_for_byte_even_after_new_data(closed, tmp_pa
         con.execute("DELETE FROM documents")
     con.close()
     from web import create_app
-    client = create_app(c).server.test_client()
+    from webauth import MANAGER, add_users, login
+    add_users(c)
+    client = login(create_app(c).server.test_client(), "/", *MANAGER)
     r1, r2 = client.get("/api/invoices/INV-2026-001.pdf"), client.get("/api/invoices/INV-2026-001.pdf")
     assert r1.status_code == 200 and r1.mimetype == "application/pdf" and r1.data == r2.data == first
     assert client.get("/api/invoices/INV-2026-099.pdf").status_code == 404

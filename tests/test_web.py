@@ -32,7 +32,9 @@ def community(tmp_path):
 @pytest.fixture
 def client(community):
     from web import create_app
-    return create_app(community).server.test_client()
+    from webauth import MANAGER, add_users, login
+    add_users(community)
+    return login(create_app(community).server.test_client(), "/invoicing/", *MANAGER)
 
 
 def test_health_and_houses(client):

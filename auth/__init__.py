@@ -1,0 +1,1 @@
+"""Accounts and access: who may see and change what (managers, members, API tokens)."""

@@ -1,0 +1,300 @@
+"""Access control for the web app: login, logout and password change, who is asking on every
+request, which route and which Dash callback they may use, CSRF protection and security headers.
+
+Every Flask route declares its access level with ``@access(level)``; Dash's own routes are
+classified here by name. Anything undeclared is refused to everyone but managers (and fails the
+access matrix test). Levels:
+
+- ``public``: anyone (health, login page, static assets);
+- ``user``: any logged-in person (members see only their own houses: the view filters with
+  ``auth.principal``);
+- ``read``: managers, and API tokens of either scope;
+- ``write``: managers in the browser, and ``write`` tokens;
+- ``manager``: managers in the browser only.
+
+Dash callbacks run through one route; a callback whose outputs are all listed in a page module's
+``MEMBER_OUTPUTS`` is open to members (the callback itself filters by house), every other one
+needs a manager.
+"""
+from __future__ import annotations
+
+import secrets
+import sys
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlparse
+
+import dash
+import flask
+from flask.sessions import SecureCookieSessionInterface
+
+from auth.accounts import AccountError, Throttled
+from auth.principal import Principal
+
+LEVELS = ("public", "user", "read", "write", "manager")
+CSRF_COOKIE = "_csrf_token"          # read by Dash's renderer, sent back as X-CSRFToken
+CSRF_HEADER = "X-CSRFToken"
+PAGES_OUTPUTS = {"_pages_content", "_pages_store", "_pages_dummy"}   # Dash's page router
+
+
+def access(level: str):
+    """Declare who may use a Flask view."""
+    if level not in LEVELS:
+        raise ValueError(level)
+
+    def mark(view):
+        view._leg_access = level
+        return view
+    return mark
+
+
+def current_principal() -> Principal | None:
+    return flask.g.get("principal")
+
+
+def actor() -> str:
+    p = current_principal()
+    return p.name if p else "anonymous"
+
+
+def route_level(server: flask.Flask, endpoint: str | None, base: str) -> str:
+    """The access level of a route: its declaration, or Dash's routes by what they serve."""
+    view = server.view_functions.get(endpoint or "")
+    if view is not None and hasattr(view, "_leg_access"):
+        return view._leg_access
+    name = endpoint or ""
+    if name.endswith(".static") or name.startswith(base + "_dash-component-suites") or name == base + "_favicon.ico":
+        return "public"
+    if name in {base, base + "<path:path>", base + "_dash-layout", base + "_dash-dependencies",
+                base + "_dash-update-component", base + "_reload-hash"}:
+        return "user"
+    return "manager"
+
+
+def member_outputs() -> set[str]:
+    """Output ids of callbacks members may run: each page module's MEMBER_OUTPUTS, and the page router."""
+    out = set(PAGES_OUTPUTS)
+    for page in dash.page_registry.values():
+        out |= set(getattr(sys.modules.get(page["module"]), "MEMBER_OUTPUTS", ()))
+    return out
+
+
+def output_ids(output: str) -> list[str]:
+    """Component ids of a callback's ``output`` field (``a.children`` or ``..a.x...b.y..``)."""
+    parts = [p for p in output.strip(".").split("...") if p] if output.startswith("..") else [output]
+    ids = []
+    for p in parts:
+        cid = p.rsplit(".", 1)[0] if not p.startswith("{") else p[:p.rindex("}") + 1]
+        ids.append(cid)
+    return ids
+
+
+def callback_allowed(p: Principal, output: str) -> bool:
+    if p.is_manager:
+        return p.via == "session"
+    allowed = member_outputs()
+    return all(i in allowed for i in output_ids(output))
+
+
+def page_denied(level: str = "manager"):
+    """For a page's layout: None when the visitor may see it, else what to show instead."""
+    from dash import html
+    p = current_principal()
+    if level == "manager" and (p is None or not p.is_manager):
+        return html.Div([html.H3("Not available"),
+                         html.P("This page is for the community's managers. "),
+                         html.A("Your invoices", href=dash.get_relative_path("/my"))])
+    return None
+
+
+class _Session(SecureCookieSessionInterface):
+    """Session cookies: HttpOnly, SameSite=Lax, Secure whenever the request came over TLS
+    (directly or through the trusted proxy)."""
+
+    def get_cookie_secure(self, app) -> bool:
+        return flask.request.is_secure
+
+
+def secret_key(data_dir: Path) -> bytes:
+    """The session signing key, made once per data folder (mode 0600)."""
+    path = Path(data_dir) / "secret_key"
+    if not path.exists():
+        path.write_bytes(secrets.token_bytes(32))
+        path.chmod(0o600)
+    return path.read_bytes()
+
+
+LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{{ title }}: log in</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="stylesheet" href="{{ base }}assets/00-bootstrap-5.3.8.min.css"></head>
+<body class="bg-light"><main class="container" style="max-width: 26rem; margin-top: 10vh">
+<h1 class="h4 mb-3">{{ title }}</h1>
+{% if message %}<div class="alert alert-{{ level }}" role="alert">{{ message }}</div>{% endif %}
+<form method="post" action="{{ base }}{{ action }}">
+<input type="hidden" name="csrf_token" value="{{ csrf }}">
+{% for name, label, kind, auto in fields %}
+<div class="mb-3"><label class="form-label" for="{{ name }}">{{ label }}</label>
+<input class="form-control" id="{{ name }}" name="{{ name }}" type="{{ kind }}" autocomplete="{{ auto }}" required></div>
+{% endfor %}
+<button class="btn btn-primary" type="submit">{{ button }}</button>
+{% if back %}<a class="btn btn-link" href="{{ base }}">Back</a>{% endif %}
+</form></main></body></html>"""
+
+LOGIN_FIELDS = [("username", "User name", "text", "username"), ("password", "Password", "password", "current-password")]
+PASSWORD_FIELDS = [("current", "Current password", "password", "current-password"),
+                   ("new", "New password (at least 10 characters)", "password", "new-password"),
+                   ("confirm", "New password again", "password", "new-password")]
+
+
+def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: list[str], data_dir: Path) -> None:
+    """Wire access control into the Dash app's Flask server."""
+    server = app.server
+    server.secret_key = secret_key(data_dir)
+    server.session_interface = _Session()
+    server.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+                         SESSION_COOKIE_NAME="leg_session", PERMANENT_SESSION_LIFETIME=timedelta(hours=12))
+    server.config["LEG_ACCOUNTS"] = accounts
+
+    def csrf_token() -> str:
+        if "csrf" not in flask.session:
+            flask.session["csrf"] = secrets.token_urlsafe(24)
+        return flask.session["csrf"]
+
+    def form(action, fields, button, message="", level="danger", status=200, back=False):
+        html = flask.render_template_string(LOGIN_PAGE, title=title, base=base, action=action, fields=fields,
+                                            button=button, message=message, level=level, csrf=csrf_token(),
+                                            back=back)
+        return flask.Response(html, status=status, mimetype="text/html")
+
+    def same_origin() -> bool:
+        origin = flask.request.headers.get("Origin")
+        return origin is None or urlparse(origin).netloc == flask.request.host
+
+    @access("public")
+    def login():
+        if flask.request.method == "GET":
+            return form("login", LOGIN_FIELDS, "Log in")
+        if not same_origin():
+            return form("login", LOGIN_FIELDS, "Log in", "The login form was sent from another site.", status=403)
+        username = flask.request.form.get("username", "")
+        try:
+            p = accounts.verify(username, flask.request.form.get("password", ""), flask.request.remote_addr)
+        except Throttled as exc:
+            r = form("login", LOGIN_FIELDS, "Log in", str(exc).capitalize() + ".", status=429)
+            r.headers["Retry-After"] = str(int(exc.retry_after_s) + 1)
+            return r
+        if p is None:
+            return form("login", LOGIN_FIELDS, "Log in", "Wrong user name or password.", status=401)
+        flask.session.clear()
+        flask.session.permanent = True
+        flask.session["user"] = p.name
+        flask.session["csrf"] = secrets.token_urlsafe(24)
+        target = flask.request.args.get("next", "")
+        if not (target.startswith(base) and not target.startswith("//")):
+            target = base if p.is_manager else base + "my"
+        r = flask.redirect(target, 303)
+        r.set_cookie(CSRF_COOKIE, flask.session["csrf"], path=base, samesite="Lax", secure=flask.request.is_secure)
+        return r
+
+    @access("user")
+    def logout():
+        accounts.audit(actor(), "logout", "", flask.request.remote_addr)
+        flask.session.clear()
+        r = flask.redirect(base + "login", 303)
+        r.delete_cookie(CSRF_COOKIE, path=base)
+        return r
+
+    @access("user")
+    def account():
+        p = current_principal()
+        if p.via != "session":
+            return flask.jsonify({"error": "log in with a password to change it", "field": "Authorization"}), 403
+        if flask.request.method == "GET":
+            return form("account", PASSWORD_FIELDS, "Change password", back=True)
+        f = flask.request.form
+        if f.get("new", "") != f.get("confirm", ""):
+            return form("account", PASSWORD_FIELDS, "Change password", "The new passwords differ.", status=400, back=True)
+        try:
+            accounts.change_password(p.name, f.get("current", ""), f.get("new", ""), flask.request.remote_addr)
+        except Throttled as exc:
+            return form("account", PASSWORD_FIELDS, "Change password", str(exc), status=429, back=True)
+        except AccountError as exc:
+            return form("account", PASSWORD_FIELDS, "Change password", str(exc), status=400, back=True)
+        return form("account", PASSWORD_FIELDS, "Change password", "Password changed.", level="success", back=True)
+
+    server.add_url_rule(base + "login", "login", login, methods=["GET", "POST"])
+    server.add_url_rule(base + "logout", "logout", logout, methods=["POST"])
+    server.add_url_rule(base + "account", "account", account, methods=["GET", "POST"])
+
+    def deny(status: int, message: str, field: str = "Authorization"):
+        path = flask.request.path
+        if status == 401 and flask.request.method == "GET" and not path.startswith(base + "api/") \
+                and not path.startswith(base + "_dash"):
+            return flask.redirect(base + "login?next=" + flask.request.full_path.rstrip("?"), 303)
+        return flask.jsonify({"error": message, "field": field}), status
+
+    @server.before_request
+    def check_access():
+        flask.g.principal = None
+        level = route_level(server, flask.request.endpoint, base)
+        if level == "public":
+            return None
+        auth = flask.request.headers.get("Authorization", "")
+        p = None
+        if auth.startswith("Bearer "):
+            p = accounts.token_principal(auth[7:].strip())
+            if p is None:
+                return deny(401, "the API token is unknown or revoked")
+            if not flask.request.path.startswith(base + "api/"):
+                return deny(403, "API tokens are for /api/ only")
+        elif "user" in flask.session:
+            p = accounts.principal(flask.session["user"])
+            if p is None:                       # the account was removed or deactivated
+                flask.session.clear()
+        flask.g.principal = p
+        if p is None:
+            return deny(401, "log in first (or send an API token: Authorization: Bearer …)")
+        if flask.request.method not in ("GET", "HEAD", "OPTIONS") and p.via == "session":
+            sent = flask.request.headers.get(CSRF_HEADER) or flask.request.form.get("csrf_token", "")
+            if not sent or not secrets.compare_digest(sent, flask.session.get("csrf", "")):
+                return deny(403, "missing or wrong CSRF token (reload the page)", CSRF_HEADER)
+        if level == "user":
+            ok = True
+            if flask.request.endpoint == base + "_dash-update-component":
+                body = flask.request.get_json(silent=True) or {}
+                ok = callback_allowed(p, str(body.get("output", "")))
+            elif p.via == "token" and flask.request.method != "GET" and not p.may_write:
+                ok = False
+        elif level == "read":
+            ok = p.is_manager and (p.via == "session" or flask.request.method == "GET")
+        elif level == "write":
+            ok = p.is_manager and p.may_write
+        else:                                   # manager
+            ok = p.is_manager and p.via == "session"
+        if not ok:
+            return deny(403, "not allowed for " + ("this token" if p.via == "token" else "your account"))
+        return None
+
+    csp = None
+
+    @server.after_request
+    def headers(response):
+        nonlocal csp
+        if csp is None:
+            csp = "; ".join([
+                "default-src 'self'",
+                "script-src 'self' 'unsafe-eval' " + " ".join(app.csp_hashes()),
+                "style-src 'self' 'unsafe-inline'",
+                "img-src 'self' data: blob:", "font-src 'self' data:", "connect-src 'self'",
+                "object-src 'none'", "base-uri 'self'", "form-action 'self'",
+                "frame-ancestors " + " ".join(frame_ancestors),
+            ])
+        response.headers["Content-Security-Policy"] = csp
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "same-origin"
+        if current_principal() is not None and current_principal().via == "session":
+            response.headers["Cache-Control"] = "private, no-store"
+            if flask.request.cookies.get(CSRF_COOKIE) != flask.session.get("csrf") and "csrf" in flask.session:
+                response.set_cookie(CSRF_COOKIE, flask.session["csrf"], path=base, samesite="Lax",
+                                    secure=flask.request.is_secure, httponly=False)
+        return response

@@ -1,0 +1,32 @@
+"""My invoices: a member's houses and invoices (issued, and the drafts of the running and the
+last month) with their downloads. Managers see every house."""
+import dash
+import dash_ag_grid as dag
+import dash_bootstrap_components as dbc
+from dash import html
+
+from auth.principal import visible_houses
+from auth.web import current_principal
+from components.views import my_invoice_rows
+from web import current
+
+dash.register_page(__name__, path="/my", name="My invoices", order=7, members=True)
+
+
+def layout(**_):
+    c = current().community
+    houses = visible_houses(current_principal(), c.houses())
+    base = dash.get_relative_path("/")
+    return html.Div([
+        html.H3("My invoices"),
+        html.P(["Your house" + ("s" if len(houses) > 1 else "") + ": "]
+               + [html.A(h.name, href=f"{base}houses/{h.house_id}", className="me-3") for h in houses]),
+        dag.AgGrid(id="my-invoices", rowData=my_invoice_rows(c, [h.house_id for h in houses], base),
+                   columnDefs=[{"field": "period", "headerName": "Period"}, {"field": "invoice_id", "headerName": "Invoice"},
+                               {"field": "house", "headerName": "House"}, {"field": "status", "headerName": "Status"},
+                               {"field": "net", "headerName": "Amount"},
+                               {"field": "download", "headerName": "Download", "cellRenderer": "markdown"}],
+                   columnSize="autoSize", style={"height": "420px"}),
+        dbc.FormText("Drafts change until their month is settled; issued invoices never change (a correction "
+                     "comes as a credit note)."),
+    ])
