@@ -375,6 +375,29 @@ def _accounts(config_path):
     return community, Accounts(community.ledger)
 
 
+@cli.command("test-meter")
+@click.argument("meter_id")
+@click.option("--timeout", type=float, default=30, show_default=True, help="seconds to wait (UDP: for a datagram)")
+@config_option
+def test_meter(meter_id, timeout, config_path):
+    """One read of a meter's connection: the value, or exactly what went wrong."""
+    import registry
+    community = _open(config_path)
+    try:
+        meter = community.ledger.meter(meter_id)
+        if meter is None:
+            raise click.ClickException(f"no meter {meter_id!r} (see the Meters page or meters: in config.yaml)")
+        sample, error = registry.test_connection(meter, community.tz, timeout_s=timeout)
+    finally:
+        community.close()
+    if error:
+        raise click.ClickException(f"{meter_id}: {error}")
+    parts = [f"import {sample.import_kwh} kWh" if sample.import_kwh is not None else "",
+             f"export {sample.export_kwh} kWh" if sample.export_kwh is not None else ""]
+    click.echo(f"{meter_id} ({meter.connection}): " + ", ".join(p for p in parts if p)
+               + f" at {sample.ts_utc.astimezone(community.tz):%Y-%m-%d %H:%M:%S}")
+
+
 @cli.group()
 def user():
     """Accounts: managers (everything) and members (their own houses)."""

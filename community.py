@@ -106,6 +106,11 @@ class Community:
         log.info("meter %s adopted as house %s (%s) by %s", meter_id, house_id, name, created_by)
         return house_id
 
+    def billing_meters(self) -> list[Meter]:
+        """Every meter that bills a house, also retired and deactivated ones: each counts for the
+        house within its span (from ``active_from`` to ``retired_at``)."""
+        return [m for m in self.ledger.meters(active_only=False) if m.house_id is not None]
+
     def meters_of(self, house_id: str) -> list[Meter]:
         return [m for m in self.meters() if m.house_id == house_id]
 
@@ -139,7 +144,7 @@ class Community:
         from the boundary before the second preceding reading (the new ones can change how the
         one just before them is judged) to the boundary after the following one.
         ``appended``: the readings are the meters' newest (live ingest), none follows them."""
-        meters = self._meter_map()
+        meters = {m.meter_id: m for m in self.billing_meters()}
         spans = {m: v for m, v in spans.items() if m in meters}
         neighbours = self.store.neighbour_times(spans, look_after=not appended)
         houses: dict[str, tuple[pd.Timestamp, pd.Timestamp]] = {}
@@ -170,9 +175,9 @@ class Community:
     def recompute_houses(self, spans: dict[str, tuple[pd.Timestamp, pd.Timestamp]],
                          appended: bool = False) -> None:
         """Recompute the intervals of each house with start in [r0, r1) from its meters' readings."""
-        spans = {h: (r0, r1) for h, (r0, r1) in spans.items() if r1 > r0}
+        spans = {h: (r0, r1) for h, (r0, r1) in spans.items() if r1 > r0 and h is not None}
         by_house: dict[str, list[Meter]] = {}
-        for m in self.meters():
+        for m in self.billing_meters():
             by_house.setdefault(m.house_id, []).append(m)
         meter_spans = {m.meter_id: spans[h] for h in spans for m in by_house.get(h, [])}
         with self._compute_lock:
@@ -186,8 +191,14 @@ class Community:
                 flags = np.zeros(n, dtype=np.uint8)
                 valid = np.ones(n, dtype=bool) if by_house.get(house_id) else np.zeros(n, dtype=bool)
                 for m in by_house.get(house_id, []):
-                    res = meter_intervals(m.meter_id, windows[m.meter_id], bounds, m.max_power_kw,
-                                          reports[m.meter_id])
+                    window, inside = _meter_span(m, windows[m.meter_id], bounds, self.interval_s)
+                    if not inside.any():
+                        continue                      # the meter did not count in these intervals
+                    res = meter_intervals(m.meter_id, window, bounds, m.max_power_kw, reports[m.meter_id])
+                    res.delta_ei_kwh[~inside] = 0.0
+                    res.delta_eo_kwh[~inside] = 0.0
+                    res.valid[~inside] = True
+                    res.flags[~inside] = 0
                     valid &= res.valid
                     total_ei += np.nan_to_num(res.delta_ei_kwh)
                     total_eo += np.nan_to_num(res.delta_eo_kwh)
@@ -228,10 +239,12 @@ class Community:
         self.store.write_priced(house_values, prices)
 
     def recompute_all(self) -> None:
-        """Recompute every house's intervals from all stored readings."""
+        """Recompute every house's intervals from all stored readings (of every meter that
+        counted for it, replaced ones included)."""
+        meters = self.billing_meters()
         for house in self.houses():
             spans = []
-            for m in self.meters_of(house.house_id):
+            for m in (m for m in meters if m.house_id == house.house_id):
                 rd = self.store.read_readings(m.meter_id)
                 if len(rd):
                     spans.append((rd["ts"].iloc[0], rd["ts"].iloc[-1]))
@@ -316,6 +329,35 @@ class Community:
         except SettlementError:
             return None
         return next((i for i in s.invoices if i["invoice_id"] == invoice_id), None)
+
+
+def _meter_span(m: Meter, window: pd.DataFrame, bounds_s: np.ndarray, interval_s: int):
+    """(readings, inside) for a meter that counts only from ``active_from`` to ``retired_at``:
+    outside that span it contributes nothing; the counter is held at its start reading back to the
+    interval boundary before it, and at its final reading up to the boundary after it, so the
+    intervals around a replacement are split exactly between the old and the new meter."""
+    inside = np.ones(len(bounds_s) - 1, dtype=bool)
+    if m.active_from is None and m.retired_at is None:
+        return window, inside
+    extra = []
+    if m.active_from is not None:
+        t0 = pd.Timestamp(m.active_from)
+        inside &= bounds_s[1:] > t0.timestamp()
+        first = window[window["ts"] >= t0].head(1)
+        if len(first):
+            extra.append(first.assign(ts=floor_boundary(t0, interval_s)))
+    if m.retired_at is not None:
+        t1 = pd.Timestamp(m.retired_at)
+        inside &= bounds_s[:-1] < t1.timestamp()
+        last = window[window["ts"] <= t1].tail(1)
+        if len(last):
+            extra.append(last.assign(ts=ceil_boundary(t1, interval_s)))
+        window = window[window["ts"] <= t1]
+    if m.active_from is not None:
+        window = window[window["ts"] >= pd.Timestamp(m.active_from)]
+    if extra:
+        window = pd.concat([window] + extra, ignore_index=True).drop_duplicates("ts", keep="first")
+    return window, inside
 
 
 def _house_order(house_id: str):

@@ -108,6 +108,75 @@ class TariffConfig(_Strict):
     p_grid_con: Number = 30.0
 
 
+class RegisterSpec(_Strict):
+    """Where a Modbus counter lives and how to read it."""
+    table: Literal["holding", "input"] = "holding"
+    address: int = Field(ge=0, le=65535)
+    type: Literal["uint16", "int16", "uint32", "int32", "uint64", "float32", "float64"] = "float32"
+    word_order: Literal["big", "little"] = "big"
+    scale: Number = 1.0                      # kWh = raw value × scale
+
+
+class ModbusSettings(_Strict):
+    host: str = Field(min_length=1)
+    port: Port = 502
+    device_id: int = Field(1, ge=0, le=247)
+    interval_s: Number = Field(60.0, ge=1)
+    timeout_s: Number = Field(5.0, gt=0, le=60)
+    import_: RegisterSpec | None = Field(None, alias="import")
+    export: RegisterSpec | None = None
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class LoxoneHttpSettings(_Strict):
+    url: str = Field(pattern=r"^https?://")
+    field: str | None = None                 # else the first of power_kwh, power, value, kwh, energy
+    interval_s: Number = Field(900.0, ge=1)
+    timeout_s: Number = Field(10.0, gt=0, le=120)
+    username: str | None = None
+    password: str | None = None
+
+
+class UdpSettings(_Strict):
+    port: Port
+    sender_ip: str | None = None             # only datagrams from this address
+    format: Literal["json", "csv", "raw"] = "json"
+    field: str | None = None
+    host: str = "0.0.0.0"                    # the address to listen on
+
+
+class PushSettings(_Strict):
+    """Readings pushed to /api/meters/<id>/reading (Loxone virtual HTTP outputs)."""
+    format: Literal["json", "csv", "raw"] = "raw"
+    field: str | None = None
+
+
+METER_TYPES = ("apartment", "total", "solar")
+CONNECTIONS = ("mqtt", "loxone_http", "udp", "modbus", "http_push", "import")
+
+
+class MeterConfig(_Strict):
+    """A meter of the registry. An apartment meter is its house's import counter, a solar meter a
+    production (export) counter of its owner house, a total meter the building's grid exchange
+    (cross-checked, never billed). A Modbus meter names its import and export registers."""
+    id: str = Field(pattern=r"^[A-Za-z0-9_:.-]{1,64}$")
+    name: str | None = None
+    type: Literal["apartment", "total", "solar"] = "apartment"
+    house: str | None = None                 # the house's key under `houses` (or its id)
+    connection: Literal["mqtt", "loxone_http", "udp", "modbus", "http_push", "import"] = "mqtt"
+    active: bool = True
+    max_power_kw: Annotated[float, _not_bool("a number")] = Field(100.0, gt=0)
+    loxone_http: LoxoneHttpSettings | None = None
+    udp: UdpSettings | None = None
+    modbus: ModbusSettings | None = None
+    http_push: PushSettings | None = None
+
+    def settings(self):
+        """The settings of its connection (None for mqtt and import)."""
+        return getattr(self, self.connection, None) if self.connection in ("loxone_http", "udp", "modbus",
+                                                                           "http_push") else None
+
+
 class CollectorConfig(_Strict):
     interval: int = Field(60, ge=1)
 
@@ -188,6 +257,7 @@ class Config(_Strict):
     pricing: PricingConfig = PricingConfig()
     storage: StorageConfig = StorageConfig()
     smtp: SmtpConfig = SmtpConfig()
+    meters: list[MeterConfig] = Field(default_factory=list)
 
     # Not a key of the file: where the configuration came from ("demo" when there is none).
     source: str = Field("demo", exclude=True)
@@ -283,6 +353,7 @@ def parse_config(data: dict | None, source: str = "config") -> Config:
     errors += _tariff_rule_errors(data.get("tariffs"), data.get("pricing"))
     if cfg is not None:
         errors += creditor_errors(cfg.community)
+        errors += meter_errors(cfg)
     if errors:
         raise ConfigError(source, list(dict.fromkeys(errors)))
     cfg.source = source
@@ -315,6 +386,34 @@ def _tariff_rule_errors(tariffs, pricing) -> list[str]:
     mode = pricing.get("mode") if isinstance(pricing, dict) else None
     values["mode"] = mode if mode in ("break_even", "static", "zev_proportional") else "break_even"
     return [f"tariffs.{e.field}: {e.message}" for e in tariff_errors(values)]
+
+
+def meter_errors(cfg: Config) -> list[str]:
+    """The registry's rules that span keys: settings for the connection, a house for apartment and
+    solar meters and none for the total meter, unique ids, one listener per UDP port and sender."""
+    out, seen, udp = [], set(), {}
+    houses = {**{mac: str(h.id) for mac, h in cfg.houses.items()}, **{str(h.id): str(h.id) for h in cfg.houses.values()}}
+    for i, m in enumerate(cfg.meters):
+        where = f"meters[{i}]"
+        if m.id in seen or m.id in cfg.houses:
+            out.append(f"{where}.id: {m.id!r} is used twice (meter ids and house MACs share one namespace)")
+        seen.add(m.id)
+        if m.connection in ("loxone_http", "udp", "modbus") and m.settings() is None:
+            out.append(f"{where}.{m.connection}: required for connection {m.connection}")
+        if m.type == "total" and m.house:
+            out.append(f"{where}.house: a total meter measures the building and bills no house")
+        if m.type != "total" and not m.house:
+            out.append(f"{where}.house: required for a {m.type} meter (the house it bills)")
+        if m.house and m.house not in houses:
+            out.append(f"{where}.house: {m.house!r} is not a key under houses")
+        if m.connection == "modbus" and m.modbus and not (m.modbus.import_ or m.modbus.export):
+            out.append(f"{where}.modbus: name the import or the export register (or both)")
+        if m.connection == "udp" and m.udp:
+            key = (m.udp.port, m.udp.sender_ip)
+            if key in udp or (m.udp.port, None) in udp or (m.udp.sender_ip is None and any(p == m.udp.port for p, _ in udp)):
+                out.append(f"{where}.udp: port {m.udp.port} is shared; each meter on it needs its own sender_ip")
+            udp[key] = m.id
+    return out
 
 
 def creditor_errors(community: CommunityConfig) -> list[str]:

@@ -12,14 +12,20 @@ def meter_rows(community, runtime, now: pd.Timestamp) -> list[dict]:
     """One row per meter: its house, connection, last values and when, OK / stale / error with
     the reason, and the accepted and rejected counts since the app started."""
     status = runtime.pipeline.status() if runtime is not None else {}
-    stored = community.last_readings([m.meter_id for m in community.meters()])
-    houses = {h.house_id: h for h in community.houses()}
+    meters = community.ledger.meters(active_only=False)
+    stored = community.last_readings([m.meter_id for m in meters])
+    houses = {h.house_id: h for h in community.ledger.houses(active_only=False)}
     rows = []
-    for m in community.meters():
+    for m in meters:
         st, last = status.get(m.meter_id), stored.get(m.meter_id)
         seen = st.last_seen if st and st.last_seen else (last.ts_utc if last else None)
         seen = pd.Timestamp(seen) if seen is not None else None
-        if st and st.last_rejection_at and (seen is None or pd.Timestamp(st.last_rejection_at) > seen):
+        if m.retired_at:
+            state, reason = "replaced", f"counted until {pd.Timestamp(m.retired_at).tz_convert(community.tz):%Y-%m-%d %H:%M}" + (
+                f", then {m.replaced_by}" if m.replaced_by else "")
+        elif not m.active:
+            state, reason = "inactive", "readings are not taken"
+        elif st and st.last_rejection_at and (seen is None or pd.Timestamp(st.last_rejection_at) > seen):
             state, reason = "error", st.last_rejection
         elif seen is None:
             state, reason = "no data", "nothing received yet"
@@ -29,7 +35,8 @@ def meter_rows(community, runtime, now: pd.Timestamp) -> list[dict]:
             state, reason = "OK", ""
         h = houses.get(m.house_id)
         rows.append({
-            "meter_id": m.meter_id, "house": h.name if h else m.house_id, "type": h.type if h else "",
+            "meter_id": m.meter_id, "name": m.name or "", "house": h.name if h else (m.house_id or "(building)"),
+            "type": m.type,
             "connection": m.connection, "status": state, "reason": reason or "",
             "last_import_kwh": (st.last_import_kwh if st and st.last_import_kwh is not None
                                 else (last.import_kwh if last else None)),
@@ -67,3 +74,43 @@ def quality_summary(community, start: pd.Timestamp, end: pd.Timestamp) -> dict:
     readings = [{"meter_id": r.meter_id, "time": r.ts.tz_convert(community.tz).strftime("%Y-%m-%d %H:%M:%S"),
                  "reason": r.reason} for r in q.itertuples(index=False)]
     return {"houses": per_house, "quarantined": readings}
+
+
+def total_crosscheck(community, start: pd.Timestamp, end: pd.Timestamp) -> list[dict]:
+    """Per total meter and local day: the grid exchange it measured next to the grid exchange
+    computed from the house meters (import = what the houses used beyond local production,
+    export = the surplus). Total meters are never billed; this only checks the house meters."""
+    import numpy as np
+
+    from billing.intervals import boundaries, meter_intervals
+    totals = [m for m in community.ledger.meters(active_only=False) if m.type == "total"]
+    if not totals:
+        return []
+    computed = community.community_intervals(start, end)
+    bounds = boundaries(start, end, community.interval_s)
+    starts = pd.to_datetime(bounds[:-1], unit="s", utc=True)
+    rows = []
+    for m in totals:
+        window = community.store.reading_window(m.meter_id, start, end, context=1)
+        if window.empty:
+            rows.append({"meter": m.label, "day": "", "measured_import_kwh": None, "computed_import_kwh": None,
+                         "measured_export_kwh": None, "computed_export_kwh": None,
+                         "difference": "no readings from this meter"})
+            continue
+        res = meter_intervals(m.meter_id, window, bounds, m.max_power_kw,
+                              (bool(window["import_kwh"].notna().any()), bool(window["export_kwh"].notna().any())))
+        df = pd.DataFrame({"start": starts, "m_in": res.delta_ei_kwh, "m_out": res.delta_eo_kwh, "ok": res.valid})
+        df = df.merge(computed[["start", "grid_import_kwh", "grid_export_kwh"]], on="start", how="left")
+        df = df[df["ok"] & df["grid_import_kwh"].notna()]
+        if df.empty:
+            continue
+        day = df["start"].dt.tz_convert(community.tz).dt.strftime("%Y-%m-%d")
+        for d, g in df.groupby(day):
+            mi, ci = float(g["m_in"].sum()), float(g["grid_import_kwh"].sum())
+            mo, co = float(np.nansum(g["m_out"])), float(g["grid_export_kwh"].sum())
+            diff = abs(mi - ci) / ci if ci > 0 else (0.0 if mi == 0 else 1.0)
+            rows.append({"meter": m.label, "day": d, "measured_import_kwh": round(mi, 3),
+                         "computed_import_kwh": round(ci, 3), "measured_export_kwh": round(mo, 3),
+                         "computed_export_kwh": round(co, 3),
+                         "difference": f"{diff:.1%}" + (" — check the house meters" if diff > 0.05 else "")})
+    return rows

@@ -154,9 +154,11 @@ def meters():
     s = _svc()
     status = s.runtime.pipeline.status() if s.runtime else {}
     out = []
-    for m in s.community.meters():
+    for m in s.community.ledger.meters(active_only=False):
         st = status.get(m.meter_id)
-        out.append({"meter_id": m.meter_id, "house_id": m.house_id, "connection": m.connection,
+        out.append({"meter_id": m.meter_id, "name": m.name, "type": m.type, "house_id": m.house_id,
+                    "connection": m.connection, "active": m.active, "active_from": m.active_from,
+                    "retired_at": m.retired_at, "replaced_by": m.replaced_by,
                     "last_seen": st.last_seen.isoformat() if st and st.last_seen else None,
                     "last_import_kwh": st.last_import_kwh if st else None,
                     "last_export_kwh": st.last_export_kwh if st else None,
@@ -264,3 +266,35 @@ def invoice(invoice_id: str):
 def audit():
     """The audit log, newest first (managers)."""
     return flask.jsonify(flask.current_app.config["LEG_ACCOUNTS"].audit_log())
+
+
+@api.route("/meters/<meter_id>/reading", methods=["GET", "POST"])
+@access("public")
+def meter_reading(meter_id: str):
+    """A reading pushed by the meter itself (a Loxone virtual HTTP output): the meter's own token
+    (``?token=`` or header ``X-Meter-Token``), the value as the body (the meter's push format) or
+    as ``?value=``. Checked like every other reading; 202 when handed to the ingest pipeline."""
+    import registry
+    from ingest.readings import Reading
+    from ingest.sources import Sample, SourceError
+    from ingest.udp import parse_datagram
+    s = _svc()
+    c = s.community
+    token = flask.request.args.get("token") or flask.request.headers.get("X-Meter-Token")
+    if not registry.push_token_ok(c, meter_id, token):
+        return _bad("unknown meter or wrong token", "token", 401)
+    meter = c.ledger.meter(meter_id)
+    if s.runtime is None:
+        return _bad("ingest does not run in this process", "meter_id", 503)
+    settings = meter.settings if meter.connection == "http_push" else {}
+    raw = flask.request.args.get("value")
+    data = raw.encode() if raw is not None else flask.request.get_data(cache=False)
+    fmt = "raw" if raw is not None else settings.get("format", "raw")
+    try:
+        value, ts = parse_datagram(data, fmt, settings.get("field"), c.tz)
+    except SourceError as exc:
+        s.runtime.pipeline.reject(meter_id, exc.code, str(exc), "http_push")
+        return _bad(str(exc), "value")
+    sample = Sample.single(value, meter.type, ts)
+    s.runtime.pipeline.submit(Reading(meter_id, sample.ts_utc, sample.import_kwh, sample.export_kwh), "http_push")
+    return flask.jsonify({"meter_id": meter_id, "value_kwh": value, "ts": sample.ts_utc.isoformat()}), 202

@@ -262,7 +262,7 @@ def adopt(services, meter_id: str | None, name: str | None, first_day: str | Non
     except ValueError as exc:
         return dbc.Alert(str(exc), color="danger"), False
     if services.runtime is not None:
-        services.runtime.pipeline.registry_changed()
+        services.runtime.registry_changed()
     return dbc.Alert([f"Meter {meter_id} is now house {house_id} ({name.strip()}), billed from {active_from}. "
                       "Readings it sent before today's adoption were not stored; its intervals before the "
                       "first new reading are shown as missing. ",

@@ -35,6 +35,8 @@ class IngestRuntime:
         self.intake = SensorIntake(self.pipeline)
         self.mqtt = None
         self.simulator = None
+        from ingest.connections import Connections
+        self.connections = Connections(community, self.pipeline)
         self._started = False
 
     def start(self) -> "IngestRuntime":
@@ -49,6 +51,7 @@ class IngestRuntime:
         # broker's in-flight window stalls: hand it over every 1 ms instead of every 5 ms
         sys.setswitchinterval(0.001)
         self.pipeline.start()
+        self.connections.start()
         if self.simulate:
             self._start_simulator()
         if self.use_mqtt:
@@ -75,6 +78,12 @@ class IngestRuntime:
         publish = lambda mac, payload: self.intake.message(mac, payload, datetime.now(timezone.utc), "simulator")
         self.simulator = SimulatorThread(sim, publish).start()
 
+    def registry_changed(self) -> None:
+        """A meter was added, changed, deactivated or replaced: the pipeline and the connections follow."""
+        self.pipeline.registry_changed()
+        if self._started:
+            self.connections.reload()
+
     def stop(self) -> None:
         if not self._started:
             return
@@ -82,6 +91,7 @@ class IngestRuntime:
             self.simulator.stop()
         if self.mqtt:
             self.mqtt.stop()
+        self.connections.stop()
         self.pipeline.stop()
         self.intake.save()
         self._started = False

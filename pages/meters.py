@@ -3,16 +3,19 @@ import dash
 import dash_ag_grid as dag
 import dash_bootstrap_components as dbc
 import pandas as pd
-from dash import Input, Output, State, callback, dcc, html
+from dash import ALL, Input, Output, State, callback, dcc, html, no_update
 
 import monitoring
-from components.views import adopt
+import registry
 from auth.web import actor, page_denied
+from components import meter_form
+from components.views import adopt
 from web import current
 
 dash.register_page(__name__, path="/meters", name="Meters", order=5)
 
-METER_COLUMNS = [("meter_id", "Meter"), ("house", "House"), ("type", "Type"), ("connection", "Connection"),
+METER_COLUMNS = [("meter_id", "Meter"), ("name", "Name"), ("house", "House"), ("type", "Type"),
+                 ("connection", "Connection"),
                  ("status", "Status"), ("reason", "Reason"), ("last_import_kwh", "Ei kWh"),
                  ("last_export_kwh", "Eo kWh"), ("last_seen", "Last seen"), ("accepted", "Accepted"),
                  ("rejected", "Rejected"), ("resets", "Resets")]
@@ -24,7 +27,9 @@ def layout(**_):
     return html.Div([
         html.H3("Meters"), html.Div(id="meters-store"),
         dag.AgGrid(id="meters-grid", columnDefs=[{"field": f, "headerName": h} for f, h in METER_COLUMNS],
-                   columnSize="autoSize", style={"height": "320px"}),
+                   columnSize="autoSize", style={"height": "320px"}, getRowId="params.data.meter_id",
+                   dashGridOptions={"rowSelection": {"mode": "singleRow"}}),
+        meter_form_layout(current().community),
         html.H5("Heard on MQTT but not registered (not billed)", className="mt-3"),
         dag.AgGrid(id="meters-unknown", columnDefs=[{"field": f} for f in
                    ("meter_id", "messages", "source", "first_seen", "last_seen")],
@@ -40,6 +45,56 @@ def layout(**_):
         html.Div(id="adopt-result", className="mt-2"),
         dcc.Interval(id="meters-refresh", interval=15_000),
     ])
+
+
+def meter_form_layout(c):
+    houses = [{"label": f"{h.name} ({h.house_id})", "value": h.house_id} for h in c.houses()]
+    opt = lambda values: [{"label": v, "value": v} for v in values]
+    return dbc.Card(dbc.CardBody([
+        html.H5("Add, edit, test or replace a meter"),
+        html.P("Select a meter in the table to edit it, or fill in a new one. An apartment meter bills its "
+               "house's consumption, a solar meter is its house's production, a total meter measures the "
+               "building's grid exchange (cross-checked on the Data quality page, never billed).",
+               className="text-muted small"),
+        dbc.Row([
+            dbc.Col([dbc.Label("Meter id"), dbc.Input(id="mf-id", placeholder="apartment-1")], md=2),
+            dbc.Col([dbc.Label("Name"), dbc.Input(id="mf-name")], md=2),
+            dbc.Col([dbc.Label("Type"), dbc.Select(id="mf-type", value="apartment",
+                                                   options=opt(("apartment", "solar", "total")))], md=2),
+            dbc.Col([dbc.Label("House"), dbc.Select(id="mf-house", options=[{"label": "(none: total meter)",
+                                                                             "value": ""}] + houses)], md=2),
+            dbc.Col([dbc.Label("Connection"), dbc.Select(id="mf-connection", value="modbus", options=opt(
+                ("modbus", "loxone_http", "udp", "http_push", "mqtt", "import")))], md=2),
+            dbc.Col(dbc.Checkbox(id="mf-active", label="Active", value=True), md=1, className="align-self-end"),
+        ], className="g-2 mb-2"),
+        *meter_form.settings_groups(),
+        dbc.ButtonGroup([
+            dbc.Button("Save new meter", id="mf-add", color="primary"),
+            dbc.Button("Save changes", id="mf-save", color="secondary"),
+            dbc.Button("Test connection", id="mf-test", color="info"),
+            dbc.Button("Deactivate", id="mf-deactivate", color="warning"),
+            dbc.Button("New push token", id="mf-token", color="secondary", outline=True),
+        ], className="mt-2"),
+        dcc.Loading(html.Div(id="mf-result", className="mt-2")),
+        html.Details([
+            html.Summary("Replace the selected meter by the one in the form"),
+            dbc.Row([
+                dbc.Col([dbc.Label("Old meter's final import / export (kWh)"),
+                         dbc.InputGroup([dbc.Input(id="mf-final-import", type="number"),
+                                         dbc.Input(id="mf-final-export", type="number")])], md=4),
+                dbc.Col([dbc.Label("New meter's start import / export (kWh)"),
+                         dbc.InputGroup([dbc.Input(id="mf-start-import", type="number"),
+                                         dbc.Input(id="mf-start-export", type="number")])], md=4),
+                dbc.Col([dbc.Label("When (local; empty: now)"), dbc.Input(id="mf-when", placeholder="2026-12-01T00:00")],
+                        md=2),
+                dbc.Col(dbc.Button("Replace", id="mf-replace", color="danger"), md=2, className="align-self-end"),
+            ], className="g-2"),
+        ], className="mt-3"),
+    ]), className="mt-3")
+
+
+def _form(values_list, ids):
+    return {(i["connection"], i["key"]): v for i, v in zip(ids, values_list)}
 
 
 def store_alert(community):
@@ -64,4 +119,69 @@ def _update(_n):
           prevent_initial_call=True)
 def _adopt(_n, selected, name, first_day):
     alert, _ok = adopt(current(), (selected or [{}])[0].get("meter_id"), name, first_day, actor())
+    return alert
+
+
+@callback(Output({"type": "mf-group", "connection": ALL}, "style"), Input("mf-connection", "value"),
+          State({"type": "mf-group", "connection": ALL}, "id"))
+def _show_settings(connection, ids):
+    return [{} if i["connection"] == connection else {"display": "none"} for i in ids]
+
+
+@callback(Output("mf-id", "value"), Output("mf-name", "value"), Output("mf-type", "value"), Output("mf-house", "value"),
+          Output("mf-connection", "value"), Output("mf-active", "value"),
+          Output({"type": "mf-setting", "connection": ALL, "key": ALL}, "value"),
+          Input("meters-grid", "selectedRows"), State({"type": "mf-setting", "connection": ALL, "key": ALL}, "id"),
+          prevent_initial_call=True)
+def _fill(selected, ids):
+    meter = current().community.ledger.meter((selected or [{}])[0].get("meter_id", "")) if selected else None
+    if meter is None:
+        return (no_update,) * 6 + ([no_update] * len(ids),)
+    values, settings = meter_form.values_of(meter)
+    return (values["id"], values["name"], values["type"], values["house"] or "", values["connection"],
+            values["active"], [settings.get((i["connection"], i["key"]), no_update) for i in ids])
+
+
+@callback(Output("mf-result", "children"), Input("mf-add", "n_clicks"), Input("mf-save", "n_clicks"),
+          Input("mf-test", "n_clicks"), Input("mf-deactivate", "n_clicks"), Input("mf-token", "n_clicks"),
+          Input("mf-replace", "n_clicks"),
+          State("mf-id", "value"), State("mf-name", "value"), State("mf-type", "value"), State("mf-house", "value"),
+          State("mf-connection", "value"), State("mf-active", "value"),
+          State({"type": "mf-setting", "connection": ALL, "key": ALL}, "value"),
+          State({"type": "mf-setting", "connection": ALL, "key": ALL}, "id"), State("meters-grid", "selectedRows"),
+          State("mf-final-import", "value"), State("mf-final-export", "value"), State("mf-start-import", "value"),
+          State("mf-start-export", "value"), State("mf-when", "value"), prevent_initial_call=True)
+def _act(_a, _s, _t, _d, _k, _r, mid, name, mtype, house, connection, active, setting_values, ids, selected,
+         final_i, final_e, start_i, start_e, when):
+    s = current()
+    c = s.community
+    values = {"id": mid, "name": name, "type": mtype, "house": house or None, "connection": connection,
+              "active": active}
+    settings = _form(setting_values, ids)
+    action = dash.ctx.triggered_id
+    if action == "mf-test":
+        return meter_form.test(c, values, settings)
+    if action in ("mf-add", "mf-save"):
+        alert, saved = meter_form.save(c, values, settings, actor(), new=action == "mf-add")
+    elif action == "mf-deactivate":
+        try:
+            registry.deactivate(c, mid or "", actor())
+        except registry.RegistryError as exc:
+            return dbc.Alert(str(exc), color="danger")
+        alert, saved = dbc.Alert(f"Meter {mid} deactivated: its readings are no longer taken.", color="warning"), mid
+    elif action == "mf-token":
+        try:
+            token = registry.issue_push_token(c, mid or "")
+        except registry.RegistryError as exc:
+            return dbc.Alert(str(exc), color="danger")
+        url = dash.get_relative_path(f"/api/meters/{mid}/reading")
+        return dbc.Alert([f"Push URL for {mid} (shown once; the previous token stops working): ",
+                          html.Code(f"{url}?token={token}&value=<v>")], color="info")
+    else:
+        alert = meter_form.replace(c, (selected or [{}])[0].get("meter_id"), values, settings,
+                                   {"import_kwh": final_i, "export_kwh": final_e},
+                                   {"import_kwh": start_i, "export_kwh": start_e}, when, actor())
+        saved = True
+    if saved and s.runtime is not None:
+        s.runtime.registry_changed()
     return alert

@@ -31,11 +31,17 @@ def layout(**_):
         html.H5("Quarantined readings (kept aside, not billed)", className="mt-3"),
         dag.AgGrid(id="quality-quarantine", columnDefs=[{"field": "meter_id"}, {"field": "time"},
                                                         {"field": "reason", "flex": 3}], style={"height": "240px"}),
+        html.H5("Total meter cross-check (measured grid exchange vs computed from the house meters)",
+                className="mt-3"),
+        dag.AgGrid(id="quality-crosscheck", columnDefs=[{"field": f} for f in (
+            "meter", "day", "measured_import_kwh", "computed_import_kwh", "measured_export_kwh",
+            "computed_export_kwh", "difference")], columnSize="autoSize", style={"height": "240px"}),
     ])
 
 
 @callback(Output("quality-houses", "rowData"), Output("quality-quarantine", "rowData"),
-          Output("quality-missing", "children"), Input("quality-period", "value"))
+          Output("quality-missing", "children"), Output("quality-crosscheck", "rowData"),
+          Input("quality-period", "value"))
 def _update(period):
     c = current().community
     p = parse_period(period, c.tz)
@@ -44,4 +50,4 @@ def _update(period):
     missing = dbc.Alert("No missing intervals." if not s.missing else
                         "Missing intervals: " + ", ".join(f"house {h}: {n}" for h, n in s.missing.items()),
                         color="success" if not s.missing else "warning")
-    return q["houses"], q["quarantined"], missing
+    return q["houses"], q["quarantined"], missing, monitoring.total_crosscheck(c, p.start, p.end)

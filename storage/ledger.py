@@ -10,7 +10,7 @@ import json
 import sqlite3
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -201,6 +201,35 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER audit_log_never_deleted BEFORE DELETE ON audit_log
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     """,
+    # 6: the meter registry: a meter's name, type (apartment | total | solar), connection settings
+    # (JSON), the span it counts for (active_from .. retired_at: a replaced meter keeps billing its
+    # time), its successor, and a hashed token for pushed readings. A total meter bills no house
+    # (house_id NULL), so the table is rebuilt without NOT NULL on house_id.
+    """
+    CREATE TABLE meters_v6 (
+        meter_id TEXT PRIMARY KEY,
+        house_id TEXT REFERENCES houses(house_id),
+        connection TEXT NOT NULL DEFAULT 'mqtt',
+        max_power_kw REAL NOT NULL DEFAULT 100,
+        active INTEGER NOT NULL DEFAULT 1,
+        origin TEXT NOT NULL DEFAULT 'config',
+        created_at TEXT,
+        created_by TEXT,
+        name TEXT,
+        type TEXT NOT NULL DEFAULT 'apartment' CHECK (type IN ('apartment', 'total', 'solar')),
+        settings TEXT NOT NULL DEFAULT '{}',
+        active_from TEXT,
+        retired_at TEXT,
+        replaced_by TEXT,
+        push_token_hash TEXT
+    );
+    INSERT INTO meters_v6 (meter_id, house_id, connection, max_power_kw, active, origin, created_at, created_by)
+        SELECT meter_id, house_id, connection, max_power_kw, active, origin, created_at, created_by FROM meters;
+    UPDATE meters_v6 SET retired_at = (SELECT coalesce(h.active_until, datetime('now'))
+        FROM houses h WHERE h.house_id = meters_v6.house_id) WHERE active = 0;
+    DROP TABLE meters;
+    ALTER TABLE meters_v6 RENAME TO meters;
+    """,
 ]
 
 INVOICE_STATUSES = ("issued", "paid", "cancelled")
@@ -225,10 +254,21 @@ class House:
 @dataclass(frozen=True)
 class Meter:
     meter_id: str
-    house_id: str
+    house_id: str | None          # None: a total meter (the building's grid exchange, never billed)
     connection: str
     max_power_kw: float
-    active: bool
+    active: bool                  # ingest takes its readings
+    name: str | None = None
+    type: str = "apartment"       # apartment | total | solar
+    settings: dict = field(default_factory=dict, compare=False, hash=False)
+    active_from: str | None = None   # UTC ISO: it counts from then (a replacement's start reading)
+    retired_at: str | None = None    # UTC ISO: its final reading; it counts until then
+    replaced_by: str | None = None
+    origin: str = "config"
+
+    @property
+    def label(self) -> str:
+        return self.name or self.meter_id
 
 
 def _now() -> str:
@@ -297,6 +337,11 @@ class Ledger:
                 if hid not in still:
                     con.execute("UPDATE houses SET active_until = ? WHERE house_id = ?", (_now(), hid))
             con.execute("UPDATE houses SET active = 0 WHERE origin = 'config'")
+            still_meters = set(cfg.houses) | {m.id for m in cfg.meters}
+            for (mid,) in con.execute("SELECT meter_id FROM meters WHERE active = 1 AND origin = 'config' "
+                                      "AND retired_at IS NULL").fetchall():
+                if mid not in still_meters:          # it counted until now
+                    con.execute("UPDATE meters SET retired_at = ? WHERE meter_id = ?", (_now(), mid))
             con.execute("UPDATE meters SET active = 0 WHERE origin = 'config'")
             for mac, h in cfg.houses.items():
                 hid = str(h.id)
@@ -311,6 +356,17 @@ class Ledger:
                     "ON CONFLICT (meter_id) DO UPDATE SET house_id = excluded.house_id, "
                     "max_power_kw = excluded.max_power_kw, active = 1, origin = 'config'",
                     (mac, hid, h.max_power_kw))
+            ids = {mac: str(h.id) for mac, h in cfg.houses.items()} | {str(h.id): str(h.id) for h in cfg.houses.values()}
+            for m in cfg.meters:                     # declarative provisioning of the registry
+                settings = m.settings().model_dump(by_alias=True) if m.settings() is not None else {}
+                con.execute(
+                    "INSERT INTO meters (meter_id, house_id, connection, max_power_kw, active, origin, name, type, "
+                    "settings) VALUES (?, ?, ?, ?, ?, 'config', ?, ?, ?) ON CONFLICT (meter_id) DO UPDATE SET "
+                    "house_id = excluded.house_id, connection = excluded.connection, "
+                    "max_power_kw = excluded.max_power_kw, active = excluded.active, origin = 'config', "
+                    "name = excluded.name, type = excluded.type, settings = excluded.settings",
+                    (m.id, ids.get(m.house) if m.house else None, m.connection, m.max_power_kw, int(m.active),
+                     m.name, m.type, json.dumps(settings, sort_keys=True)))
             if not con.execute("SELECT 1 FROM tariff_versions LIMIT 1").fetchone():
                 t = cfg.tariffs
                 con.execute(
@@ -341,8 +397,33 @@ class Ledger:
     def meters(self, active_only: bool = True) -> list[Meter]:
         rows = self._rows("SELECT * FROM meters" + (" WHERE active = 1" if active_only else "")
                           + " ORDER BY meter_id")
-        return [Meter(r["meter_id"], r["house_id"], r["connection"], r["max_power_kw"], bool(r["active"]))
-                for r in rows]
+        return [_meter(r) for r in rows]
+
+    def meter(self, meter_id: str) -> Meter | None:
+        rows = self._rows("SELECT * FROM meters WHERE meter_id = ?", (meter_id,))
+        return _meter(rows[0]) if rows else None
+
+    def save_meter(self, m: Meter, by: str, origin: str = "web") -> None:
+        """Add or change a meter (every field but the push token)."""
+        with self.transaction() as con:
+            con.execute(
+                "INSERT INTO meters (meter_id, house_id, connection, max_power_kw, active, origin, created_at, "
+                "created_by, name, type, settings, active_from, retired_at, replaced_by) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (meter_id) DO UPDATE SET "
+                "house_id = excluded.house_id, connection = excluded.connection, max_power_kw = excluded.max_power_kw, "
+                "active = excluded.active, origin = excluded.origin, name = excluded.name, type = excluded.type, "
+                "settings = excluded.settings, active_from = excluded.active_from, retired_at = excluded.retired_at, "
+                "replaced_by = excluded.replaced_by",
+                (m.meter_id, m.house_id, m.connection, m.max_power_kw, int(m.active), origin, _now(), by, m.name,
+                 m.type, json.dumps(m.settings, sort_keys=True), m.active_from, m.retired_at, m.replaced_by))
+
+    def set_push_token(self, meter_id: str, token_hash: str | None) -> None:
+        with self.transaction() as con:
+            con.execute("UPDATE meters SET push_token_hash = ? WHERE meter_id = ?", (token_hash, meter_id))
+
+    def push_token_hash(self, meter_id: str) -> str | None:
+        rows = self._rows("SELECT push_token_hash FROM meters WHERE meter_id = ? AND active = 1", (meter_id,))
+        return rows[0][0] if rows else None
 
     # -- tariffs ------------------------------------------------------------------------------
     def tariff_versions(self) -> list[Tariff]:
@@ -524,6 +605,12 @@ class Ledger:
         rows = self._rows("SELECT * FROM invoice_mails")
         out = {r["document_id"]: dict(r) for r in rows}
         return out if document_ids is None else {k: v for k, v in out.items() if k in set(document_ids)}
+
+
+def _meter(r: sqlite3.Row) -> Meter:
+    return Meter(r["meter_id"], r["house_id"], r["connection"], r["max_power_kw"], bool(r["active"]), r["name"],
+                 r["type"], json.loads(r["settings"] or "{}"), r["active_from"], r["retired_at"], r["replaced_by"],
+                 r["origin"])
 
 
 def _invoice(row: sqlite3.Row) -> dict:

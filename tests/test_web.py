@@ -288,7 +288,7 @@ def test_adopting_an_unknown_meter_makes_a_house_that_survives_a_restart(tmp_pat
         p.submit(Reading("NEW-1", t0, 10.0, 0.0), "mqtt")
         p.flush()
         assert "NEW-1" in p.unknown_meters()
-        s = Services(c, type("R", (), {"pipeline": p})())
+        s = Services(c, type("R", (), {"pipeline": p, "registry_changed": lambda self: p.registry_changed()})())
         alert, ok = adopt(s, None, "X", None)
         assert not ok and "Select a meter" in str(alert)
         alert, ok = adopt(s, "NEW-1", "  ", None)
