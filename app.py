@@ -69,18 +69,26 @@ def _print_status(runtime) -> None:
 @config_option
 @click.option("--once", is_flag=True, help="start ingest, print the settlements, stop (no web server)")
 @click.option("--debug", is_flag=True, help="Flask's development server with reloading (never in production)")
-def run(config_path, once, debug):
+@click.option("--no-ingest", is_flag=True, help="only the web app (InfluxDB deployments with a collector of their own)")
+@click.option("--threads", type=int, default=8, show_default=True, help="web server worker threads")
+def run(config_path, once, debug, no_ingest, threads):
     """Run the app: the web app on web.host:web.port, ingest (MQTT; the in-process simulator in the demo)."""
     from ingest.runtime import IngestRuntime
     community = _open(config_path)
     cfg = community.cfg
     read_only = cfg.storage.backend == "influxdb" and cfg.influxdb.mode == "read_only"
-    runtime = None if read_only else IngestRuntime(community, simulate=cfg.is_demo)
+    if no_ingest and cfg.storage.backend != "influxdb":
+        community.close()
+        raise click.ClickException("--no-ingest needs storage.backend: influxdb (the embedded store has one "
+                                   "writing process: run the app with its ingest)")
+    runtime = None if (read_only or no_ingest) else IngestRuntime(community, simulate=cfg.is_demo)
     try:
         if runtime:
             runtime.start()
-        else:
+        elif read_only:
             click.echo("influxdb.mode is read_only: settling from the house_energy another collector writes")
+        else:
+            click.echo("web app only: the collector (python app.py collect) ingests")
         if cfg.is_demo:
             click.echo(f"demo: {len(community.houses())} simulated houses publishing every 10 s; "
                        f"history in {cfg.data_dir}")
@@ -104,7 +112,7 @@ def run(config_path, once, debug):
                 proxy = ({"trusted_proxy": cfg.web.trusted_proxy, "trusted_proxy_headers":
                           {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}}
                          if cfg.web.trusted_proxy else {})
-                waitress.serve(app.server, host=cfg.web.host, port=cfg.web.port, threads=8, **proxy)
+                waitress.serve(app.server, host=cfg.web.host, port=cfg.web.port, threads=threads, **proxy)
             except KeyboardInterrupt:
                 pass
     finally:
