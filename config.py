@@ -189,6 +189,7 @@ class WebConfig(_Strict):
     trusted_proxy: str | None = "127.0.0.1"
     # who may show the app in a frame (CSP frame-ancestors), e.g. ["'self'", "https://sim.example.org"]
     frame_ancestors: list[str] = Field(default_factory=lambda: ["'self'"])
+    metrics_public: bool = False             # GET /metrics without a token (e.g. a scraper on localhost)
 
 
 class LoggingConfig(_Strict):

@@ -114,3 +114,55 @@ def total_crosscheck(community, start: pd.Timestamp, end: pd.Timestamp) -> list[
                          "computed_export_kwh": round(co, 3),
                          "difference": f"{diff:.1%}" + (" — check the house meters" if diff > 0.05 else "")})
     return rows
+
+
+SILENT_AFTER = pd.Timedelta(hours=1)     # a meter this long without a reading needs a look
+
+
+def health(services, now: pd.Timestamp) -> tuple[dict, int]:
+    """(the health report, 200 or 503). 503 when an operator must act: an ingest thread died, the
+    store does not answer, or the store's spool has waited over an hour. Meters silent for an hour
+    make the status "degraded" (200): the meter or its link may be at fault, not this server."""
+    from storage.timeseries import StoreUnavailable
+    c, runtime = services.community, services.runtime
+    problems, warnings = [], []
+    store = c.store.health() if hasattr(c.store, "health") else {"backend": c.cfg.storage.backend}
+    try:
+        c.store.last_readings([])
+        store["reachable"] = True
+    except StoreUnavailable as exc:
+        store["reachable"] = False
+        problems.append(f"store unreachable: {exc}")
+    if store.get("spool_age_s", 0) and store["spool_age_s"] > 3600:
+        problems.append(f"{store.get('spool_lines', 0)} lines waiting in the spool for {store['spool_age_s']:.0f} s")
+    ingest = None
+    meters = []
+    if runtime is not None:
+        p = runtime.pipeline
+        threads = {"pipeline": bool(p._thread and p._thread.is_alive())}
+        if runtime.mqtt is not None:
+            threads["mqtt"] = bool(runtime.mqtt._feeder and runtime.mqtt._feeder.is_alive())
+        threads.update({f"connection:{k}": v for k, v in runtime.connections.alive().items()})
+        problems += [f"ingest thread {name} is not running" for name, ok in threads.items() if not ok]
+        problems += [f"meter connection {k} cannot start: {e}" for k, e in runtime.connections.errors.items()]
+        ingest = {"threads": threads, "queued": p.queued, "spool_waiting": store.get("spool_lines", 0),
+                  "mqtt_connected": bool(runtime.mqtt and runtime.mqtt.connected.is_set()),
+                  "simulator": runtime.simulator is not None}
+        status = p.status()
+        for m in c.meters():
+            if m.retired_at:
+                continue
+            st = status.get(m.meter_id)
+            seen = pd.Timestamp(st.last_seen) if st and st.last_seen else None
+            if seen is None:
+                last = c.last_reading(m.meter_id)
+                seen = pd.Timestamp(last.ts_utc) if last else None
+            age = (now - seen).total_seconds() if seen is not None else None
+            meters.append({"meter_id": m.meter_id, "last_reading_age_s": None if age is None else round(age, 1)})
+            if m.connection != "import" and (age is None or age > SILENT_AFTER.total_seconds()):
+                warnings.append(f"meter {m.meter_id}: " + ("no reading yet" if age is None
+                                                           else f"no reading for {age / 60:.0f} min"))
+    state = "failing" if problems else ("degraded" if warnings else "ok")
+    from api.routes import VERSION
+    return ({"status": state, "version": VERSION, "problems": problems, "warnings": warnings, "store": store,
+             "ingest": ingest, "meters": meters}, 503 if problems else 200)

@@ -55,8 +55,21 @@ def create_app(community, runtime=None, accounts=None) -> dash.Dash:
                     suppress_callback_exceptions=True, title=cfg.community.name)
     auth_web.install(app, accounts or Accounts(community.ledger), base, cfg.community.name,
                      cfg.web.frame_ancestors, cfg.data_dir)
+    _metrics_route(server, base, "public" if cfg.web.metrics_public else "read")
     app.layout = lambda: _layout(cfg.community.name, base)
     return app
+
+
+def _metrics_route(server: flask.Flask, base: str, level: str) -> None:
+    """GET {base}metrics in Prometheus' text format; a read token unless web.metrics_public."""
+    import metrics
+    from auth.web import access
+    registry = metrics.registry_for(server.config["LEG"])
+
+    @access(level)
+    def view():
+        return flask.Response(metrics.render(registry), mimetype="text/plain; version=0.0.4")
+    server.add_url_rule(base + "metrics", "metrics", view)
 
 
 def _layout(name: str, base: str):

@@ -48,16 +48,10 @@ def _tariff_json(t: Tariff, tz) -> dict:
 @api.get("/health")
 @access("public")
 def health():
-    s = _svc()
-    c = s.community
-    store = c.store.health() if hasattr(c.store, "health") else {"backend": c.cfg.storage.backend}
-    ingest = None
-    if s.runtime is not None:
-        p = s.runtime.pipeline
-        ingest = {"pipeline_alive": bool(p._thread and p._thread.is_alive()), "queued": p.queued,
-                  "mqtt_connected": bool(s.runtime.mqtt and s.runtime.mqtt.connected.is_set()),
-                  "simulator": s.runtime.simulator is not None}
-    return flask.jsonify({"status": "ok", "version": VERSION, "store": store, "ingest": ingest})
+    """Status for operators and monitors: 503 when something needs action (see monitoring.health)."""
+    import monitoring
+    body, status = monitoring.health(_svc(), pd.Timestamp.now(tz="UTC"))
+    return flask.jsonify(body), status
 
 
 @api.get("/tariffs")

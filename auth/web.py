@@ -229,7 +229,7 @@ def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: li
     def deny(status: int, message: str, field: str = "Authorization"):
         path = flask.request.path
         if status == 401 and flask.request.method == "GET" and not path.startswith(base + "api/") \
-                and not path.startswith(base + "_dash"):
+                and not path.startswith(base + "_dash") and path != base + "metrics":
             return flask.redirect(base + "login?next=" + flask.request.full_path.rstrip("?"), 303)
         return flask.jsonify({"error": message, "field": field}), status
 
@@ -245,8 +245,8 @@ def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: li
             p = accounts.token_principal(auth[7:].strip())
             if p is None:
                 return deny(401, "the API token is unknown or revoked")
-            if not flask.request.path.startswith(base + "api/"):
-                return deny(403, "API tokens are for /api/ only")
+            if not (flask.request.path.startswith(base + "api/") or flask.request.path == base + "metrics"):
+                return deny(403, "API tokens are for /api/ and /metrics only")
         elif "user" in flask.session:
             p = accounts.principal(flask.session["user"])
             if p is None:                       # the account was removed or deactivated

@@ -65,6 +65,30 @@ class MeterStatus:
 
 
 @dataclass
+class PipelineStats:
+    """Counts and timings for monitoring (written by the worker thread only; ``snapshot()`` from any)."""
+    received: Counter = field(default_factory=Counter)          # source -> messages and readings
+    rejected: Counter = field(default_factory=Counter)          # (source, reason) -> count
+    write_seconds_sum: float = 0.0
+    write_seconds_max: float = 0.0
+    writes: int = 0
+    newest_reading: datetime | None = None                      # the newest accepted reading's time
+    intervals_seconds_sum: float = 0.0
+    interval_runs: int = 0
+    dirty_since: float | None = None                            # monotonic: oldest span not yet computed
+    sources: dict = field(default_factory=dict)                 # meter_id -> last source
+
+    def snapshot(self) -> "PipelineStats":
+        for _ in range(5):                                      # the worker may add a key meanwhile
+            try:
+                return replace(self, received=Counter(dict(self.received)), rejected=Counter(dict(self.rejected)),
+                               sources={})
+            except RuntimeError:
+                continue
+        return replace(self, received=Counter(), rejected=Counter(), sources={})
+
+
+@dataclass
 class UnknownMeter:
     meter_id: str
     messages: int = 0
@@ -120,6 +144,7 @@ class Pipeline:
         self._intervals_failing = False
         self._retry_last_at = 0.0
         self.unattributed: Counter = Counter()   # rejections that name no meter (e.g. foreign topics)
+        self.stats = PipelineStats()
         self.reload_meters()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -269,6 +294,8 @@ class Pipeline:
         self._on_reading(reading, source)
 
     def _on_reject(self, meter_id, code, message, source, at) -> None:
+        self.stats.received[source or "?"] += 1
+        self.stats.rejected[(source or "?", code)] += 1
         with self._lock:
             if meter_id is not None and meter_id not in self._meters:
                 self._count_unknown(meter_id, source, at)
@@ -304,6 +331,8 @@ class Pipeline:
                     f" ({more} more rejections since the last warning)" if more else "")
 
     def _on_reading(self, r: Reading, source: str) -> None:
+        self.stats.received[source or "?"] += 1
+        self.stats.sources[r.meter_id] = source or "?"
         meter = self._meters.get(r.meter_id)
         if meter is None:
             with self._lock:
@@ -419,6 +448,8 @@ class Pipeline:
         st = self._status[r.meter_id]
         st.accepted += 1
         st.last_seen = r.ts_utc
+        if self.stats.newest_reading is None or r.ts_utc > self.stats.newest_reading:
+            self.stats.newest_reading = r.ts_utc
         if r.import_kwh is not None:
             st.last_import_kwh = r.import_kwh
         if r.export_kwh is not None:
@@ -433,6 +464,7 @@ class Pipeline:
                         r.import_kwh, r.export_kwh)
 
     def _rejected(self, r: Reading, code: str, message: str) -> None:
+        self.stats.rejected[(self.stats.sources.get(r.meter_id, "?"), code)] += 1
         with self._lock:
             st = self._status[r.meter_id]
             st.rejected[code] += 1
@@ -455,6 +487,7 @@ class Pipeline:
             "power_in_kw": np.array([np.nan if r.power_in_kw is None else r.power_in_kw for r in batch]),
             "power_out_kw": np.array([np.nan if r.power_out_kw is None else r.power_out_kw for r in batch]),
         })
+        t0 = time.monotonic()
         try:
             result = self.community.store.write_readings(df)
         except Exception as exc:
@@ -467,6 +500,12 @@ class Pipeline:
         if self.write_failures:
             log.warning("store writes recovered after %d failed attempts", self.write_failures)
             self.write_failures = 0
+        took = time.monotonic() - t0
+        self.stats.writes += 1
+        self.stats.write_seconds_sum += took
+        self.stats.write_seconds_max = max(self.stats.write_seconds_max, took)
+        if self.stats.dirty_since is None:
+            self.stats.dirty_since = time.monotonic()
         self._batch = []
         self.stored += result.inserted
         for meter_id, (lo, hi) in self._batch_spans.items():
@@ -481,10 +520,13 @@ class Pipeline:
             return
         if not force and time.monotonic() - self._last_intervals < self.intervals_every_s:
             return
-        self._last_intervals = time.monotonic()
+        self._last_intervals = t0 = time.monotonic()
         dirty, self._dirty = self._dirty, {}
         try:
             self.community.update_intervals_many(dirty, appended=True)
+            self.stats.interval_runs += 1
+            self.stats.intervals_seconds_sum += time.monotonic() - t0
+            self.stats.dirty_since = None
             if self._intervals_failing:
                 log.warning("interval computation works again")
                 self._intervals_failing = False

@@ -58,7 +58,7 @@ def allowed(level: str, who: str, method: str, path: str) -> bool:
         return True
     if who == "anonymous":
         return False
-    if token and not path.startswith("/api/"):
+    if token and not (path.startswith("/api/") or path == "/metrics"):
         return False
     if level == "user":
         return not (token and method != "GET" and who != "write token")

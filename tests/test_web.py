@@ -313,3 +313,44 @@ def test_adopting_an_unknown_meter_makes_a_house_that_survives_a_restart(tmp_pat
         assert [m.meter_id for m in c.meters_of("3")] == ["NEW-1"]
     finally:
         c.close()
+
+
+def test_health_says_what_needs_action_and_metrics_need_a_token(tmp_path):
+    from auth.accounts import Accounts
+    from ingest.pipeline import Pipeline
+    from ingest.readings import Reading
+    from web import create_app
+    cfg = parse_config({"houses": HOUSES, "storage": {"data_dir": str(tmp_path)}, "mqtt": {"enabled": False}},
+                       source="test")
+    c = Community.open(cfg)
+    runtime = type("R", (), {})()
+    runtime.pipeline = Pipeline(c).start()
+    runtime.mqtt, runtime.simulator = None, None
+    runtime.connections = type("C", (), {"alive": lambda self: {}, "errors": {}})()
+    try:
+        now = datetime.now(timezone.utc)
+        runtime.pipeline.submit(Reading("M1", now, 10.0, 0.0), "mqtt")
+        runtime.pipeline.submit(Reading("M1", now, -1.0, 0.0), "mqtt")       # rejected: went backwards
+        runtime.pipeline.flush()
+        app = create_app(c, runtime)
+        client = app.server.test_client()
+        h = client.get("/api/health")
+        body = h.get_json()
+        assert h.status_code == 200 and body["status"] == "degraded"            # M2 has sent nothing
+        assert body["warnings"] == ["meter M2: no reading yet"] and body["ingest"]["threads"] == {"pipeline": True}
+        assert next(m for m in body["meters"] if m["meter_id"] == "M1")["last_reading_age_s"] < 60
+        assert client.get("/metrics").status_code == 401
+        token = Accounts(c.ledger).create_token("read", "test")
+        m = client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+        text = m.data.decode()
+        assert m.status_code == 200 and 'leg_messages_received_total{source="mqtt"} 2.0' in text
+        assert 'leg_readings_stored_total 1.0' in text and "leg_store_write_seconds_count 1.0" in text
+        assert 'leg_meter_last_reading_age_seconds{meter="M1"}' in text and "leg_invoice_runs_total 0.0" in text
+        assert 'leg_messages_rejected_total{reason=' in text
+        # the pipeline's thread dies: 503, named
+        runtime.pipeline.stop()
+        h = client.get("/api/health")
+        assert h.status_code == 503 and h.get_json()["problems"] == ["ingest thread pipeline is not running"]
+    finally:
+        runtime.pipeline.stop()
+        c.close()
