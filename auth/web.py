@@ -132,6 +132,7 @@ LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><titl
 {% if message %}<div class="alert alert-{{ level }}" role="alert">{{ message }}</div>{% endif %}
 <form method="post" action="{{ base }}{{ action }}">
 <input type="hidden" name="csrf_token" value="{{ csrf }}">
+{% if next %}<input type="hidden" name="next" value="{{ next }}">{% endif %}
 {% for name, label, kind, auto in fields %}
 <div class="mb-3"><label class="form-label" for="{{ name }}">{{ label }}</label>
 <input class="form-control" id="{{ name }}" name="{{ name }}" type="{{ kind }}" autocomplete="{{ auto }}" required></div>
@@ -151,7 +152,7 @@ def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: li
     server = app.server
     server.secret_key = secret_key(data_dir)
     server.session_interface = _Session()
-    server.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+    server.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax", SESSION_COOKIE_PATH=base,
                          SESSION_COOKIE_NAME="leg_session", PERMANENT_SESSION_LIFETIME=timedelta(hours=12))
     server.config["LEG_ACCOUNTS"] = accounts
 
@@ -163,7 +164,7 @@ def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: li
     def form(action, fields, button, message="", level="danger", status=200, back=False):
         html = flask.render_template_string(LOGIN_PAGE, title=title, base=base, action=action, fields=fields,
                                             button=button, message=message, level=level, csrf=csrf_token(),
-                                            back=back)
+                                            back=back, next=flask.request.values.get("next", ""))
         return flask.Response(html, status=status, mimetype="text/html")
 
     def same_origin() -> bool:
@@ -189,7 +190,7 @@ def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: li
         flask.session.permanent = True
         flask.session["user"] = p.name
         flask.session["csrf"] = secrets.token_urlsafe(24)
-        target = flask.request.args.get("next", "")
+        target = flask.request.values.get("next", "")
         if not (target.startswith(base) and not target.startswith("//")):
             target = base if p.is_manager else base + "my"
         r = flask.redirect(target, 303)

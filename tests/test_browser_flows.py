@@ -1,7 +1,8 @@
-"""What a user does in a real headless Chromium (Debian's package, driven by Playwright): open every
-page, change the range and resolution of the community dashboard, post a tariff through the form
-(and a wrong one), download a period's invoices as CSV. Each at the root and under a base path, as
-behind a reverse proxy: assets, callbacks, links, the API and the download must all stay under it.
+"""What a manager does in a real headless Chromium (Debian's package, driven by Playwright), logged
+in through the login form: open every page, change the range and resolution of the community
+dashboard, post a tariff through the form (and a wrong one), download a period's invoices as CSV.
+Each at the root and under a base path, as behind a reverse proxy: assets, callbacks, links, the
+API and the download must all stay under it.
 """
 from __future__ import annotations
 
@@ -10,14 +11,14 @@ import io
 import math
 import re
 import shutil
-import time
 from decimal import Decimal
 from urllib.parse import urlsplit
 
 import pandas as pd
 import pytest
 
-from test_browser import serve
+from test_browser import Watch, log_in, serve
+from webauth import MANAGER
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
@@ -57,7 +58,7 @@ def browser():
 
 @pytest.fixture(scope="module", params=BASE_PATHS, ids=["root", "base_path"])
 def app(request, tmp_path_factory):
-    """(community, base url) of a served app with 40 days of two simulated houses."""
+    """(community, base url) of a served app with 40 days of two simulated houses and its users."""
     c, srv, url = serve(request.param, tmp_path_factory.mktemp("app"))
     try:
         yield c, url
@@ -67,54 +68,15 @@ def app(request, tmp_path_factory):
         c.close()
 
 
-class Tab:
-    """A browser page that records console errors, uncaught exceptions, failed responses and any
-    request to this server outside the base path."""
+class Tab(Watch):
+    """A browser page (see test_browser.Watch) that also lets a user navigate, choose in dropdowns,
+    read plotted traces and call the API with the page's login; a link that downloads aborts its
+    navigation, which is no failure."""
 
     def __init__(self, context, url: str):
-        self.url = url
-        self.page = context.new_page()
-        self.problems: list[str] = []
-        origin = "{0.scheme}://{0.netloc}".format(urlsplit(url))
-        self.page.on("console", lambda m: m.type == "error" and self.problems.append(f"console: {m.text}"))
-        self.page.on("pageerror", lambda e: self.problems.append(f"uncaught: {e}"))
-        self.page.on("requestfailed", lambda r: self.problems.append(f"failed: {r.url} {r.failure}"))
-
-        def response(r):
-            if r.status >= 400:
-                self.problems.append(f"HTTP {r.status}: {r.request.method} {r.url}")
-            if r.url.startswith(origin) and not r.url.startswith(url):
-                self.problems.append(f"outside the base path: {r.url}")
-        self.page.on("response", response)
-        # requests in flight, to know when the page's callbacks are done
-        self.pending: set = set()
-        self.page.on("request", lambda r: self.pending.add(r))
-        self.page.on("requestfinished", lambda r: self.pending.discard(r))
-        self.page.on("requestfailed", lambda r: self.pending.discard(r))
-        # a link that downloads aborts its navigation: not a failure
+        super().__init__(context, url)
         self.downloads: set[str] = set()
         self.page.on("download", lambda d: self.downloads.add(d.url))
-
-    def open(self, path: str = ""):
-        self.page.goto(self.url + path)
-        self.settle()
-
-    def settle(self, quiet_ms: int = 300):
-        """Wait until the page's layout is in and its callbacks are done: no request in flight for
-        ``quiet_ms`` and Dash no longer titles the page "Updating..."."""
-        self.page.wait_for_function("() => document.title !== 'Updating...' && !!document.querySelector('h3')")
-        deadline, quiet_since = time.monotonic() + TIMEOUT_MS / 1000, None
-        while True:
-            self.page.wait_for_timeout(50)
-            now = time.monotonic()
-            if self.pending:
-                quiet_since = None
-            elif quiet_since is None:
-                quiet_since = now
-            elif now - quiet_since >= quiet_ms / 1000:
-                break
-            assert now < deadline, f"{self.page.url}: requests still in flight: {[r.url for r in self.pending]}"
-        self.page.wait_for_function("() => document.title !== 'Updating...'")
 
     def follow(self, link_name: str):
         """Click a navigation link (the page changes without reloading the app)."""
@@ -123,13 +85,7 @@ class Tab:
         self.settle()
 
     def assert_clean(self):
-        html = self.page.content()
-        for text in ("Error loading layout", "Error loading dependencies", "Callback error"):
-            assert text not in html, f"{self.page.url}: the page shows {text!r}"
-        assert self.page.locator(".dash-fe-error__title, .dash-error-card").count() == 0, self.page.url
-        problems = [p for p in self.problems if not (p.startswith("failed: ") and p.endswith(" net::ERR_ABORTED")
-                                                     and p.split()[1] in self.downloads)]
-        assert not problems, f"{self.page.url}: {problems}"
+        super().assert_clean(expected=tuple(f"failed: {u} net::ERR_ABORTED" for u in self.downloads))
 
     def choose(self, dropdown_id: str, label: str | re.Pattern):
         """Open a dcc.Dropdown and pick the option with this visible label (or the one label
@@ -152,6 +108,7 @@ class Tab:
                                                           f"{second:%Y-%m-%dT%H:%M}"])
 
     def api(self, path: str):
+        """GET from the API with the browser's session cookie."""
         r = self.page.request.get(self.url + path)
         assert r.ok, f"{path}: HTTP {r.status} {r.text()[:200]}"
         return r.json()
@@ -159,12 +116,17 @@ class Tab:
 
 @pytest.fixture
 def tab(browser, app):
+    """A fresh browser context, logged in as the manager through the login form."""
     c, url = app
     context = browser.new_context(accept_downloads=True, viewport={"width": 1400, "height": 1000})
     context.set_default_timeout(TIMEOUT_MS)
     expect.set_options(timeout=TIMEOUT_MS)
     try:
-        yield Tab(context, url)
+        t = Tab(context, url)
+        log_in(t.page, url, *MANAGER)
+        assert t.page.url == url, f"the login did not lead to the community page: {t.page.url}"
+        t.page.wait_for_load_state("networkidle")
+        yield t
     finally:
         context.close()
 
@@ -189,7 +151,7 @@ def test_every_page_loads_without_errors(app, tab):
     nav = tab.page.locator("nav a.nav-link")
     links = {nav.nth(i).inner_text().strip(): nav.nth(i).get_attribute("href") for i in range(nav.count())}
     expected = {"Community": "", "Grid": "grid", "Houses": "houses/1", "Tariffs": "tariffs",
-                "Settlement": "settlement", "Meters": "meters", "Data quality": "quality"}
+                "Settlement": "settlement", "Meters": "meters", "Data quality": "quality", "My invoices": "my"}
     for name, path in expected.items():
         assert links.get(name) == base + path, f"nav link {name!r}: {links.get(name)!r}, want {base + path!r}"
 

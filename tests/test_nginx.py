@@ -1,8 +1,10 @@
 """The shipped nginx snippet (deploy/nginx-leg-invoicing.conf) in a real nginx (Debian's package):
 LEG-Invoicing under /invoicing/ (waitress, web.base_path /invoicing/) beside a stand-in for
-LEG-Simulator at /, each on a free localhost port. Pages, assets, Dash callbacks, the REST API and
-the CSV download work through the proxy; the prefix, the redirect and the forwarded headers are
-checked. The snippet is used byte for byte, only its upstream port is replaced."""
+LEG-Simulator at /, each on a free localhost port. Logged in through the proxy (the login form, then
+the session cookie and the CSRF header as a browser sends them), pages, assets, Dash callbacks, the
+REST API and the CSV download work; anonymous requests get the login page or 401; the prefix, the
+redirects, the cookies and the forwarded headers are checked. The snippet is used byte for byte,
+only its upstream port is replaced."""
 import csv
 import io
 import json
@@ -16,6 +18,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import parse_qs, urljoin, urlsplit
 
 import pandas as pd
 import pytest
@@ -23,6 +26,7 @@ import requests
 
 from billing.settlement import CSV_FIELDS
 from peers import free_port, wait_port
+from webauth import MANAGER, member
 
 NGINX = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install nginx-light)")
@@ -32,9 +36,12 @@ PREFIX = "/invoicing/"
 
 
 class Simulator(BaseHTTPRequestHandler):
-    """Stand-in for LEG-Simulator at the site root: answers every GET with "simulator"."""
+    """Stand-in for LEG-Simulator at the site root: answers every GET with "simulator" and keeps
+    the cookies it was sent."""
+    cookies: list[str] = []
 
     def do_GET(self):
+        self.cookies.append(self.headers.get("Cookie", ""))
         body = b"simulator"
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
@@ -111,7 +118,8 @@ def stack(tmp_path_factory):
         return inner(environ, start_response)
 
     srv.application = recorder
-    sim = ThreadingHTTPServer(("127.0.0.1", free_port()), Simulator)
+    handler = type("Simulator", (Simulator,), {"cookies": []})
+    sim = ThreadingHTTPServer(("127.0.0.1", free_port()), handler)
     threading.Thread(target=sim.serve_forever, daemon=True).start()
     proc, workers = None, set()
     try:
@@ -132,6 +140,7 @@ def stack(tmp_path_factory):
             raise RuntimeError(f"nginx did not start: {(tmp / 'error.log').read_text()[-2000:]}") from None
         workers = set(children_of(proc.pid))
         yield SimpleNamespace(url=f"http://127.0.0.1:{port}", port=port, app_port=app_port, community=c,
+                              sim_cookies=handler.cookies,
                               seen=seen, tmp=tmp, shipped=shipped, snippet=snippet, check=check)
     finally:
         if proc is not None:
@@ -157,6 +166,31 @@ def stack(tmp_path_factory):
 def last_month(c) -> str:
     now = pd.Timestamp.now(tz=c.tz)
     return (now.replace(day=1) - pd.Timedelta(days=1)).strftime("%Y-%m")
+
+
+def log_in(url: str, username: str, password: str, **headers) -> tuple[requests.Session, requests.Response]:
+    """A session logged in through the proxy with the login form, sending the CSRF header on every
+    request as Dash's renderer does; and the login's response (the redirect, not followed)."""
+    s = requests.Session()
+    r = s.post(url + PREFIX + "login", data={"username": username, "password": password}, headers=headers,
+               allow_redirects=False, timeout=30)
+    assert r.status_code == 303, (r.status_code, r.text[:300])
+    token = s.cookies.get("_csrf_token", path=PREFIX)
+    assert token, s.cookies
+    s.headers["X-CSRFToken"] = token
+    return s, r
+
+
+def set_cookies(r: requests.Response) -> dict[str, str]:
+    """The Set-Cookie headers of a response, by cookie name."""
+    return {h.split("=", 1)[0]: h for h in r.raw.headers.getlist("Set-Cookie")}
+
+
+@pytest.fixture(scope="module")
+def manager(stack):
+    s, _ = log_in(stack.url, *MANAGER)
+    yield s
+    s.close()
 
 
 def outputs_of(output: str) -> list[tuple[str, str]]:
@@ -185,8 +219,8 @@ def test_nginx_accepts_the_shipped_snippet(stack):
     assert int(directives["client_max_body_size"]) >= 20 and int(directives["proxy_read_timeout"]) >= 120
 
 
-def test_page_and_assets_under_prefix(stack):
-    r = requests.get(stack.url + "/invoicing/", timeout=30)
+def test_page_and_assets_under_prefix(stack, manager):
+    r = manager.get(stack.url + "/invoicing/", timeout=30)
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
     urls = re.findall(r'<(?:script|link)\b[^>]*\b(?:src|href)="([^"]+)"', r.text)
     assert any(u.endswith(".js") or ".js?" in u for u in urls) and any(".css" in u for u in urls), urls
@@ -196,15 +230,16 @@ def test_page_and_assets_under_prefix(stack):
     assert config["requests_pathname_prefix"] == PREFIX
     css = next(u for u in urls if "/assets/" in u and ".css" in u)
     js = next(u for u in urls if "dash_renderer" in u)
-    for u in (css, js):
+    for u in (css, js):                                   # assets need no login
         a = requests.get(stack.url + u, timeout=30)
         assert a.status_code == 200 and len(a.content) > 1000, u
     # a page below the prefix is served by the app, too
-    assert requests.get(stack.url + "/invoicing/settlement", timeout=30).status_code == 200
+    r = manager.get(stack.url + "/invoicing/settlement", allow_redirects=False, timeout=30)
+    assert r.status_code == 200 and "_dash-config" in r.text
 
 
-def test_dash_layout_and_dependencies(stack):
-    layout = requests.get(stack.url + "/invoicing/_dash-layout", timeout=30)
+def test_dash_layout_and_dependencies(stack, manager):
+    layout = manager.get(stack.url + "/invoicing/_dash-layout", timeout=30)
     assert layout.status_code == 200 and layout.headers["Content-Type"].startswith("application/json")
     hrefs = []
 
@@ -219,14 +254,14 @@ def test_dash_layout_and_dependencies(stack):
 
     walk(layout.json())
     assert "/invoicing/settlement" in hrefs and all(h.startswith(PREFIX) for h in hrefs), hrefs
-    deps = requests.get(stack.url + "/invoicing/_dash-dependencies", timeout=30)
+    deps = manager.get(stack.url + "/invoicing/_dash-dependencies", timeout=30)
     assert deps.status_code == 200 and deps.headers["Content-Type"].startswith("application/json")
     assert any(("settle-grid", "rowData") in outputs_of(d["output"]) for d in deps.json())
 
 
-def test_dash_callbacks_through_proxy(stack):
-    deps = requests.get(stack.url + "/invoicing/_dash-dependencies", timeout=30).json()
-    post = lambda body: requests.post(stack.url + "/invoicing/_dash-update-component", json=body, timeout=120)
+def test_dash_callbacks_through_proxy(stack, manager):
+    deps = manager.get(stack.url + "/invoicing/_dash-dependencies", timeout=30).json()
+    post = lambda body: manager.post(stack.url + "/invoicing/_dash-update-component", json=body, timeout=120)
 
     # the pages router: /invoicing/settlement renders the settlement page
     router = next(d for d in deps if d["output"].startswith(".._pages_content.children"))
@@ -251,16 +286,16 @@ def test_dash_callbacks_through_proxy(stack):
     links |= set(re.findall(r"\]\((/[^)\s]+)\)", json.dumps(rows)))
     assert all(u.startswith("/invoicing/api/") for u in links), links
     for u in sorted(links):
-        d = requests.get(stack.url + u, timeout=120)
+        d = manager.get(stack.url + u, timeout=120)
         assert d.status_code == 200 and d.headers["Content-Disposition"].startswith("attachment;"), u
 
 
-def test_api_health_and_csv_download(stack):
-    r = requests.get(stack.url + "/invoicing/api/health", timeout=30)
+def test_api_health_and_csv_download(stack, manager):
+    r = requests.get(stack.url + "/invoicing/api/health", timeout=30)         # no login needed
     assert r.status_code == 200 and r.headers["Content-Type"] == "application/json"
     assert r.json()["status"] == "ok"
     period = last_month(stack.community)
-    r = requests.get(stack.url + "/invoicing/api/invoices.csv", params={"period": period}, timeout=120)
+    r = manager.get(stack.url + "/invoicing/api/invoices.csv", params={"period": period}, timeout=120)
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/csv")
     assert r.headers["Content-Disposition"] == f'attachment; filename="invoices-{period}.csv"'
     rows = list(csv.DictReader(io.StringIO(r.text)))
@@ -268,18 +303,18 @@ def test_api_health_and_csv_download(stack):
     assert sorted(row["house_id"] for row in rows) == ["1", "2"]
 
 
-def test_bad_parameters_get_the_apps_400_json(stack):
-    r = requests.get(stack.url + "/invoicing/api/invoices.csv", params={"period": "2026-13"}, timeout=30)
+def test_bad_parameters_get_the_apps_400_json(stack, manager):
+    r = manager.get(stack.url + "/invoicing/api/invoices.csv", params={"period": "2026-13"}, timeout=30)
     assert r.status_code == 400 and r.headers["Content-Type"] == "application/json"
     assert r.json()["field"] == "period" and r.json()["error"]
-    r = requests.get(stack.url + "/invoicing/api/prices", params={"start": "yesterday"}, timeout=30)
+    r = manager.get(stack.url + "/invoicing/api/prices", params={"start": "yesterday"}, timeout=30)
     assert r.status_code == 400 and r.json()["field"] == "start"
 
 
-def test_request_bodies_up_to_the_limit(stack):
+def test_request_bodies_up_to_the_limit(stack, manager):
     # 3 MB (nginx's default limit is 1 MB) reach the app, which names the unknown field
-    r = requests.post(stack.url + "/invoicing/api/tariffs", json={"p_pv": 20, "padding": "x" * 3_000_000},
-                      timeout=60)
+    r = manager.post(stack.url + "/invoicing/api/tariffs", json={"p_pv": 20, "padding": "x" * 3_000_000},
+                     timeout=60)
     assert r.status_code == 400 and r.json()["field"] == "padding"
     # beyond client_max_body_size nginx answers 413 from the headers alone; the app never sees it
     with socket.create_connection(("127.0.0.1", stack.port), timeout=10) as s:
@@ -289,13 +324,87 @@ def test_request_bodies_up_to_the_limit(stack):
     assert not [e for e in stack.seen if e["QUERY_STRING"] == "probe=oversize"]
 
 
-def test_prefix_without_slash_redirects(stack):
+def test_prefix_without_slash_redirects(stack, manager):
     r = requests.get(stack.url + "/invoicing", allow_redirects=False, timeout=30)
     assert r.status_code == 301 and r.headers["Location"] == "/invoicing/"
     r = requests.get(stack.url + "/invoicing?house=2", allow_redirects=False, timeout=30)
     assert r.status_code == 301 and r.headers["Location"] == "/invoicing/?house=2"
-    r = requests.get(stack.url + "/invoicing", timeout=30)
+    r = manager.get(stack.url + "/invoicing", timeout=30)
     assert r.status_code == 200 and r.url == stack.url + "/invoicing/" and "_dash-config" in r.text
+
+
+def test_anonymous_requests_need_a_login(stack):
+    # a page: to the login form under the prefix, with the page asked for to come back to
+    r = requests.get(stack.url + "/invoicing/settlement", allow_redirects=False, timeout=30)
+    assert r.status_code == 303, r.status_code
+    target = urljoin(stack.url + "/invoicing/settlement", r.headers["Location"])    # relative or absolute
+    assert target.startswith(stack.url + PREFIX + "login?"), r.headers["Location"]
+    assert parse_qs(urlsplit(target).query) == {"next": ["/invoicing/settlement"]}
+    r = requests.get(stack.url + "/invoicing/settlement", timeout=30)
+    assert r.status_code == 200 and r.url == target and 'id="username"' in r.text and "settle-" not in r.text
+    urls = re.findall(r'\b(?:action|href|src)="([^"]+)"', r.text)
+    assert urls and all(u.startswith(PREFIX) for u in urls), urls
+    for path in ("", "my", "houses/1", "account"):
+        r = requests.get(stack.url + PREFIX + path, allow_redirects=False, timeout=30)
+        assert r.status_code == 303, path
+        assert urljoin(stack.url + PREFIX, r.headers["Location"]).startswith(stack.url + PREFIX + "login?next="), \
+            (path, r.headers["Location"])
+    # the API and Dash's own routes: 401 in JSON
+    for method, path in (("GET", "api/periods"), ("GET", f"api/invoices.csv?period={last_month(stack.community)}"),
+                         ("POST", "api/tariffs"), ("GET", "_dash-layout"), ("GET", "_dash-dependencies"),
+                         ("POST", "_dash-update-component")):
+        r = requests.request(method, stack.url + PREFIX + path, json={} if method == "POST" else None,
+                             allow_redirects=False, timeout=30)
+        assert r.status_code == 401 and r.headers["Content-Type"] == "application/json", (method, path)
+        assert r.json()["field"] == "Authorization"
+
+
+def test_login_cookies_and_logout_through_the_proxy(stack):
+    s, r = log_in(stack.url, *member("1"))
+    assert urljoin(stack.url + PREFIX + "login", r.headers["Location"]) == stack.url + PREFIX + "my"
+    cookies = set_cookies(r)
+    session, csrf = cookies["leg_session"], cookies["_csrf_token"]
+    # plain http here: no Secure flag, or the browser would not send the cookies back
+    assert "HttpOnly" in session and "SameSite=Lax" in session and "Secure" not in session, session
+    assert PREFIX.startswith(re.search(r"Path=([^;]*)", session).group(1)), session     # covers the prefix
+    assert "Path=/invoicing/" in csrf and "HttpOnly" not in csrf and "SameSite=Lax" in csrf, csrf
+    assert "Secure" not in csrf, csrf
+    # the cookies come back through the proxy: the member's own house, their page
+    assert [h["house_id"] for h in s.get(stack.url + PREFIX + "api/houses", timeout=30).json()] == ["1"]
+    r = s.get(stack.url + PREFIX + "my", allow_redirects=False, timeout=30)
+    assert r.status_code == 200 and "_dash-config" in r.text
+    # a callback with the cookie: refused without the CSRF header, answered with it
+    deps = s.get(stack.url + PREFIX + "_dash-dependencies", timeout=30).json()
+    router = next(d for d in deps if d["output"].startswith(".._pages_content.children"))
+    body = callback_body(router, {"_pages_location.pathname": "/invoicing/my", "_pages_location.search": ""})
+    url = stack.url + PREFIX + "_dash-update-component"
+    r = s.post(url, json=body, headers={"X-CSRFToken": None}, timeout=60)
+    assert r.status_code == 403 and r.json()["field"] == "X-CSRFToken"
+    r = s.post(url, json=body, timeout=60)
+    assert r.status_code == 200 and "My invoices" in r.text and "House 2" not in r.text
+    settle = next(d for d in deps if ("settle-grid", "rowData") in outputs_of(d["output"]))
+    assert s.post(url, json=callback_body(settle, {"settle-period.value": last_month(stack.community)}),
+                  timeout=60).status_code == 403                          # a manager's callback
+    # logging out through the proxy: back to the login form, the session is over
+    r = s.post(stack.url + PREFIX + "logout", allow_redirects=False, timeout=30)
+    assert r.status_code == 303
+    assert urljoin(stack.url + PREFIX + "logout", r.headers["Location"]) == stack.url + PREFIX + "login"
+    assert s.get(stack.url + PREFIX + "api/houses", timeout=30).status_code == 401
+    assert s.get(stack.url + PREFIX + "my", allow_redirects=False, timeout=30).status_code == 303
+
+
+def test_a_browser_login_through_the_proxy(stack):
+    # a browser sends the page's origin with the form
+    s, r = log_in(stack.url, *MANAGER, Origin=stack.url)
+    assert urljoin(stack.url + PREFIX + "login", r.headers["Location"]) == stack.url + PREFIX
+
+
+def test_the_session_cookie_stays_with_the_app(stack):
+    s, _ = log_in(stack.url, *MANAGER)
+    before = len(stack.sim_cookies)
+    assert s.get(stack.url + "/", timeout=30).text == "simulator"
+    sent = stack.sim_cookies[before:]
+    assert len(sent) == 1 and "leg_session" not in sent[0] and "_csrf_token" not in sent[0], sent
 
 
 def test_simulator_at_root_beside_the_app(stack):
@@ -314,7 +423,7 @@ def test_forwarded_headers_reach_the_app(stack):
     assert env["HTTP_X_FORWARDED_FOR"] == "203.0.113.7, 127.0.0.1"
     assert env["HTTP_X_REAL_IP"] == "127.0.0.1"
     assert env["HTTP_X_FORWARDED_PROTO"] == "http"
-    assert env["HTTP_HOST"] == env["HTTP_X_FORWARDED_HOST"] == "127.0.0.1"
+    assert env["HTTP_HOST"] == env["HTTP_X_FORWARDED_HOST"] == urlsplit(stack.url).netloc    # with the port
 
 
 def test_nginx_logged_no_upstream_errors(stack):
