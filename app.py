@@ -26,7 +26,7 @@ config_option = click.option("--config", "config_path", type=click.Path(dir_okay
                              envvar="LEG_CONFIG", help="config.yaml (default: $LEG_CONFIG, ./config.yaml, else the demo)")
 
 
-def _open(config_path) -> Community:
+def _config(config_path):
     try:
         cfg = load_config(config_path)
     except ConfigError as exc:
@@ -35,7 +35,11 @@ def _open(config_path) -> Community:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if cfg.is_demo:
         cfg.storage.data_dir = str(Path(cfg.storage.data_dir) / "demo")
-    return Community.open(cfg)
+    return cfg
+
+
+def _open(config_path) -> Community:
+    return Community.open(_config(config_path))
 
 
 @click.group(invoke_without_command=True)
@@ -82,6 +86,10 @@ def run(config_path, once, debug, no_ingest, threads):
         raise click.ClickException("--no-ingest needs storage.backend: influxdb (the embedded store has one "
                                    "writing process: run the app with its ingest)")
     runtime = None if (read_only or no_ingest) else IngestRuntime(community, simulate=cfg.is_demo)
+
+    def terminate(*_):
+        raise KeyboardInterrupt()
+    signal.signal(signal.SIGTERM, terminate)          # SIGTERM at any point: stop cleanly (finally below)
     try:
         if runtime:
             runtime.start()
@@ -101,13 +109,16 @@ def run(config_path, once, debug, no_ingest, threads):
         from web import create_app
         accounts = _first_accounts(community)
         app = create_app(community, runtime, accounts)
+        from storage.backup import write_control
+        local = "127.0.0.1" if cfg.web.host in ("0.0.0.0", "::", "") else cfg.web.host
+        app.server.config["LEG_CONTROL_SECRET"] = write_control(
+            cfg.data_dir, f"http://{local}:{cfg.web.port}{app.config.url_base_pathname}api/backup")
         url = f"http://{cfg.web.host}:{cfg.web.port}{app.config.url_base_pathname}"
         click.echo(f"web app on {url}; stop with Ctrl-C")
         if debug:
             app.run(host=cfg.web.host, port=cfg.web.port, debug=True, use_reloader=False)
         else:
             import waitress
-            signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
             try:
                 proxy = ({"trusted_proxy": cfg.web.trusted_proxy, "trusted_proxy_headers":
                           {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}}
@@ -115,7 +126,12 @@ def run(config_path, once, debug, no_ingest, threads):
                 waitress.serve(app.server, host=cfg.web.host, port=cfg.web.port, threads=threads, **proxy)
             except KeyboardInterrupt:
                 pass
+    except KeyboardInterrupt:
+        pass
     finally:
+        click.echo("stopping: writing buffered readings" if runtime else "stopping")
+        from storage.backup import remove_control
+        remove_control(cfg.data_dir)
         if runtime:
             runtime.stop()
         community.close()
@@ -381,6 +397,57 @@ def _accounts(config_path):
     from auth.accounts import Accounts
     community = _open(config_path)
     return community, Accounts(community.ledger)
+
+
+@cli.command()
+@click.argument("dest", type=click.Path(file_okay=False))
+@config_option
+def backup(dest, config_path):
+    """Write a consistent snapshot of the ledger and the embedded store into DEST (an empty or new
+    folder), also while the app runs (it takes the snapshot itself)."""
+    import requests
+
+    from storage.backup import BackupError, read_control, snapshot
+    cfg = _config(config_path)
+    control = read_control(cfg.data_dir)
+    if control:
+        try:
+            r = requests.post(control["url"], json={"dir": str(Path(dest).resolve())},
+                              headers={"X-Control-Secret": control["secret"]}, timeout=600)
+        except requests.ConnectionError:
+            control = None                    # left behind by an app that is gone: do it here
+        else:
+            if r.status_code != 201:
+                raise click.ClickException(f"the running app refused: {r.json().get('error', r.text)}")
+            manifest = r.json()
+    if not control:
+        community = _open(config_path)
+        try:
+            manifest = snapshot(community, dest)
+        except BackupError as exc:
+            raise click.ClickException(str(exc))
+        finally:
+            community.close()
+    click.echo(f"backup in {dest}: ledger schema {manifest['ledger_schema']}, {manifest['issued_invoices']} "
+               f"issued invoices, files: {', '.join(manifest['files'])}")
+
+
+@cli.command()
+@click.argument("src", type=click.Path(file_okay=False, exists=True))
+@click.option("--force", is_flag=True, help="replace a data folder that is not empty")
+@config_option
+def restore(src, force, config_path):
+    """Bring the backup SRC back into storage.data_dir (stop the app first)."""
+    from storage.backup import BackupError, read_control, restore as do_restore
+    cfg = _config(config_path)
+    if read_control(cfg.data_dir):
+        raise click.ClickException(f"the app is running on {cfg.data_dir} (control.json); stop it first")
+    try:
+        manifest = do_restore(src, cfg.data_dir, force)
+    except BackupError as exc:
+        raise click.ClickException(str(exc))
+    click.echo(f"restored {len(manifest['files'])} files from {src} (taken {manifest['created_at']}) "
+               f"into {cfg.data_dir}")
 
 
 @cli.command("test-meter")

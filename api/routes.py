@@ -292,3 +292,19 @@ def meter_reading(meter_id: str):
     sample = Sample.single(value, meter.type, ts)
     s.runtime.pipeline.submit(Reading(meter_id, sample.ts_utc, sample.import_kwh, sample.export_kwh), "http_push")
     return flask.jsonify({"meter_id": meter_id, "value_kwh": value, "ts": sample.ts_utc.isoformat()}), 202
+
+
+@api.post("/backup")
+@access("control")
+def backup():
+    """A consistent snapshot into ``{"dir": ...}``, for ``python app.py backup`` on this host."""
+    from storage.backup import BackupError, snapshot
+    s = _svc()
+    body = flask.request.get_json(silent=True) or {}
+    if not isinstance(body.get("dir"), str) or not body["dir"]:
+        return _bad("give the backup folder as {\"dir\": ...}", "dir")
+    try:
+        manifest = snapshot(s.community, body["dir"], s.runtime.pipeline if s.runtime else None)
+    except (BackupError, OSError) as exc:
+        return _bad(str(exc), "dir")
+    return flask.jsonify(manifest), 201

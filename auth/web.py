@@ -10,7 +10,8 @@ access matrix test). Levels:
   ``auth.principal``);
 - ``read``: managers, and API tokens of either scope;
 - ``write``: managers in the browser, and ``write`` tokens;
-- ``manager``: managers in the browser only.
+- ``manager``: managers in the browser only;
+- ``control``: the command line on this host (loopback, with the secret of ``data_dir/control.json``).
 
 Dash callbacks run through one route; a callback whose outputs are all listed in a page module's
 ``MEMBER_OUTPUTS`` is open to members (the callback itself filters by house), every other one
@@ -31,7 +32,7 @@ from flask.sessions import SecureCookieSessionInterface
 from auth.accounts import AccountError, Throttled
 from auth.principal import Principal
 
-LEVELS = ("public", "user", "read", "write", "manager")
+LEVELS = ("public", "user", "read", "write", "manager", "control")
 CSRF_COOKIE = "_csrf_token"          # read by Dash's renderer, sent back as X-CSRFToken
 CSRF_HEADER = "X-CSRFToken"
 PAGES_OUTPUTS = {"_pages_content", "_pages_store", "_pages_dummy"}   # Dash's page router
@@ -240,6 +241,12 @@ def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: li
         level = route_level(server, flask.request.endpoint, base)
         if level == "public":
             return None
+        if level == "control":
+            secret = server.config.get("LEG_CONTROL_SECRET")
+            sent = flask.request.headers.get("X-Control-Secret", "")
+            if secret and flask.request.remote_addr in ("127.0.0.1", "::1") and secrets.compare_digest(sent, secret):
+                return None
+            return deny(403, "only the command line on this host may do this", "X-Control-Secret")
         auth = flask.request.headers.get("Authorization", "")
         p = None
         if auth.startswith("Bearer "):

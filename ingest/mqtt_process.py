@@ -167,6 +167,8 @@ class MqttProcessSource:
                 self.connected.clear()
                 self.restarts += 1
                 time.sleep(1)
+                if self._stopping:                 # a stop began meanwhile (e.g. SIGTERM to the whole group)
+                    return
                 self._spawn()
                 continue
             kind = msg[0]

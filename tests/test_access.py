@@ -56,6 +56,8 @@ def allowed(level: str, who: str, method: str, path: str) -> bool:
     token = who.endswith("token")
     if level == "public":
         return True
+    if level == "control":                       # the command line's secret, which no visitor has
+        return False
     if who == "anonymous":
         return False
     if token and not (path.startswith("/api/") or path == "/metrics"):

@@ -1,0 +1,123 @@
+"""Backups: a consistent snapshot of the ledger and the embedded time-series store, taken while
+the app runs, and bringing one back.
+
+The snapshot is taken inside the process that owns the stores (DuckDB allows one writing
+process): the pipeline is flushed, interval computation paused, the ledger copied with SQLite's
+online backup and the time series with DuckDB's ``COPY FROM DATABASE``. ``manifest.json`` lists
+every file with its SHA-256, the schema version and counts; ``restore`` checks them first.
+A running app takes requests for a snapshot from ``python app.py backup`` through a local control
+endpoint whose secret is in ``data_dir/control.json`` (mode 0600, removed at exit).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import shutil
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+SIDE_FILES = ("secret_key", "simulator_state.json", "sensor_clock.json")
+
+
+class BackupError(Exception):
+    pass
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def snapshot(community, dest: str | Path, pipeline=None) -> dict:
+    """Write a snapshot into ``dest`` (created; must be empty) and return its manifest."""
+    dest = Path(dest).resolve()
+    if dest.exists() and any(dest.iterdir()):
+        raise BackupError(f"{dest} is not empty; choose a new folder for the backup")
+    dest.mkdir(parents=True, exist_ok=True)
+    if pipeline is not None:
+        pipeline.flush()                              # what has arrived is in the store
+    c = community
+    with c._compute_lock:                             # no interval computation meanwhile
+        with c.ledger._lock:
+            target = sqlite3.connect(dest / "ledger.sqlite")
+            c.ledger._con.backup(target)
+            target.execute("PRAGMA journal_mode=DELETE")     # one self-contained file
+            target.close()
+        store = c.store
+        if hasattr(store, "_con") and store.__class__.__name__ == "DuckDBStore":
+            with store._lock:
+                name = store._con.execute("SELECT current_database()").fetchone()[0]
+                store._con.execute(f"ATTACH '{(dest / 'timeseries.duckdb').as_posix()}' AS leg_backup")
+                try:
+                    store._con.execute(f'COPY FROM DATABASE "{name}" TO leg_backup')
+                finally:
+                    store._con.execute("DETACH leg_backup")
+        elif hasattr(store, "spool"):                 # InfluxDB: its own backup (influxd backup); the spool here
+            spool = Path(c.cfg.data_dir) / "influx_spool.sqlite"
+            if spool.exists():
+                shutil.copy2(spool, dest / spool.name)
+    for name in SIDE_FILES:
+        src = Path(c.cfg.data_dir) / name
+        if src.exists():
+            shutil.copy2(src, dest / name)
+    con = sqlite3.connect(f"file:{dest / 'ledger.sqlite'}?mode=ro", uri=True)
+    try:
+        schema = con.execute("PRAGMA user_version").fetchone()[0]
+        invoices = con.execute("SELECT count(*) FROM invoices").fetchone()[0]
+    finally:
+        con.close()
+    files = {p.name: _sha256(p) for p in sorted(dest.iterdir()) if p.is_file()}
+    manifest = {"created_at": datetime.now(timezone.utc).isoformat(), "backend": c.cfg.storage.backend,
+                "ledger_schema": schema, "issued_invoices": invoices, "files": files}
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def restore(src: str | Path, data_dir: str | Path, force: bool = False) -> dict:
+    """Bring a snapshot back into ``data_dir`` (empty, or ``force``) after checking it."""
+    src, data_dir = Path(src), Path(data_dir)
+    try:
+        manifest = json.loads((src / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise BackupError(f"{src}: no readable manifest.json ({exc}); is this a backup folder?") from None
+    for name, digest in manifest["files"].items():
+        path = src / name
+        if not path.exists():
+            raise BackupError(f"{src}: {name} is missing")
+        if _sha256(path) != digest:
+            raise BackupError(f"{src}: {name} does not match its checksum; the backup is damaged")
+    if data_dir.exists() and any(data_dir.iterdir()) and not force:
+        raise BackupError(f"{data_dir} is not empty; restore into an empty folder, or add --force to replace it")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm", "timeseries.duckdb",
+                 "timeseries.duckdb.wal"):
+        (data_dir / name).unlink(missing_ok=True)
+    for name in manifest["files"]:
+        shutil.copy2(src / name, data_dir / name)
+    return manifest
+
+
+def write_control(data_dir: Path, url: str) -> str:
+    """The running app's control endpoint and its secret, readable by the app's user only."""
+    secret = secrets.token_urlsafe(32)
+    path = Path(data_dir) / "control.json"
+    path.touch(mode=0o600, exist_ok=True)
+    path.chmod(0o600)
+    path.write_text(json.dumps({"url": url, "secret": secret}))
+    return secret
+
+
+def read_control(data_dir: Path) -> dict | None:
+    try:
+        return json.loads((Path(data_dir) / "control.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def remove_control(data_dir: Path) -> None:
+    (Path(data_dir) / "control.json").unlink(missing_ok=True)

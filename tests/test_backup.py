@@ -1,0 +1,124 @@
+"""Backups: a snapshot taken while readings stream in restores to the same settlement figures and
+the same issued PDFs; `python app.py backup` asks the running app for the snapshot; `restore`
+checks the backup and refuses to overwrite data without --force."""
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import requests
+import yaml
+
+from billing import lifecycle
+from community import Community
+from config import parse_config
+from ingest.readings import Reading
+from peers import free_port, wait_port
+from simulator.profiles import profiles_for, simulate_counters
+from storage.backup import BackupError, restore, snapshot
+
+ROOT = Path(__file__).resolve().parent.parent
+HOUSES = {"M1": {"id": 1, "name": "One"}, "M2": {"id": 2, "name": "Two", "pv_kwp": 12}}
+
+
+def config(data_dir, **extra):
+    return parse_config({"houses": HOUSES, "storage": {"data_dir": str(data_dir)}, "mqtt": {"enabled": False},
+                         **extra}, source="test")
+
+
+def test_a_snapshot_while_ingesting_restores_to_the_same_figures(tmp_path):
+    from ingest.pipeline import Pipeline
+    c = Community.open(config(tmp_path / "live"), clock=lambda: datetime(2026, 4, 2, tzinfo=timezone.utc))
+    c.store_readings(simulate_counters(profiles_for(c.cfg.houses), pd.Timestamp("2026-02-27T00:00Z"),
+                                       pd.Timestamp("2026-04-01T06:00Z"), 900, c.tz))
+    closed = lifecycle.close_period(c, "2026-03", "test", workers=1)
+    p = Pipeline(c).start()
+    stop = threading.Event()
+
+    def stream():                                   # live readings keep arriving during the snapshot
+        t, v = datetime.now(timezone.utc) - timedelta(hours=2), 5000.0
+        while not stop.is_set():
+            t, v = t + timedelta(seconds=10), v + 0.001
+            p.submit(Reading("M1", t, v, 0.0), "mqtt")
+            time.sleep(0.0005)
+    th = threading.Thread(target=stream)
+    th.start()
+    try:
+        time.sleep(0.5)
+        manifest = snapshot(c, tmp_path / "backup", p)
+        stored_at_snapshot = len(c.store.read_readings("M1"))
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        th.join()
+        p.stop()
+    assert manifest["issued_invoices"] == 2 and {"ledger.sqlite", "timeseries.duckdb"} <= set(manifest["files"])
+    live_feb = c.settle("2026-02", allow_incomplete=True).invoices
+    c.close()
+    with pytest.raises(BackupError, match="not empty"):
+        snapshot(c, tmp_path / "backup")
+    restored_dir = tmp_path / "restored"
+    restore(tmp_path / "backup", restored_dir)
+    r = Community.open(config(restored_dir), clock=lambda: datetime(2026, 4, 2, tzinfo=timezone.utc))
+    try:
+        assert r.settle("2026-02", allow_incomplete=True).invoices == live_feb
+        issued = r.settle("2026-03")
+        assert [i["net_amount_chf"] for i in issued.invoices] == [str(i["net_amount_chf"]) for i in closed.invoices]
+        assert r.ledger.document("INV-2026-001") is not None
+        n = len(r.store.read_readings("M1"))
+        history = len(pd.date_range("2026-02-27", "2026-04-01T06:00", freq="15min"))
+        assert history < n <= stored_at_snapshot          # a moment of the stream: history and what had arrived
+    finally:
+        r.close()
+    # an occupied data folder needs --force; a damaged backup is refused
+    with pytest.raises(BackupError, match="not empty"):
+        restore(tmp_path / "backup", restored_dir)
+    with open(tmp_path / "backup" / "ledger.sqlite", "ab") as fh:
+        fh.write(b"damage")
+    with pytest.raises(BackupError, match="checksum"):
+        restore(tmp_path / "backup", tmp_path / "elsewhere")
+
+
+def test_backup_command_asks_the_running_app(tmp_path):
+    port = free_port()
+    cfg_file = tmp_path / "config.yaml"
+    cfg_file.write_text(yaml.safe_dump({"houses": HOUSES, "storage": {"data_dir": str(tmp_path / "data")},
+                                        "mqtt": {"enabled": False}, "web": {"port": port, "host": "127.0.0.1"}}))
+    env = {**os.environ, "LEG_ADMIN_PASSWORD": "admin-password-1"}
+    app = subprocess.Popen([sys.executable, "app.py", "run", "--config", str(cfg_file)], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_port(port, timeout=60)
+        control = json.loads((tmp_path / "data" / "control.json").read_text())
+        assert oct((tmp_path / "data" / "control.json").stat().st_mode & 0o777) == "0o600"
+        # without the secret nobody gets a backup
+        r = requests.post(control["url"], json={"dir": str(tmp_path / "x")}, timeout=30)
+        assert r.status_code == 403
+        out = subprocess.run([sys.executable, "app.py", "backup", str(tmp_path / "bk"), "--config", str(cfg_file)],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        assert "backup in" in out.stdout and (tmp_path / "bk" / "manifest.json").exists()
+        out = subprocess.run([sys.executable, "app.py", "restore", str(tmp_path / "bk"), "--config", str(cfg_file)],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode != 0 and "stop it first" in out.stderr
+    finally:
+        app.terminate()
+        assert app.wait(60) == 0
+    assert not (tmp_path / "data" / "control.json").exists()
+    out = subprocess.run([sys.executable, "app.py", "restore", str(tmp_path / "bk"), "--config", str(cfg_file)],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "--force" in out.stderr
+    out = subprocess.run([sys.executable, "app.py", "restore", str(tmp_path / "bk"), "--force", "--config",
+                          str(cfg_file)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "restored" in out.stdout
+    c = Community.open(parse_config(yaml.safe_load(cfg_file.read_text()), source="t"))
+    try:
+        assert [h.house_id for h in c.houses()] == ["1", "2"]
+    finally:
+        c.close()
