@@ -39,7 +39,11 @@ def _config(config_path):
 
 
 def _open(config_path) -> Community:
-    return Community.open(_config(config_path))
+    from storage.ledger import LedgerError
+    try:
+        return Community.open(_config(config_path))
+    except LedgerError as exc:                 # e.g. a ledger written by a newer release
+        raise click.ClickException(str(exc))
 
 
 @click.group(invoke_without_command=True)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class MqttSource:
-    def __init__(self, cfg, intake, *, client_id: str | None = None):
+    def __init__(self, cfg, intake, *, client_id: str | None = None, manual_ack: bool = False):
         self.cfg = cfg              # config.MqttConfig
         self.intake = intake        # ingest.sensor.SensorIntake
         self.pipeline = intake.pipeline
@@ -34,8 +34,11 @@ class MqttSource:
         self.last_error: str | None = None
         self._was_connected = False
         self._stopping = False
+        # manual_ack: a QoS 1 message is acknowledged only when the intake says it is stored
+        # (``intake.track(mid, qos)`` now, ``client.ack`` later); until then the broker keeps it
+        self.manual_ack = manual_ack
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id or cfg.client_id,
-                                  clean_session=False, protocol=mqtt.MQTTv311)
+                                  clean_session=False, protocol=mqtt.MQTTv311, manual_ack=manual_ack)
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
         if cfg.username:
@@ -89,5 +92,7 @@ class MqttSource:
         if mac is None:
             self.pipeline.reject(None, "unknown_topic", f"topic {msg.topic!r} does not match {self.cfg.topic}",
                                  "mqtt", received)
-            return
-        self.intake.message(mac, msg.payload, received, "mqtt")
+        else:
+            self.intake.message(mac, msg.payload, received, "mqtt")
+        if self.manual_ack and msg.qos > 0:
+            self.intake.track(msg.mid, msg.qos)

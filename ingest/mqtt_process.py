@@ -8,11 +8,17 @@ pandas or the stores) and writes batches of readings and rejections (at most 500
 20 ms) as length-prefixed pickles to its stdout; in the app a feeder thread reads them and hands
 them to the pipeline.
 
+No message is acknowledged before it is stored: the child acknowledges a batch's QoS 1 messages
+only when the app writes ``ack <batch>`` to its stdin, which the pipeline does once the batch's
+readings are in the store (``Pipeline.mark``). After a crash of either process the broker delivers
+the unacknowledged messages again (the store ignores the ones it has).
+
 Back-pressure holds across the two: when the pipeline's queue is full the feeder waits, the pipe
 fills, the child's ``on_message`` waits on its write, paho stops acknowledging, and the broker keeps
-the messages (QoS 1, persistent session). ``stop()`` closes the child's stdin; the child disconnects,
-writes what it holds, saves the uptime anchors and exits; ``stop()`` returns when all of it is in
-the pipeline. A child that dies is started again.
+the messages (QoS 1, persistent session). ``stop()`` tells the child to take no more messages and
+hand over its last batch; once that is stored and acknowledged, the child disconnects, saves the
+uptime anchors and exits (``stop`` → ``drain`` → ``bye``, see ``child_main``); messages that arrived
+meanwhile stay unacknowledged at the broker for the next start. A child that dies is started again.
 """
 from __future__ import annotations
 
@@ -44,6 +50,11 @@ class _BatchingSink:
     def __init__(self, out, anchors_path):
         from ingest.sensor import SensorIntake
         self.out = out
+        self.client = None                      # the paho client, for acknowledgements
+        self._mids: list = []                   # (mid, qos) of the messages in _buf
+        self._pending: dict[int, list] = {}     # batch -> its messages, until the app has stored it
+        self._batches = 0
+        self.closing = False                    # stopping: take no more messages
         self._buf: list = []
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
@@ -66,10 +77,24 @@ class _BatchingSink:
 
     def _add(self, item):
         with self._lock:
+            if self.closing:                     # not handed over, not acknowledged: delivered again later
+                return
             self._buf.append(item)
             full = len(self._buf) >= BATCH
         if full:
             self.flush()
+
+    def track(self, mid: int, qos: int) -> None:
+        with self._lock:
+            if not self.closing:
+                self._mids.append((mid, qos))
+
+    def acked(self, batch: int) -> None:
+        """The app has stored batch ``batch``: acknowledge its messages to the broker."""
+        with self._lock:
+            mids = self._pending.pop(batch, [])
+        for mid, qos in mids:
+            self.client.ack(mid, qos)
 
     def send(self, obj) -> None:
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
@@ -77,11 +102,18 @@ class _BatchingSink:
             self.out.write(_HEADER.pack(len(data)) + data)
             self.out.flush()
 
-    def flush(self):
+    def flush(self, force_last: bool = False):
         with self._lock:
+            if self.closing and not force_last:
+                return
             batch, self._buf = self._buf, []
-        if batch:
-            self.send(("batch", batch))
+            mids, self._mids = self._mids, []
+            if batch or mids:
+                self._batches += 1
+                number = self._batches
+                self._pending[number] = mids
+        if batch or mids:
+            self.send(("batch", batch, number))
 
     def save(self):
         self._intake.save()
@@ -89,7 +121,10 @@ class _BatchingSink:
 
 def child_main() -> None:
     """Entry point of ``python -m ingest.mqtt_process``: settings as JSON on the first line of
-    stdin; stdin closing means stop."""
+    stdin, then commands: ``ack <batch>``; ``stop`` (take no more messages, hand over the last
+    batch and say ``drain``); ``bye`` (everything handed over is stored and acknowledged:
+    disconnect and end). The end of stdin without ``bye`` (the app died) ends it without
+    acknowledging more: the broker keeps what was not acknowledged."""
     settings = json.loads(sys.stdin.readline())
     logging.basicConfig(level=settings["log_level"],
                         format="%(asctime)s %(levelname)s %(name)s[mqtt process]: %(message)s")
@@ -97,9 +132,23 @@ def child_main() -> None:
     out = sys.stdout.buffer
     sys.stdout = sys.stderr                      # nothing else may write to the data stream
     sink = _BatchingSink(out, settings["anchors_path"])
-    source = MqttSource(SimpleNamespace(**settings["mqtt"]), sink)
+    source = MqttSource(SimpleNamespace(**settings["mqtt"]), sink, manual_ack=True)
+    sink.client = source.client
     stop = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+
+    def commands():
+        for line in sys.stdin:
+            if line.startswith("ack "):
+                sink.acked(int(line.split()[1]))
+            elif line.strip() == "stop":
+                with sink._lock:
+                    sink.closing = True
+                sink.flush(force_last=True)
+                sink.send(("drain",))
+            elif line.strip() == "bye":
+                break
+        stop.set()
+    threading.Thread(target=commands, daemon=True).start()
     state = None
     source.start()
     try:
@@ -112,9 +161,11 @@ def child_main() -> None:
                 sink.send(("status", *now))
     finally:
         source.stop()
-        sink.flush()
         sink.save()
-        sink.send(("end",))
+        try:
+            sink.send(("end",))
+        except (BrokenPipeError, OSError):       # the app is gone
+            pass
 
 
 # -- the app's side -----------------------------------------------------------------------------------
@@ -129,6 +180,7 @@ class MqttProcessSource:
         self.restarts = 0
         self._proc: subprocess.Popen | None = None
         self._feeder: threading.Thread | None = None
+        self._ack_lock = threading.Lock()
         self._stopping = False
 
     def start(self) -> "MqttProcessSource":
@@ -179,6 +231,11 @@ class MqttProcessSource:
                     else:
                         self.pipeline.reject(*item[1:])
                 self.messages += len(msg[1])
+                proc = self._proc
+                self.pipeline.mark(lambda n=msg[2], proc=proc: self._ack(proc, n))
+            elif kind == "drain":                  # the child's last batch is in: once stored, it may go
+                proc = self._proc
+                self.pipeline.mark(lambda proc=proc: self._command(proc, "bye"))
             elif kind == "status":
                 _, up, self.connects = msg
                 self.connected.set() if up else self.connected.clear()
@@ -186,16 +243,31 @@ class MqttProcessSource:
                 self._proc.wait()
                 return
 
+    def _ack(self, proc, batch: int) -> None:
+        """Batch ``batch`` is stored: tell the child that read it to acknowledge it (a child that has
+        ended meanwhile cannot; the broker then delivers those messages again)."""
+        self._command(proc, f"ack {batch}")
+
+    def _command(self, proc, line: str) -> None:
+        with self._ack_lock:
+            try:
+                proc.stdin.write(f"{line}\n".encode())
+                proc.stdin.flush()
+            except (OSError, ValueError):
+                pass
+
     def stop(self) -> None:
         if self._proc is None:
             return
         self._stopping = True
-        try:
-            self._proc.stdin.close()               # the child's signal to stop
-        except OSError:
-            pass
+        self._command(self._proc, "stop")          # the child hands over its last batch, then "bye"
         if self._feeder is not None:
             self._feeder.join(60)
+        try:
+            with self._ack_lock:
+                self._proc.stdin.close()
+        except OSError:
+            pass
         try:
             self._proc.wait(10)
         except subprocess.TimeoutExpired:

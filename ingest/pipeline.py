@@ -145,6 +145,7 @@ class Pipeline:
         self._retry_last_at = 0.0
         self.unattributed: Counter = Counter()   # rejections that name no meter (e.g. foreign topics)
         self.stats = PipelineStats()
+        self._marks: list = []
         self.reload_meters()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -210,6 +211,11 @@ class Pipeline:
         an error with a ``code`` (ingest.sensor.MessageError), which is counted as a rejection."""
         self._put(("parse", parse, meter_id, received, source))
 
+    def mark(self, done) -> None:
+        """Call ``done()`` once everything submitted before is in the store (rejections counted):
+        a source acknowledges its messages then, never earlier."""
+        self._put(("mark", done))
+
     def reject(self, meter_id: str | None, code: str, message: str, source: str = "",
                at: datetime | None = None) -> None:
         """Count a message a source could not turn into a reading."""
@@ -265,6 +271,11 @@ class Pipeline:
                     self._on_reading(item[1], item[2])
                 elif item[0] == "reject":
                     self._on_reject(*item[1:])
+                elif item[0] == "mark":
+                    self._marks.append(item[1])
+                    self._write_batch(force=True)
+                    if not self._batch:
+                        self._fire_marks()
                 elif item[0] == "reload":
                     self.reload_meters()
                     item[1].set()
@@ -508,12 +519,21 @@ class Pipeline:
             self.stats.dirty_since = time.monotonic()
         self._batch = []
         self.stored += result.inserted
+        self._fire_marks()
         for meter_id, (lo, hi) in self._batch_spans.items():
             if meter_id in self._dirty:
                 a, b = self._dirty[meter_id]
                 lo, hi = min(lo, a), max(hi, b)
             self._dirty[meter_id] = (pd.Timestamp(lo), pd.Timestamp(hi))
         self._batch_spans = {}
+
+    def _fire_marks(self) -> None:
+        marks, self._marks = self._marks, []
+        for done in marks:
+            try:
+                done()
+            except Exception:
+                log.exception("ingest pipeline: a source's acknowledgement failed")
 
     def _compute_intervals(self, force: bool) -> None:
         if not self._dirty:

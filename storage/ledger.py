@@ -287,7 +287,11 @@ class Ledger:
         self._con.row_factory = sqlite3.Row
         self._con.execute("PRAGMA journal_mode=WAL")
         self._con.execute("PRAGMA foreign_keys=ON")
-        self.migrate()
+        try:
+            self.migrate()
+        except BaseException:
+            self._con.close()
+            raise
 
     def close(self) -> None:
         with self._lock:
