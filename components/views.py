@@ -117,6 +117,7 @@ def settlement_view(c, period: str, base: str = "/"):
                          "download": link(n["credit_note_id"]), "mail": _mail_text(mails.get(n["credit_note_id"]))})
     over = s.period.end <= pd.Timestamp(c.clock())
     closable = s.status != "closed" and over and not s.missing
+    notes = invoice_setup_notes(c.cfg)
     if s.status == "closed":
         alert = dbc.Alert(f"Closed: {len(s.invoices)} invoices issued. Their PDFs are stored and served as issued.",
                           color="success")
@@ -128,7 +129,23 @@ def settlement_view(c, period: str, base: str = "/"):
         alert = dbc.Alert("Running: drafts so far; the period can be closed after its last day.", color="info")
     else:
         alert = dbc.Alert("Open: drafts, recomputed on every view; complete data, ready to close.", color="info")
+    if notes:
+        alert = html.Div([alert] + [dbc.Alert(n, color="secondary", className="small py-2") for n in notes])
     return alert, rows, closable
+
+
+def invoice_setup_notes(cfg) -> list[str]:
+    """What the invoices will lack because of the configuration (shown before a period is closed)."""
+    notes = []
+    if cfg.community.iban is None:
+        notes.append("No QR-bill on the invoices: community.iban and community.address are not set in config.yaml.")
+    if cfg.community.address is None:
+        notes.append("The invoices name the community without an address: set community.address in config.yaml.")
+    missing = [h.name for h in cfg.houses.values() if h.owner is None]
+    if missing:
+        notes.append(f"{len(missing)} house(s) without an owner address (the invoice shows the house's name only): "
+                     + ", ".join(missing[:5]) + ("…" if len(missing) > 5 else ""))
+    return notes
 
 
 def _mail_text(m: dict | None) -> str:

@@ -297,3 +297,20 @@ def test_first_start_makes_a_manager_without_a_fixed_password(tmp_path):
         assert a.verify("chef", "from-the-environment").is_manager
     finally:
         c.close()
+
+
+def test_a_user_changes_their_password(world):
+    c, app, accounts, _ = world
+    accounts.add_user("changer", "first-password-1", "member", ["1"])
+    cl = login(app.server.test_client(), BASE, "changer", "first-password-1")
+    form = {"current": "wrong-password", "new": "second-password-2", "confirm": "second-password-2"}
+    token = cl.environ_base.pop("HTTP_X_CSRFTOKEN")
+    assert cl.post("/account", data=form).status_code == 403                 # no CSRF token in the form
+    r = cl.post("/account", data={**form, "csrf_token": token})
+    assert r.status_code == 400 and b"current password is wrong" in r.data
+    r = cl.post("/account", data={**form, "current": "first-password-1", "confirm": "other", "csrf_token": token})
+    assert r.status_code == 400 and b"differ" in r.data
+    r = cl.post("/account", data={**form, "current": "first-password-1", "csrf_token": token})
+    assert r.status_code == 200 and b"Password changed" in r.data
+    assert accounts.verify("changer", "first-password-1") is None
+    assert accounts.verify("changer", "second-password-2").houses == frozenset({"1"})
