@@ -235,6 +235,9 @@ class PricingConfig(_Strict):
 class StorageConfig(_Strict):
     data_dir: str = "./data"
     backend: Literal["embedded", "influxdb"] = "embedded"
+    # the embedded store's memory for caching and queries (beyond it, large queries spill to disk):
+    # the app's memory then stays flat as the store grows
+    memory_limit_mb: int = Field(512, ge=64)
 
 
 DEMO_HOUSES: dict[str, dict] = {

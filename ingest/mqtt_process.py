@@ -5,7 +5,7 @@ and threads of one Python process share one interpreter lock: on a 2-core machin
 take 10,000 messages/s that way. So ``python -m ingest.mqtt_process`` runs ``MqttSource`` with the
 parser and the uptime clock in a small child process (it imports paho and the parser, nothing of
 pandas or the stores) and writes batches of readings and rejections (at most 500, at least every
-20 ms) as length-prefixed pickles to its stdout; in the app a feeder thread reads them and hands
+100 ms) as length-prefixed pickles to its stdout; in the app a feeder thread reads them and hands
 them to the pipeline.
 
 No message is acknowledged before it is stored: the child acknowledges a batch's QoS 1 messages
@@ -37,7 +37,7 @@ from types import SimpleNamespace
 log = logging.getLogger(__name__)
 
 BATCH = 500
-FLUSH_S = 0.02
+FLUSH_S = 0.1          # a batch at least this often: each is stored, then acknowledged
 _HEADER = struct.Struct("!I")
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -63,12 +63,16 @@ def _to_utc(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
 
 
 class DuckDBStore(TimeSeriesStore):
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, memory_limit_mb: int | None = None):
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        self._con = duckdb.connect(self.path, config={
-            "autoinstall_known_extensions": False, "autoload_known_extensions": False})
+        config = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+        if memory_limit_mb:                    # DuckDB caches up to 80 % of RAM by default
+            config["memory_limit"] = f"{memory_limit_mb}MB"
+            if self.path != ":memory:":
+                config["temp_directory"] = str(Path(self.path).parent / "duckdb_tmp")
+        self._con = duckdb.connect(self.path, config=config)
         self._lock = threading.RLock()
         with self._lock:
             self._con.execute(SCHEMA)
