@@ -256,7 +256,7 @@ def get_json(url: str, token: str | None = None, timeout: float = 20.0):
 
 
 def write_config(path: Path, n_houses: int, mqtt_port: int, web_port: int, data_dir: Path,
-                 max_power_kw: float) -> list[str]:
+                 max_power_kw: float, memory_limit_mb: int = 512) -> list[str]:
     macs = [f"SOAK-{k:03d}" for k in range(n_houses)]
     houses = {mac: {"id": k + 1, "name": f"House {k + 1}", "type": "simulated", "max_power_kw": max_power_kw,
                     **({"pv_kwp": float(5 + 5 * (k % 4))} if k % 3 == 0 else {})}
@@ -266,7 +266,7 @@ def write_config(path: Path, n_houses: int, mqtt_port: int, web_port: int, data_
            "collector": {"interval": 60},
            "web": {"host": "127.0.0.1", "port": web_port, "trusted_proxy": None},
            "logging": {"level": "INFO", "file": None},
-           "storage": {"data_dir": str(data_dir), "backend": "embedded"}}
+           "storage": {"data_dir": str(data_dir), "backend": "embedded", "memory_limit_mb": memory_limit_mb}}
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return macs
 
@@ -390,6 +390,7 @@ def main() -> int:
     ap.add_argument("--write", action="store_true", help="write BENCHMARKS.md even for a short run")
     ap.add_argument("--no-write", action="store_true", help="never write BENCHMARKS.md")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    ap.add_argument("--memory-limit-mb", type=int, default=512, help="storage.memory_limit_mb of the app")
     args = ap.parse_args()
     write = (args.write or args.minutes >= 15) and not args.no_write
     if args.max_power_kw is None:
@@ -404,7 +405,8 @@ def main() -> int:
         fh.write("sys_interval 1\n")
     broker.start()
     cfg_path = tmp / "config.yaml"
-    write_config(cfg_path, args.houses, broker.port, free_port(), tmp / "data", args.max_power_kw)
+    write_config(cfg_path, args.houses, broker.port, free_port(), tmp / "data", args.max_power_kw,
+                 args.memory_limit_mb)
     web_port = yaml.safe_load(cfg_path.read_text())["web"]["port"]
     base = f"http://127.0.0.1:{web_port}"
     env = dict(os.environ, LEG_ADMIN_PASSWORD=secrets.token_urlsafe(16), PYTHONUNBUFFERED="1")
