@@ -11,9 +11,9 @@ The data model is in ``documents.model``, the texts and formats of the four lang
 """
 from documents.model import KINDS, LANGUAGES, Creditor, InvoiceDocument, Party
 from documents.qr import creditor_errors, qr_bill, qr_payload, qr_svg
-from documents.render import RenderError, render_many, render_pdf
+from documents.render import RenderError, render_many, render_pdf, start_fork_server
 
 __all__ = [
     "KINDS", "LANGUAGES", "Creditor", "InvoiceDocument", "Party", "RenderError",
-    "creditor_errors", "qr_bill", "qr_payload", "qr_svg", "render_many", "render_pdf",
+    "creditor_errors", "qr_bill", "qr_payload", "qr_svg", "render_many", "render_pdf", "start_fork_server",
 ]

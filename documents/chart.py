@@ -16,6 +16,7 @@ AXIS_COLOUR = "#555555"
 GRID_COLOUR = "#d8d8d8"
 FONT = "DejaVu Sans, sans-serif"
 MAX_DAYS = 400  # a longer range is drawn without the days beyond it
+MAX_KWH = 1e9   # a day's value is capped here, so sums stay finite
 
 # drawing units: 4 per mm
 UNITS_PER_MM = 4
@@ -27,7 +28,7 @@ def _value(v) -> float:
         x = float(v)
     except (TypeError, ValueError):
         return 0.0
-    return x if math.isfinite(x) and x > 0 else 0.0
+    return min(x, MAX_KWH) if math.isfinite(x) and x > 0 else 0.0
 
 
 def nice_ceiling(x: float) -> float:
@@ -113,8 +114,9 @@ def daily_chart_svg(daily, start: date, end: date, *, import_label: str = "bough
         if value > 0:
             add(f'<line x1="{left:g}" y1="{y:g}" x2="{W - right:g}" y2="{y:g}" stroke="{GRID_COLOUR}" '
                 f'stroke-width="1"/>')
-            add(f'<text x="{left - 1.2 * u:g}" y="{y + font_size * 0.35:g}" text-anchor="end" '
-                f'fill="{AXIS_COLOUR}">{escape(_fmt(value, number_format))}</text>')
+            if abs(y - zero_y) >= 1.1 * font_size:   # no label on top of the zero's
+                add(f'<text x="{left - 1.2 * u:g}" y="{y + font_size * 0.35:g}" text-anchor="end" '
+                    f'fill="{AXIS_COLOUR}">{escape(_fmt(value, number_format))}</text>')
     add(f'<text x="{left - 1.2 * u:g}" y="{zero_y + font_size * 0.35:g}" text-anchor="end" '
         f'fill="{AXIS_COLOUR}">{escape(_fmt(0, number_format))}</text>')
 

@@ -90,8 +90,8 @@ def url_fetcher(roots: Sequence[Path] = (TEMPLATES,)):
 # SVG drawings with their texts set as HTML
 #
 # WeasyPrint lays out SVG text one letter at a time, which makes a QR-bill's 35 lines of text cost
-# more than the rest of the page. The drawings are therefore embedded without their <text>
-# elements, and the texts are set in HTML at the same places, sizes and weights: texts that share
+# more than the rest of the page. The QR-bill is therefore embedded without its <text> elements,
+# and the texts are set in HTML at the same places, sizes and weights: texts that share
 # a left (or right) edge become one absolutely positioned column whose lines are spaced by their
 # baselines; centred texts on one baseline become one row. With line-height 1 a line's baseline
 # is BASELINE_EM x its font size below its top.
@@ -108,7 +108,7 @@ _NUMBER = re.compile(r"^\s*(-?[0-9.]+)\s*(px)?\s*$")
 @dataclass(frozen=True)
 class Drawing:
     """An SVG drawing (as a data: URL, its texts removed) and its texts as HTML blocks: each block
-    has a ``style`` and ``lines``, each line a ``style`` and a ``text``."""
+    has a ``cls``, a ``style`` and ``lines``, each line a ``cls``, a ``style`` and a ``text``."""
 
     src: str
     width_mm: float
@@ -333,6 +333,14 @@ def validate(doc: InvoiceDocument) -> None:
             raise ValueError(f"{doc.invoice_id}: {name} is {value!r}, not a number")
 
 
+def _decimals(value: float) -> int:
+    """The decimals an axis value needs (its scale steps are 1, 2, 2.5 or 5 times a power of ten)."""
+    for places in range(4):
+        if abs(value * 10 ** places - round(value * 10 ** places)) < 1e-9:
+            return places
+    return 4
+
+
 def _difference(start, end):
     if start is None or end is None:
         return None
@@ -408,13 +416,15 @@ def build_context(doc: InvoiceDocument) -> dict:
             "p_grid_del": i18n.fmt_ct_plain(row.get("p_grid_del"), lang),
         })
 
-    chart = lift_text(daily_chart_svg(
+    # the chart's few short labels are cheaper as SVG text than as positioned HTML
+    chart_svg = daily_chart_svg(
         doc.daily, doc.period_start, doc.period_end,
         import_label=t["chart_import"], export_label=t["chart_export"], unit="kWh",
         no_data_label=t["chart_no_data"],
-        number_format=lambda v: i18n.fmt_number(v, lang, 0 if v == int(v) else 1),
+        number_format=lambda v: i18n.fmt_number(v, lang, _decimals(v)),
         width_mm=CHART_MM[0], height_mm=CHART_MM[1],
-    ), CHART_MM[0], CHART_MM[1], prefix="c")
+    )
+    chart = Drawing(_data_url(chart_svg), CHART_MM[0], CHART_MM[1], ())
 
     sender_town = " ".join(x for x in ((doc.sender.postcode or "").strip(), (doc.sender.town or "").strip()) if x)
     return_line = ", ".join(x for x in ((doc.sender.name or "").strip(), " ".join(
@@ -518,6 +528,26 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+# What the fork server imports before it forks workers: they start with WeasyPrint loaded.
+FORK_SERVER_PRELOAD = ["documents.render", "weasyprint"]
+
+
+def _fork_server_context():
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(FORK_SERVER_PRELOAD)
+    return context
+
+
+def start_fork_server() -> None:
+    """Start the fork server that ``render_many``'s workers are forked from (it imports WeasyPrint,
+    about a second), so that the first ``render_many`` does not wait for it. Optional: call it at
+    start-up, from any thread. The server lives as long as this process."""
+    from multiprocessing import forkserver
+
+    _fork_server_context()
+    forkserver.ensure_running()
+
+
 def render_many(docs: Iterable[InvoiceDocument], workers: int | None = None,
                 progress: Callable[[int, int], None] | None = None) -> list[bytes]:
     """PDF bytes of every document, in the order given.
@@ -527,6 +557,9 @@ def render_many(docs: Iterable[InvoiceDocument], workers: int | None = None,
     renders in this process. ``progress(done, total)`` is called in the calling thread after each
     document (and once with ``(0, total)`` before the first). A failing document raises
     ``RenderError`` naming it; the documents not yet started are cancelled.
+
+    As always with the forkserver and spawn methods, the program's main module is imported once
+    more (by the fork server), so its start-up code must sit under ``if __name__ == "__main__"``.
     """
     docs = list(docs)
     total = len(docs)
@@ -553,8 +586,7 @@ def render_many(docs: Iterable[InvoiceDocument], workers: int | None = None,
                 progress(i + 1, total)
         return results  # type: ignore[return-value]
 
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["documents.render", "weasyprint"])
+    context = _fork_server_context()
     done = 0
     with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_warm_up) as pool:
         futures = {pool.submit(_render_indexed, (i, doc)): i for i, doc in enumerate(docs)}
