@@ -22,6 +22,9 @@ from storage.timeseries import INTERVAL_COLUMNS, QUARANTINE_COLUMNS, TimeSeriesS
 
 log = logging.getLogger(__name__)
 _METER_ID = re.compile(r"^[A-Za-z0-9_:.-]{1,64}$")
+# Houses recomputed per store query: bounds the readings held in memory at once (a live update of
+# 200 houses at the end of an interval, or a large import), each chunk stored before the next.
+RECOMPUTE_CHUNK = 25
 
 
 @dataclass
@@ -152,6 +155,11 @@ class Community:
             prev, nxt = neighbours.get(m, (None, None))
             r0 = floor_boundary(prev if prev is not None else t_min, self.interval_s)
             r1 = ceil_boundary(nxt if nxt is not None else t_max, self.interval_s)
+            if appended and t_max < r1 and (r1 - r0).total_seconds() <= self.interval_s:
+                # the readings, and the two before them, all lie in the running interval: nothing
+                # can be completed or changed before a reading reaches its end (live ingest then
+                # recomputes an interval once, not on every update)
+                continue
             h = meters[m].house_id
             if h in houses:
                 r0, r1 = min(r0, houses[h][0]), max(r1, houses[h][1])
@@ -179,6 +187,14 @@ class Community:
         by_house: dict[str, list[Meter]] = {}
         for m in self.billing_meters():
             by_house.setdefault(m.house_id, []).append(m)
+        items = list(spans.items())
+        for k in range(0, len(items), RECOMPUTE_CHUNK):
+            self._recompute_chunk(dict(items[k:k + RECOMPUTE_CHUNK]), by_house, appended)
+        if getattr(self.store, "stores_priced_intervals", False) and spans:
+            self.publish_prices(min(a for a, _ in spans.values()), max(b for _, b in spans.values()))
+
+    def _recompute_chunk(self, spans: dict[str, tuple[pd.Timestamp, pd.Timestamp]],
+                         by_house: dict[str, list[Meter]], appended: bool) -> None:
         meter_spans = {m.meter_id: spans[h] for h in spans for m in by_house.get(h, [])}
         with self._compute_lock:
             windows = self.store.reading_windows(meter_spans, context=3, look_after=not appended)
@@ -220,8 +236,6 @@ class Community:
                 pd.DataFrame(columns=QUARANTINE_COLUMNS)
             self.store.replace_intervals_many(spans, intervals)
             self.store.replace_quarantine_many(meter_spans, q_all)
-        if getattr(self.store, "stores_priced_intervals", False) and spans:
-            self.publish_prices(min(a for a, _ in spans.values()), max(b for _, b in spans.values()))
 
     def publish_prices(self, start: pd.Timestamp, end: pd.Timestamp) -> None:
         """Write the section 9.3 value and tariff fields of [start, end) to a store that keeps them

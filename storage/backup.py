@@ -51,7 +51,7 @@ def snapshot(community, dest: str | Path, pipeline=None) -> dict:
         store = c.store
         if hasattr(store, "_con") and store.__class__.__name__ == "DuckDBStore":
             with store._lock:
-                name = store._con.execute("SELECT current_database()").fetchone()[0]
+                name = store._con.execute("SELECT current_database()").fetchall()[0][0]
                 store._con.execute(f"ATTACH '{(dest / 'timeseries.duckdb').as_posix()}' AS leg_backup")
                 try:
                     store._con.execute(f'COPY FROM DATABASE "{name}" TO leg_backup')

@@ -179,6 +179,44 @@ def test_incremental_updates_match_a_full_recompute(make_community):
     pd.testing.assert_frame_equal(ia, ib, check_exact=False, rtol=1e-12)
 
 
+def test_live_updates_match_a_full_recompute_and_leave_the_running_interval_alone(make_community):
+    """Live ingest (in-order batches, ``appended=True``, as the pipeline sends them) against one
+    recompute of everything: a 10-s meter with a counter reset and a 3-hour silence (its context
+    then lies beyond the store's near margin), and a meter that reports every 40 minutes."""
+    t0 = pd.Timestamp("2026-05-04T06:00Z")
+    rows, c1, c2 = [], 100.0, 50.0
+    for s in range(0, 6 * 3600, 10):
+        if 2 * 3600 <= s < 5 * 3600:                 # silent for three hours
+            continue
+        c1 = 3.0 if s == 90 * 60 else c1 + 0.001 * (1 + s % 7)     # replaced meter at 07:30
+        rows.append(("M1", t0 + pd.Timedelta(seconds=s), c1, None))
+        if s % 2400 == 0:
+            c2 += 0.6
+            rows.append(("M2", t0 + pd.Timedelta(seconds=s), c2, None))
+    full = frame(rows).sort_values("ts", kind="stable")
+    houses = {"M1": {"id": 1, "name": "One"}, "M2": {"id": 2, "name": "Two"}}
+    live, once = make_community(houses, sub="live"), make_community(houses, sub="once")
+    once.store_readings(full)
+
+    asked = []                                       # meters whose readings each update reads
+    read = live.store.reading_windows
+    live.store.reading_windows = lambda spans, **kw: (asked.append(set(spans)), read(spans, **kw))[1]
+    for k in range(0, len(full), 6):                 # a minute of the 10-s meter per update
+        batch = full.iloc[k:k + 6]
+        live.store.write_readings(batch)
+        spans = batch.groupby("meter_id")["ts"].agg(["min", "max"])
+        live.update_intervals_many({m: (r["min"], r["max"]) for m, r in spans.iterrows()}, appended=True)
+
+    day = (pd.Timestamp("2026-05-04T05:00Z"), pd.Timestamp("2026-05-04T13:00Z"))
+    a, b = live.store.read_intervals(*day), once.store.read_intervals(*day)
+    assert len(b) > 20 and (b["flags"] & RESET).any()
+    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-12)
+    # 6 h of 10-s readings in 1-minute updates are ~300 updates; M1's intervals are recomputed
+    # about once per quarter hour (when a reading passes an interval's end), not on every update
+    m1_reads = sum("M1" in s for s in asked)
+    assert 10 <= m1_reads <= 20, m1_reads
+
+
 def test_reset_flag_reaches_the_invoice(make_community):
     c = make_community({"M1": {"id": 1, "name": "One"}}, mode="static")
     c.store_readings(frame([("M1", "2026-02-01T00:00", 500.0, 0.0), ("M1", "2026-02-10T00:00", 600.0, 0.0),
