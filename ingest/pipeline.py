@@ -15,6 +15,8 @@ went down, or rose faster than the meter's power limit, is *held* until the next
 (the same rule as ``billing.intervals.clean_counter``): an isolated outlier is rejected, a sustained
 new level (meter replaced or reset) is accepted as a new series and counted as a reset. A held
 reading with no successor after ``hold_timeout_s`` is decided alone (a dip: reset; a spike: rejected).
+A held reading is also kept in the ledger until it is decided and stored, so a crash meanwhile does
+not lose it (its message has been acknowledged with the ones around it).
 
 Rejections are counted per meter and reason, logged at most once per meter and minute, and kept in
 the meter's status with the last reason. Messages from unknown meters are counted and listed (to be
@@ -146,6 +148,8 @@ class Pipeline:
         self.unattributed: Counter = Counter()   # rejections that name no meter (e.g. foreign topics)
         self.stats = PipelineStats()
         self._marks: list = []
+        self._release: set[str] = set()           # meters whose held reading was decided (see _release_decided)
+        self._restored = self._load_held()
         self.reload_meters()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -200,6 +204,51 @@ class Pipeline:
             for mid, m in meters.items():
                 self._status.setdefault(mid, MeterStatus(mid, m.house_id))
                 self._unknown.pop(mid, None)
+        for mid in new:
+            self._restore_held(mid)
+
+    # -- held readings survive a crash -------------------------------------------------------------
+    # A held reading's message is acknowledged with the ones around it (holding back the
+    # acknowledgement would stall an MQTT session for up to ``hold_timeout_s``), so it is kept in the
+    # ledger from the moment it is held until the store has it or it is rejected; a restarted
+    # pipeline holds it again and the meter's next reading decides it as before.
+    def _load_held(self) -> dict[str, Reading]:
+        try:
+            return {r.meter_id: r for r in self.community.ledger.held_readings()}
+        except Exception:
+            log.exception("cannot read the held readings kept from the last run")
+            return {}
+
+    def _restore_held(self, meter_id: str) -> None:
+        r = self._restored.pop(meter_id, None)
+        if r is None:
+            return
+        state = self._states[meter_id]
+        if state.last is not None and r.ts_utc <= state.last.ts_utc:
+            self._release.add(meter_id)               # stored (or superseded) before the last run ended
+            return
+        state.held, state.held_since = r, time.monotonic()
+        self._set_held(meter_id, 1)
+        log.info("meter %s: the reading at %s held when the last run ended is held again",
+                 meter_id, r.ts_utc.isoformat())
+
+    def _keep_held(self, r: Reading) -> None:
+        try:
+            self.community.ledger.hold_reading(r)
+        except Exception:
+            log.exception("meter %s: cannot keep the held reading at %s in the ledger (it is held in "
+                          "memory only)", r.meter_id, r.ts_utc.isoformat())
+
+    def _release_decided(self) -> None:
+        """Forget the kept copies of decided readings once nothing unwritten can contain them."""
+        if not self._release or self._batch:
+            return
+        ids, self._release = self._release, set()
+        try:
+            self.community.ledger.release_held(ids)
+        except Exception:
+            log.exception("cannot release %d decided held readings (retrying)", len(ids))
+            self._release |= ids
 
     # -- sources call these ----------------------------------------------------------------------
     def submit(self, reading: Reading, source: str = "") -> None:
@@ -263,6 +312,7 @@ class Pipeline:
                 if item is _STOP:
                     self._decide_held(force=True, stopping=True)
                     self._write_batch(force=True)
+                    self._release_decided()
                     self._compute_intervals(force=True)
                     return
                 if item[0] == "parse":
@@ -282,6 +332,7 @@ class Pipeline:
                 elif item[0] is _FLUSH:
                     self._decide_held(force=True)
                     self._write_batch(force=True)
+                    self._release_decided()
                     self._compute_intervals(force=True)
                     item[1].set()
                 handled += 1
@@ -293,6 +344,7 @@ class Pipeline:
     def _periodic(self) -> None:
         self._decide_held(force=False)
         self._write_batch(force=False)
+        self._release_decided()
         self._compute_intervals(force=False)
 
     def _on_parse(self, parse, meter_id, received, source) -> None:
@@ -388,6 +440,7 @@ class Pipeline:
                 state.held = r
                 state.held_since = time.monotonic()
                 self._set_held(r.meter_id, 1)
+                self._keep_held(r)
             return
         # a held reading is decided by this one, then this one is judged on its own
         held = state.held
@@ -406,6 +459,10 @@ class Pipeline:
 
     def _decide(self, state: _State, held: Reading, nxt: Reading | None, limit_kw: float) -> None:
         """Decide a held reading with the engine's rule, using ``nxt`` as its successor if given."""
+        self._release.add(held.meter_id)
+        if state.last is None:              # held again after a restart while the store did not answer
+            self._accept(state, held, reset=False)
+            return
         seq = [state.last, held] + ([nxt] if nxt is not None else [])
         t = np.array([x.ts_utc.timestamp() for x in seq])
         reasons, is_break = [], False

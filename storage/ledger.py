@@ -230,6 +230,20 @@ MIGRATIONS: list[str] = [
     DROP TABLE meters;
     ALTER TABLE meters_v6 RENAME TO meters;
     """,
+    # 7: a suspect reading the ingest pipeline holds until the meter's next reading decides it.
+    # Its message is acknowledged to the source meanwhile, so it is kept here, not only in memory:
+    # after a crash the restarted pipeline holds it again.
+    """
+    CREATE TABLE held_readings (
+        meter_id TEXT PRIMARY KEY,
+        ts TEXT NOT NULL,
+        import_kwh REAL,
+        export_kwh REAL,
+        power_in_kw REAL,
+        power_out_kw REAL,
+        held_at TEXT NOT NULL
+    );
+    """,
 ]
 
 INVOICE_STATUSES = ("issued", "paid", "cancelled")
@@ -428,6 +442,25 @@ class Ledger:
     def push_token_hash(self, meter_id: str) -> str | None:
         rows = self._rows("SELECT push_token_hash FROM meters WHERE meter_id = ? AND active = 1", (meter_id,))
         return rows[0][0] if rows else None
+
+    # -- held readings (ingest) -----------------------------------------------------------------
+    def hold_reading(self, r) -> None:
+        """Keep a suspect reading (an ingest.readings.Reading) until it is decided."""
+        with self.transaction() as con:
+            con.execute("INSERT OR REPLACE INTO held_readings VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (r.meter_id, r.ts_utc.isoformat(), r.import_kwh, r.export_kwh, r.power_in_kw,
+                         r.power_out_kw, _now()))
+
+    def release_held(self, meter_ids) -> None:
+        with self.transaction() as con:
+            con.executemany("DELETE FROM held_readings WHERE meter_id = ?", [(m,) for m in meter_ids])
+
+    def held_readings(self) -> list:
+        """The undecided readings, as ingest.readings.Reading."""
+        from ingest.readings import Reading
+        return [Reading(r["meter_id"], datetime.fromisoformat(r["ts"]), r["import_kwh"], r["export_kwh"],
+                        r["power_in_kw"], r["power_out_kw"])
+                for r in self._rows("SELECT * FROM held_readings ORDER BY meter_id")]
 
     # -- tariffs ------------------------------------------------------------------------------
     def tariff_versions(self) -> list[Tariff]:

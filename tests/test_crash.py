@@ -359,3 +359,50 @@ def test_kill_9_and_restart_loses_nothing_the_broker_did_not_hand_over(tmp_path,
     assert not_acked <= values, f"{len(not_acked - values)} readings the broker still held are missing"
     check_exactly_once(s.data, f" (acknowledged to the broker before the kill: {first}, in the store "
                                f"right after the kill: {at_kill})")
+
+
+def test_a_held_reading_acknowledged_before_a_kill_9_is_decided_after_the_restart(tmp_path, broker):
+    """A meter exchanged (its counter starts again low) sends a reading the collector holds until
+    the next one decides it; its message is acknowledged meanwhile. Killed then, the collector
+    finds it again at the restart, and the next reading makes it the first of the new series."""
+    s = Setup(tmp_path, broker)
+    meter = METERS[0]
+    values = [(100.0, 50.0), (100.01, 50.005), (100.02, 50.01), (3.0, 1.0), (3.01, 1.005)]
+
+    def send(client, k):
+        ei, eo = values[k]
+        client.publish(f"{meter}/SENSOR", json.dumps({"Pi": 3.6, "Po": 1.8, "Ei": ei, "Eo": eo,
+                                                       "ts": STEP_S * (k + 1)}).encode(), qos=1).wait_for_publish(10)
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="meter-exchange")
+    client.connect("127.0.0.1", broker.port)
+    client.loop_start()
+    proc = s.start_collector()
+    try:
+        for k in range(4):
+            send(client, k)
+        # acknowledged once the pipeline has passed it: the fourth is held by then
+        wait_until(lambda: acked(broker) >= 4, 20, "the four messages acknowledged")
+        proc.kill()
+        proc.wait(10)
+        wait_disconnected(broker)
+        assert (meter, 3.0) not in {(m, ei) for m, _, ei, _ in stored_readings(s.data)}
+
+        proc = s.start_collector()
+        send(client, 4)
+        wait_until(lambda: acked(broker) >= 5, 20, "the fifth message acknowledged")
+        s.stop(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        client.disconnect()
+        client.loop_stop()
+    got = [(ei, eo) for m, _, ei, eo in stored_readings(s.data) if m == meter]
+    assert got == values, s.output(2)
+    assert "counter reset or exchange" in s.output(2)
+    con = sqlite3.connect(f"file:{s.data / 'ledger.sqlite'}?mode=ro", uri=True)
+    try:
+        assert con.execute("SELECT count(*) FROM held_readings").fetchone()[0] == 0
+    finally:
+        con.close()

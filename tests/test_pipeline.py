@@ -675,6 +675,47 @@ def test_stop_decides_a_held_reading(env):
     assert stored(c, "M1") == as_rows(rs)                    # a dip alone is a reset: stored
 
 
+def test_a_held_reading_outlives_a_crash_and_is_decided_by_the_next_reading(env):
+    """The held reading's message is acknowledged with its neighbours; a pipeline that ends without
+    stopping (a crash: no stop() decides it) leaves it in the ledger, and the next pipeline holds
+    it again until the meter's next reading confirms it."""
+    c = env.community()
+    first = Pipeline(c).start()
+    rs = series("M1", live_base(60), [100.0, 100.01, 7.0, 7.01, 7.02], eo=0.0)   # meter exchanged
+    for r in rs[:3]:
+        first.submit(r)
+    first.flush()
+    assert first.status()["M1"].held == 1
+    assert c.ledger.held_readings() == [rs[2]]
+    assert stored(c, "M1") == as_rows(rs[:2])
+    first._decide_held = lambda *a, **kw: None       # it ends as a killed process would: undecided
+    first.stop()
+    assert c.ledger.held_readings() == [rs[2]]
+
+    second = env.pipeline(c)
+    assert second.status()["M1"].held == 1
+    for r in rs[3:]:
+        second.submit(r)
+    second.flush()
+    st = second.status()["M1"]
+    assert (st.held, st.resets, st.rejected_total) == (0, 1, 0)
+    assert stored(c, "M1") == as_rows(rs)
+    assert c.ledger.held_readings() == []
+
+
+def test_a_held_outlier_rejected_after_a_restart_is_not_kept(env):
+    c = env.community()
+    c.ledger.hold_reading(Reading("M1", live_base(30), 900.0, 0.0))    # as a crashed run left it
+    c.store_readings(pd.DataFrame({"meter_id": ["M1"], "ts": [pd.Timestamp(live_base(40))],
+                                   "import_kwh": [100.0], "export_kwh": [0.0]}))
+    p = env.pipeline(c)
+    p.submit(Reading("M1", live_base(20), 100.02, 0.0))
+    p.flush()
+    assert p.status()["M1"].rejected == Counter({"implausible_power": 1})
+    assert [r[1] for r in stored(c, "M1")] == [100.0, 100.02]
+    assert c.ledger.held_readings() == []
+
+
 @pytest.mark.parametrize("digits", [400, 5000])
 def test_a_huge_integer_is_a_message_error(digits):
     payload = b'{"Ei": 1' + b"0" * digits + b', "Eo": 1.0}'
