@@ -55,6 +55,9 @@ class LegCollector:
         store = c.store.health() if hasattr(c.store, "health") else {}
         yield GaugeMetricFamily("leg_store_spool_lines", "Lines waiting in the InfluxDB spool",
                                 value=store.get("spool_lines", 0))
+        if "memory_bytes" in store:
+            yield GaugeMetricFamily("leg_store_memory_bytes", "Memory of the embedded store (cache and "
+                                    "queries; capped by storage.memory_limit_mb)", value=store["memory_bytes"])
         periods = [p for p in c.ledger.periods() if p["status"] == "closed"]
         yield CounterMetricFamily("leg_invoice_runs", "Periods closed (invoice runs)", value=len(periods))
         issued = sum(len(c.ledger.issued_invoices(p["period_id"])) for p in periods)

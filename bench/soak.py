@@ -490,6 +490,7 @@ def main() -> int:
                 h = get_json(f"{base}/api/health")
                 s["queued"] = h["ingest"]["queued"]
                 s["connected"] = h["ingest"]["mqtt_connected"]
+                s["store_cache"] = h["store"].get("memory_bytes", 0) / 2 ** 20
             except (OSError, KeyError, TypeError, ValueError) as exc:
                 s["queued"], s["health_error"] = None, repr(exc)
             try:
@@ -722,8 +723,8 @@ def report(args, res, samples, mem, store, checks, bad, n_warn, warn_kinds, targ
         "",
         "Resident memory (VmRSS, MiB) during the run:",
         "",
-        "| time | published | accepted | store files (MiB) | app | MQTT process | app + MQTT | broker | queue |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| time | published | accepted | store files (MiB) | app | of it the store's cache | MQTT process | app + MQTT | broker | queue |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     t_end = samples[-1]["t"]
     marks = sorted({WARMUP_S} | {m * 60 for m in range(2, int(t_end // 60) + 1, max(1, int(t_end // 60) // 7))}
@@ -735,7 +736,8 @@ def report(args, res, samples, mem, store, checks, bad, n_warn, warn_kinds, targ
             shown.append(s)
     for s in shown:
         acc = f"{s['accepted']:,}" if s.get("accepted") is not None else "?"
-        lines.append(f"| {s['t'] / 60:.1f} min | {s['published']:,} | {acc} | {s['store_mib']:.0f} | {s['app']:.1f} | "
+        cache = f"{s['store_cache']:.1f}" if s.get("store_cache") is not None else "?"
+        lines.append(f"| {s['t'] / 60:.1f} min | {s['published']:,} | {acc} | {s['store_mib']:.0f} | {s['app']:.1f} | {cache} | "
                      f"{s['mqtt'] or 0:.1f} | {s['both']:.1f} | {s['broker'] or 0:.1f} | {s['queued']} |")
     lines += ["", "| process | after warm-up | end | max | slope over the second half | growth over the second half |",
               "|---|---:|---:|---:|---:|---:|"]

@@ -88,6 +88,13 @@ class DuckDBStore(TimeSeriesStore):
         with self._lock:
             self._con.close()
 
+    def health(self) -> dict:
+        """The store's own memory (its block cache and query memory) against its cap."""
+        with self._lock:
+            used = self._con.execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory()").fetchall()
+            limit = self._con.execute("SELECT current_setting('memory_limit')").fetchall()
+        return {"backend": "embedded", "memory_bytes": int(used[0][0]), "memory_limit": limit[0][0]}
+
     def _df(self, sql: str, params=()) -> pd.DataFrame:
         with self._lock:
             return self._con.execute(sql, params).df()

@@ -1,6 +1,7 @@
 """The web app's logic: REST API through Flask's test client, page functions and figure builders
 called directly (browser tests come with the page work)."""
 import json
+import re
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -347,6 +348,7 @@ def test_health_says_what_needs_action_and_metrics_need_a_token(tmp_path):
         assert 'leg_readings_stored_total 1.0' in text and "leg_store_write_seconds_count 1.0" in text
         assert 'leg_meter_last_reading_age_seconds{meter="M1"}' in text and "leg_invoice_runs_total 0.0" in text
         assert 'leg_messages_rejected_total{reason=' in text
+        assert re.search(r"^leg_store_memory_bytes \d", text, re.M), "the embedded store's memory"
         # the pipeline's thread dies: 503, named
         runtime.pipeline.stop()
         h = client.get("/api/health")
