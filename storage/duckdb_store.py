@@ -113,13 +113,19 @@ class DuckDBStore(TimeSeriesStore):
             con.register("incoming", df)
             try:
                 con.execute("BEGIN")
+                # both sides limited to the batch's time range: an anti join would otherwise scan
+                # every stored reading for every batch (its filters are not pushed into the scan)
+                lo_hi = {"lo": df["ts"].min(), "hi": df["ts"].max()}
                 stored = con.execute("""
                     SELECT i.*, (i.import_kwh IS NOT DISTINCT FROM r.import_kwh
                                  AND i.export_kwh IS NOT DISTINCT FROM r.export_kwh) AS same
-                    FROM incoming i JOIN readings r USING (meter_id, ts)""").df()
+                    FROM incoming i JOIN (SELECT * FROM readings WHERE ts BETWEEN $lo AND $hi) r
+                    USING (meter_id, ts)""", lo_hi).df()
                 con.execute("""
                     INSERT INTO readings
-                    SELECT i.* FROM incoming i ANTI JOIN readings r USING (meter_id, ts)""")
+                    SELECT i.* FROM incoming i
+                    ANTI JOIN (SELECT meter_id, ts FROM readings WHERE ts BETWEEN $lo AND $hi) r
+                    USING (meter_id, ts)""", lo_hi)
                 con.execute("COMMIT")
             except Exception:
                 con.execute("ROLLBACK")
@@ -306,22 +312,8 @@ class DuckDBStore(TimeSeriesStore):
 
     # -- derived intervals ------------------------------------------------------------------
     def replace_intervals(self, house_id, start, end, intervals) -> None:
-        df = _to_naive(intervals.reindex(columns=INTERVAL_COLUMNS), "start")
-        df["house_id"] = house_id
-        with self._lock:
-            con = self._con
-            con.register("incoming", df)
-            try:
-                con.execute("BEGIN")
-                con.execute("DELETE FROM intervals WHERE house_id = ? AND start >= ? AND start < ?",
-                            [house_id, _naive_utc(start), _naive_utc(end)])
-                con.execute("INSERT INTO intervals SELECT * FROM incoming")
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
-            finally:
-                con.unregister("incoming")
+        df = intervals.reindex(columns=INTERVAL_COLUMNS).assign(house_id=house_id)
+        self.replace_intervals_many({house_id: (start, end)}, df)
 
     def _house_filter(self, house_ids) -> pd.DataFrame:
         return pd.DataFrame({"house_id": pd.Series(list(house_ids), dtype=object)})
@@ -415,22 +407,8 @@ class DuckDBStore(TimeSeriesStore):
 
     # -- quarantine --------------------------------------------------------------------------
     def replace_quarantine(self, meter_id, start, end, rows) -> None:
-        df = _to_naive(rows.reindex(columns=QUARANTINE_COLUMNS), "ts")
-        df["meter_id"] = meter_id
-        with self._lock:
-            con = self._con
-            con.register("incoming", df)
-            try:
-                con.execute("BEGIN")
-                con.execute("DELETE FROM quarantine WHERE meter_id = ? AND ts >= ? AND ts <= ?",
-                            [meter_id, _naive_utc(start), _naive_utc(end)])
-                con.execute("INSERT INTO quarantine SELECT * FROM incoming")
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
-            finally:
-                con.unregister("incoming")
+        df = rows.reindex(columns=QUARANTINE_COLUMNS).assign(meter_id=meter_id)
+        self.replace_quarantine_many({meter_id: (start, end)}, df)
 
     def read_quarantine(self, meter_id=None) -> pd.DataFrame:
         sql = "SELECT * FROM quarantine" + (" WHERE meter_id = ?" if meter_id else "") + " ORDER BY meter_id, ts"
