@@ -42,6 +42,14 @@ def range_state(range_name, first_day, last_day, now: pd.Timestamp, tz) -> tuple
     return style, "", not live, "Updates every minute" if live else "Past range: not refreshed"
 
 
+def range_inputs(prefix: str) -> list[Input]:
+    """What a page under ``range_controls(prefix)`` recomputes on: range, resolution, custom dates
+    and the minute's refresh (callback arguments: range_name, bucket, first_day, last_day, n)."""
+    return [Input(f"{prefix}-range", "value"), Input(f"{prefix}-bucket", "value"),
+            Input(f"{prefix}-dates", "start_date"), Input(f"{prefix}-dates", "end_date"),
+            Input(f"{prefix}-refresh", "n_intervals")]
+
+
 def range_callbacks(prefix: str) -> None:
     """Show the dates for a custom range, say what is wrong with them, and refresh only while the
     range includes now."""

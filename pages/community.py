@@ -1,9 +1,9 @@
 """Community: energy flow, value flow, price signal and KPIs over a chosen range."""
 import dash
 import pandas as pd
-from dash import Input, Output, callback, dcc, html
+from dash import Output, callback, dcc, html
 
-from components.controls import range_callbacks, range_controls
+from components.controls import range_callbacks, range_controls, range_inputs
 from components.views import community_view, page_range
 from auth.web import page_denied
 from web import current
@@ -24,8 +24,7 @@ def layout(**_):
 
 @callback(Output("community-kpis", "children"), Output("community-energy", "figure"),
           Output("community-value", "figure"), Output("community-price", "figure"),
-          Input("community-range", "value"), Input("community-bucket", "value"), Input("community-dates", "start_date"),
-          Input("community-dates", "end_date"), Input("community-refresh", "n_intervals"))
+          *range_inputs("community"))
 def _update(range_name, bucket, first_day, last_day, _n):
     c = current().community
     return community_view(c, page_range(c, range_name, bucket, first_day, last_day, pd.Timestamp.now(tz="UTC")))

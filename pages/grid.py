@@ -1,9 +1,9 @@
 """Grid: the community's exchange with the grid, energy and value."""
 import dash
 import pandas as pd
-from dash import Input, Output, callback, dcc, html
+from dash import Output, callback, dcc, html
 
-from components.controls import range_callbacks, range_controls
+from components.controls import range_callbacks, range_controls, range_inputs
 from components.views import grid_view, page_range
 from auth.web import page_denied
 from web import current
@@ -18,8 +18,7 @@ def layout(**_):
 
 
 @callback(Output("grid-energy", "figure"), Output("grid-value", "figure"),
-          Input("grid-range", "value"), Input("grid-bucket", "value"), Input("grid-dates", "start_date"),
-          Input("grid-dates", "end_date"), Input("grid-refresh", "n_intervals"))
+          *range_inputs("grid"))
 def _update(range_name, bucket, first_day, last_day, _n):
     c = current().community
     return grid_view(c, page_range(c, range_name, bucket, first_day, last_day, pd.Timestamp.now(tz="UTC")))

@@ -8,7 +8,7 @@ from dash.exceptions import PreventUpdate
 
 from auth.principal import can_see_house, visible_houses
 from auth.web import current_principal
-from components.controls import range_callbacks, range_controls
+from components.controls import range_callbacks, range_controls, range_inputs
 from components.views import house_view, page_range
 from web import current
 
@@ -38,8 +38,7 @@ def layout(house_id=None, **_):
 
 @callback(Output("house-energy", "figure"), Output("house-value", "figure"), Output("house-invoice", "children"),
           Output("house-power", "children"),
-          Input("house-select", "value"), Input("house-range", "value"), Input("house-bucket", "value"),
-          Input("house-dates", "start_date"), Input("house-dates", "end_date"), Input("house-refresh", "n_intervals"))
+          Input("house-select", "value"), *range_inputs("house"))
 def _update(house_id, range_name, bucket, first_day, last_day, _n):
     c = current().community
     if not can_see_house(current_principal(), house_id):

@@ -10,23 +10,20 @@ import csv
 import io
 import math
 import re
-import shutil
 from decimal import Decimal
 from urllib.parse import urlsplit
 
 import pandas as pd
 import pytest
 
-from test_browser import Watch, log_in, serve
+from test_browser import CHROMIUM, Watch, app, browser, log_in  # noqa: F401  (app, browser: fixtures)
 from webauth import MANAGER
 
-CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-dev.txt)")
 expect = sync_api.expect
 
 TIMEOUT_MS = 15_000
-BASE_PATHS = ["/", "/invoicing/"]
 SEED_CSV_COLUMNS = ["invoice_id", "house_id", "period_start", "period_end", "energy_exported_kwh",
                     "energy_imported_kwh", "export_revenue_ct", "import_cost_ct", "net_amount_ct", "status"]
 # the tariff the community starts with (config defaults, break-even pricing)
@@ -44,28 +41,6 @@ TRACE_STARTS_JS = """([id, prefix, first, second]) => {
   const f = g && g._fullData && g._fullData.find(t => String(t.name).startsWith(prefix));
   return !!f && f.x && f.x.length > 1 && String(f.x[0]).startsWith(first) && String(f.x[1]).startsWith(second);
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"], headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture(scope="module", params=BASE_PATHS, ids=["root", "base_path"])
-def app(request, tmp_path_factory):
-    """(community, base url) of a served app with 40 days of two simulated houses and its users."""
-    c, srv, url = serve(request.param, tmp_path_factory.mktemp("app"))
-    try:
-        yield c, url
-    finally:
-        srv.close()
-        srv.leg_app.server.config["LEG"] = None    # no store handle outlives the test
-        c.close()
 
 
 class Tab(Watch):
