@@ -63,7 +63,8 @@ class Community:
             store = InfluxStore(cfg.influxdb, data_dir)
             store.set_registry({m.meter_id: m.house_id for m in ledger.meters()})
         else:
-            store = DuckDBStore(data_dir / "timeseries.duckdb", cfg.storage.memory_limit_mb)
+            store = DuckDBStore(data_dir / "timeseries.duckdb", cfg.storage.memory_limit_mb,
+                                cfg.storage.reopen_every_rows or None)
         return cls(cfg, ledger, store, clock)
 
     def close(self) -> None:

@@ -238,6 +238,9 @@ class StorageConfig(_Strict):
     # the embedded store's memory for caching and queries (beyond it, large queries spill to disk):
     # the app's memory then stays flat as the store grows
     memory_limit_mb: int = Field(512, ge=64)
+    # the embedded store reopens its file after this many written readings, which gives back the
+    # memory DuckDB keeps for a connection's own writes (0: never; see storage/duckdb_store.py)
+    reopen_every_rows: int = Field(250_000, ge=0)
 
 
 DEMO_HOUSES: dict[str, dict] = {

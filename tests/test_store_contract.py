@@ -233,3 +233,48 @@ def test_community_buckets_for_dashboards(make, backend):
     assert list(b["total_consumption_kwh"]) == [6.0, 6.0] and list(b["total_production_kwh"]) == [1.0, 1.0]
     only1 = c.store.community_buckets(t[0], t[-1] + pd.Timedelta(minutes=15), 3600, ["1"])
     assert list(only1["total_consumption_kwh"]) == [4.0, 4.0]
+
+
+def test_the_embedded_store_reopens_after_its_write_budget_and_keeps_every_reading(make, tmp_path):
+    """DuckDB gives back the memory of a connection's writes only when the file is closed: the
+    embedded store reopens it after ``storage.reopen_every_rows`` written readings, while other
+    threads keep reading, and nothing written before is lost or loses its duplicate check."""
+    import threading
+
+    from storage.duckdb_store import DuckDBStore
+    assert make("embedded", HOUSES).store.reopen_every_rows == 250_000          # the default
+    store = DuckDBStore(tmp_path / "reopen" / "timeseries.duckdb", 64, reopen_every_rows=2500)
+    base = pd.Timestamp("2026-03-01T00:00Z")
+    batches = [frame([(f"M{m}", base + pd.Timedelta(seconds=10 * (200 * b + k)), float(200 * b + k), 0.0)
+                      for m in range(5) for k in range(200)]) for b in range(10)]
+    errors, stop = [], threading.Event()
+
+    def reader():
+        while not stop.is_set():
+            try:
+                store.last_readings(["M0", "M4"])
+                store.read_readings("M1", base)
+            except Exception as exc:                # a query that met a closed connection
+                errors.append(exc)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        memory = []
+        for b, batch in enumerate(batches):
+            assert store.write_readings(batch).inserted == 1000
+            memory.append(store.health()["memory_bytes"])
+    finally:
+        stop.set()
+        t.join()
+    assert errors == []
+    h = store.health()
+    assert (h["reopens"], h["written_since_open"]) == (3, 1000)    # after 3,000, 6,000 and 9,000
+    assert memory[2] < memory[1] and memory[1] > 0                   # the reopen gave its memory back
+    assert len(store.read_readings()) == 10_000
+    again = store.write_readings(pd.concat([batches[0], frame([("M0", base, 99.0, 0.0)])]))
+    assert (again.inserted, again.duplicates, len(again.conflicts)) == (0, 1000, 1)
+    store.close()
+    reopened = DuckDBStore(tmp_path / "reopen" / "timeseries.duckdb")
+    assert len(reopened.read_readings()) == 10_000
+    reopened.close()
