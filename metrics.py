@@ -58,6 +58,10 @@ class LegCollector:
         if "memory_bytes" in store:
             yield GaugeMetricFamily("leg_store_memory_bytes", "Memory of the embedded store (cache and "
                                     "queries; capped by storage.memory_limit_mb)", value=store["memory_bytes"])
+        if "reopens" in store:
+            yield CounterMetricFamily("leg_store_reopens", "Times the embedded store reopened its file to give "
+                                      "back the memory of its writes (storage.reopen_every_rows)",
+                                      value=store["reopens"])
         periods = [p for p in c.ledger.periods() if p["status"] == "closed"]
         yield CounterMetricFamily("leg_invoice_runs", "Periods closed (invoice runs)", value=len(periods))
         issued = sum(len(c.ledger.issued_invoices(p["period_id"])) for p in periods)

@@ -491,6 +491,7 @@ def main() -> int:
                 s["queued"] = h["ingest"]["queued"]
                 s["connected"] = h["ingest"]["mqtt_connected"]
                 s["store_cache"] = h["store"].get("memory_bytes", 0) / 2 ** 20
+                s["store_reopens"] = h["store"].get("reopens")
             except (OSError, KeyError, TypeError, ValueError) as exc:
                 s["queued"], s["health_error"] = None, repr(exc)
             try:
@@ -657,6 +658,7 @@ def report(args, res, samples, mem, store, checks, bad, n_warn, warn_kinds, targ
     rate = published / res["publish_s"]
     rates = [s["rate"] for s in samples]
     queued = [s["queued"] for s in samples if s["queued"] is not None]
+    reopens = max((s["store_reopens"] for s in samples if s.get("store_reopens") is not None), default="?")
     cmd = ".venv/bin/python bench/soak.py" + (f" --minutes {args.minutes:g}" if args.minutes != 15 else "")
     sc = res.get("simcheck")
     pub_text = ("a process of this script publishing with paho (QoS 1) the simulator's profiles and payloads"
@@ -711,6 +713,8 @@ def report(args, res, samples, mem, store, checks, bad, n_warn, warn_kinds, targ
         f"for 5 s{'' if res['caught_up'] else '; NOT reached'}) |",
         f"| broker: messages dropped / in its store at the end (its own retained `$SYS` messages included) | "
         f"{res.get('dropped')} / {res.get('broker_stored_end')} |",
+        f"| embedded store reopened to give back its write memory (`storage.reopen_every_rows`, "
+        f"`/api/health`) | {reopens} times |",
         f"| SIGTERM to exit | exit code {res['exit']} after {res['stop_s']:.1f} s |",
         f"| MQTT process restarts | {len(res['child_pids']) - 1} |",
         f"| CPU over the run (1.0 = one core) | app {res['cpu_total']['app']:.2f}, MQTT process "

@@ -349,6 +349,7 @@ def test_health_says_what_needs_action_and_metrics_need_a_token(tmp_path):
         assert 'leg_meter_last_reading_age_seconds{meter="M1"}' in text and "leg_invoice_runs_total 0.0" in text
         assert 'leg_messages_rejected_total{reason=' in text
         assert re.search(r"^leg_store_memory_bytes \d", text, re.M), "the embedded store's memory"
+        assert re.search(r"^leg_store_reopens_total 0\.0$", text, re.M), "reopens of the embedded store"
         # the pipeline's thread dies: 503, named
         runtime.pipeline.stop()
         h = client.get("/api/health")
