@@ -30,7 +30,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,14 @@ from ingest.readings import Reading
 from storage.timeseries import StoreUnavailable
 
 log = logging.getLogger(__name__)
+
+
+def _opt(x) -> float | None:
+    return None if x is None or pd.isna(x) else float(x)
+
+
+def _same_counters(a: Reading, b: Reading) -> bool:
+    return (_opt(a.import_kwh), _opt(a.export_kwh)) == (_opt(b.import_kwh), _opt(b.export_kwh))
 
 
 @dataclass
@@ -426,7 +434,8 @@ class Pipeline:
             return
         last = state.last
         if last is not None and r.ts_utc <= last.ts_utc:
-            if r.ts_utc == last.ts_utc and (r.import_kwh, r.export_kwh) == (last.import_kwh, last.export_kwh):
+            if (r.ts_utc == last.ts_utc and (r.import_kwh, r.export_kwh) == (last.import_kwh, last.export_kwh)) \
+                    or (r.ts_utc < last.ts_utc and self._is_earlier_copy(r)):
                 with self._lock:
                     self._status[r.meter_id].duplicates += 1
                 return
@@ -456,6 +465,26 @@ class Pipeline:
             if x is not None and y is not None and counter_step(y - x, dt, limit_kw) != "ok":
                 return False
         return True
+
+    def _is_earlier_copy(self, r: Reading) -> bool:
+        """Is ``r``, older than the meter's last accepted reading, a copy of one accepted before? A
+        broker redelivers every message it has no acknowledgement for, and after a crash those can
+        be several readings that were already written: duplicates, not readings out of order.
+        Looked up in the batch not yet written, then in the store (if that cannot answer now, the
+        reading counts as out of order: it is not stored either way)."""
+        for b in self._batch:
+            if b.meter_id == r.meter_id and b.ts_utc == r.ts_utc:
+                return _same_counters(b, r)
+        try:
+            got = self.community.store.read_readings(r.meter_id, r.ts_utc, r.ts_utc + timedelta(microseconds=1))
+        except Exception as exc:
+            log.warning("meter %s: cannot look up the stored reading at %s (%s)", r.meter_id,
+                        r.ts_utc.isoformat(), exc)
+            return False
+        if got.empty:
+            return False
+        row = got.iloc[0]
+        return _same_counters(Reading(r.meter_id, r.ts_utc, _opt(row["import_kwh"]), _opt(row["export_kwh"])), r)
 
     def _decide(self, state: _State, held: Reading, nxt: Reading | None, limit_kw: float) -> None:
         """Decide a held reading with the engine's rule, using ``nxt`` as its successor if given."""

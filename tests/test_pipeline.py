@@ -238,7 +238,7 @@ def test_a_full_queue_makes_sources_wait_and_loses_nothing(env, caplog):
 
 # -- duplicates and order --------------------------------------------------------------------------
 
-def test_duplicates_are_counted_and_older_readings_rejected_as_out_of_order(env):
+def test_duplicates_are_counted_and_other_older_readings_rejected_as_out_of_order(env):
     c = env.community()
     p = env.pipeline(c)
     base = live_base(100)
@@ -247,7 +247,8 @@ def test_duplicates_are_counted_and_older_readings_rejected_as_out_of_order(env)
         p.submit(r)
     p.flush()
     p.submit(r2)                                               # duplicate of a written reading
-    p.submit(Reading("M1", r1.ts_utc, 10.01, 1.0))             # older than the last: out of order
+    p.submit(Reading("M1", r1.ts_utc, 10.01, 1.0))             # older than the last, but stored: a copy
+    p.submit(Reading("M1", r1.ts_utc, 10.02, 1.0))             # older, other values: out of order
     p.submit(Reading("M1", r0.ts_utc - timedelta(hours=1), 9.0, 1.0))
     p.submit(Reading("M1", r2.ts_utc, 10.5, 1.0))             # same time, other values
     p.submit(r3)
@@ -256,7 +257,7 @@ def test_duplicates_are_counted_and_older_readings_rejected_as_out_of_order(env)
     assert stored(c, "M1") == as_rows([r0, r1, r2, r3])
     assert p.stored == 4
     st = p.status()["M1"]
-    assert st.accepted == 4 and st.duplicates == 2
+    assert st.accepted == 4 and st.duplicates == 3
     assert st.rejected == Counter({"out_of_order": 3})
     assert "not newer" in st.last_rejection
     assert st.last_seen == r3.ts_utc
@@ -272,12 +273,13 @@ def test_after_a_restart_the_last_stored_reading_still_counts(env):
     p.stop()
     q = env.pipeline(c)
     q.submit(r1)                      # redelivered after the restart: a duplicate
-    q.submit(r0)                      # older than what is stored
+    q.submit(r0)                      # redelivered too (a broker resends all it has no ack for)
+    q.submit(Reading("M1", r0.ts_utc, 9.5, None))   # older than the last, not what is stored
     q.submit(Reading("M1", r2.ts_utc, 5.0, None))   # a dip against the stored reading: held ...
     q.submit(Reading("M1", r2.ts_utc + timedelta(seconds=10), 10.03, None))  # ... and recovered
     q.flush()
     st = q.status()["M1"]
-    assert st.duplicates == 1 and st.accepted == 1
+    assert st.duplicates == 2 and st.accepted == 1
     assert st.rejected == Counter({"out_of_order": 1, "went_backwards": 1})
     assert [row[1] for row in stored(c, "M1")] == [10.0, 10.01, 10.03]
 
