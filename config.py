@@ -240,7 +240,7 @@ class StorageConfig(_Strict):
     memory_limit_mb: int = Field(512, ge=64)
     # the embedded store reopens its file after this many written readings, which gives back the
     # memory DuckDB keeps for a connection's own writes (0: never; see storage/duckdb_store.py)
-    reopen_every_rows: int = Field(250_000, ge=0)
+    reopen_every_rows: int = Field(100_000, ge=0)
 
 
 DEMO_HOUSES: dict[str, dict] = {

@@ -750,6 +750,14 @@ def report(args, res, samples, mem, store, checks, bad, n_warn, warn_kinds, targ
         if v:
             lines.append(f"| {name} | {v['start']:.1f} (at {v['start_t'] / 60:.1f} min) | {v['end']:.1f} | "
                          f"{v['max']:.1f} | {v['slope_mib_h']:+.1f} MiB/h | {v['growth']:+.1%} |")
+    # the store gives back its write memory at each reopen: the RSS right after one is the baseline
+    # that a leak would raise from one reopen to the next
+    floors = [(b["t"], b["both"]) for a, b in zip(samples, samples[1:])
+              if a.get("store_reopens") is not None and b.get("store_reopens") is not None
+              and b["store_reopens"] > a["store_reopens"] and b.get("both")]
+    if floors:
+        lines += ["", "App + MQTT process at the first sample after each store reopen (MiB): "
+                  + ", ".join(f"{v:.0f} ({t / 60:.1f} min)" for t, v in floors) + "."]
     lines += ["", "Checks: " + "; ".join(f"{k}: {'**met**' if v else '**NOT met**'}" for k, v in checks.items())
               + ". (Memory: the linear fit of app + MQTT process RSS over the second half of the run; "
               "flat = it grows by less than 5 % over that half.)"]

@@ -105,7 +105,7 @@ def _fmt(v, digits=0) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--readings", type=int, default=3_000_000, help="readings written per setting")
-    ap.add_argument("--reopen-every", type=int, nargs="+", default=[0, 250_000],
+    ap.add_argument("--reopen-every", type=int, nargs="+", default=[0, 100_000],
                     help="storage.reopen_every_rows settings to compare (0: never)")
     ap.add_argument("--memory-limit-mb", type=int, default=512)
     ap.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")

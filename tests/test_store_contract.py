@@ -242,7 +242,7 @@ def test_the_embedded_store_reopens_after_its_write_budget_and_keeps_every_readi
     import threading
 
     from storage.duckdb_store import DuckDBStore
-    assert make("embedded", HOUSES).store.reopen_every_rows == 250_000          # the default
+    assert make("embedded", HOUSES).store.reopen_every_rows == 100_000          # the default
     store = DuckDBStore(tmp_path / "reopen" / "timeseries.duckdb", 64, reopen_every_rows=2500)
     base = pd.Timestamp("2026-03-01T00:00Z")
     batches = [frame([(f"M{m}", base + pd.Timedelta(seconds=10 * (200 * b + k)), float(200 * b + k), 0.0)
