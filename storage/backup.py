@@ -18,6 +18,8 @@ import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
+from storage.influx_store import SPOOL_FILE
+
 SIDE_FILES = ("secret_key", "simulator_state.json", "sensor_clock.json")
 
 
@@ -43,24 +45,8 @@ def snapshot(community, dest: str | Path, pipeline=None) -> dict:
         pipeline.flush()                              # what has arrived is in the store
     c = community
     with c._compute_lock:                             # no interval computation meanwhile
-        with c.ledger._lock:
-            target = sqlite3.connect(dest / "ledger.sqlite")
-            c.ledger._con.backup(target)
-            target.execute("PRAGMA journal_mode=DELETE")     # one self-contained file
-            target.close()
-        store = c.store
-        if hasattr(store, "_con") and store.__class__.__name__ == "DuckDBStore":
-            with store._lock:
-                name = store._con.execute("SELECT current_database()").fetchall()[0][0]
-                store._con.execute(f"ATTACH '{(dest / 'timeseries.duckdb').as_posix()}' AS leg_backup")
-                try:
-                    store._con.execute(f'COPY FROM DATABASE "{name}" TO leg_backup')
-                finally:
-                    store._con.execute("DETACH leg_backup")
-        elif hasattr(store, "spool"):                 # InfluxDB: its own backup (influxd backup); the spool here
-            spool = Path(c.cfg.data_dir) / "influx_spool.sqlite"
-            if spool.exists():
-                shutil.copy2(spool, dest / spool.name)
+        c.ledger.backup_to(dest / "ledger.sqlite")
+        c.store.snapshot_to(dest)
     for name in SIDE_FILES:
         src = Path(c.cfg.data_dir) / name
         if src.exists():
@@ -94,9 +80,9 @@ def restore(src: str | Path, data_dir: str | Path, force: bool = False) -> dict:
     if data_dir.exists() and any(data_dir.iterdir()) and not force:
         raise BackupError(f"{data_dir} is not empty; restore into an empty folder, or add --force to replace it")
     data_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("ledger.sqlite", "ledger.sqlite-wal", "ledger.sqlite-shm", "timeseries.duckdb",
-                 "timeseries.duckdb.wal"):
-        (data_dir / name).unlink(missing_ok=True)
+    for name in ("ledger.sqlite", "timeseries.duckdb", SPOOL_FILE):     # and their logs
+        for suffix in ("", "-wal", "-shm", ".wal"):
+            (data_dir / (name + suffix)).unlink(missing_ok=True)
     for name in manifest["files"]:
         shutil.copy2(src / name, data_dir / name)
     return manifest

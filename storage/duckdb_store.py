@@ -135,6 +135,18 @@ class DuckDBStore(TimeSeriesStore):
             self.reopen_seconds_max = max(self.reopen_seconds_max, took)
             log.info("embedded store reopened to release its write memory (%.2f s)", took)
 
+    def snapshot_to(self, folder: Path) -> list[str]:
+        """``timeseries.duckdb`` in ``folder``: the database copied as of now (writes wait)."""
+        target = Path(folder) / "timeseries.duckdb"
+        with self._lock:
+            name = self._con.execute("SELECT current_database()").fetchall()[0][0]
+            self._con.execute("ATTACH ? AS leg_backup", [target.as_posix()])
+            try:
+                self._con.execute(f'COPY FROM DATABASE "{name}" TO leg_backup')
+            finally:
+                self._con.execute("DETACH leg_backup")
+        return [target.name]
+
     def health(self) -> dict:
         """The store's own memory (its block cache and query memory) against its cap, and how often
         it was reopened to give back the memory of its writes."""

@@ -38,12 +38,14 @@ import numpy as np
 import pandas as pd
 import requests
 
+from storage.sqlite_copy import copy_database
 from storage.timeseries import (INTERVAL_COLUMNS, QUARANTINE_COLUMNS, READING_COLUMNS, StoreUnavailable,
                                 TimeSeriesStore, WriteResult, split_batch, empty_readings)
 
 log = logging.getLogger(__name__)
 
 LINES_PER_REQUEST = 5000
+SPOOL_FILE = "influx_spool.sqlite"     # in the data folder
 MARGIN = pd.Timedelta(days=2)
 
 
@@ -127,6 +129,12 @@ class Spool:
         return {"spool_batches": n, "spool_lines": lines,
                 "spool_age_s": round(time.time() - oldest, 1) if oldest else 0.0, "dead_batches": dead}
 
+    def backup_to(self, path: Path) -> None:
+        """A consistent copy in one file (SQLite's online backup: what is still in the write-ahead
+        log is included, which a plain file copy would miss)."""
+        with self._lock:
+            copy_database(self._con, path)
+
     def close(self) -> None:
         with self._lock:
             self._con.close()
@@ -152,7 +160,7 @@ class InfluxStore(TimeSeriesStore):
         self._house_of: dict[str, str] = {}
         data_dir = Path(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.spool = Spool(data_dir / "influx_spool.sqlite")
+        self.spool = Spool(data_dir / SPOOL_FILE)
         self._write_lock = threading.Lock()
         self._stop = threading.Event()
         self._down_logged = False
@@ -273,6 +281,12 @@ class InfluxStore(TimeSeriesStore):
 
     def health(self) -> dict:
         return {"backend": "influxdb", "url": self.url, "database": self.db, **self.spool.stats()}
+
+    def snapshot_to(self, folder: Path) -> list[str]:
+        """The spool of writes InfluxDB has not taken yet (the readings themselves: ``influxd backup``)."""
+        target = Path(folder) / SPOOL_FILE
+        self.spool.backup_to(target)
+        return [target.name]
 
     def close(self) -> None:
         self._stop.set()

@@ -16,6 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from pricing.tariffs import EPOCH, Tariff
+from storage.sqlite_copy import copy_database
 
 MIGRATIONS: list[str] = [
     # 1: first release
@@ -310,6 +311,12 @@ class Ledger:
     def close(self) -> None:
         with self._lock:
             self._con.close()
+
+    def backup_to(self, path: str | Path) -> None:
+        """A consistent copy of the ledger in one self-contained file (SQLite's online backup;
+        writers wait meanwhile)."""
+        with self._lock:
+            copy_database(self._con, path)
 
     @contextmanager
     def transaction(self):

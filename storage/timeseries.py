@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 
@@ -177,6 +178,12 @@ class TimeSeriesStore(ABC):
     @abstractmethod
     def read_quarantine(self, meter_id: str | None = None) -> pd.DataFrame:
         """QUARANTINE_COLUMNS."""
+
+    def snapshot_to(self, folder: Path) -> list[str]:
+        """Write a consistent copy of what this store keeps in the data folder into ``folder``;
+        the names of the files written. A store whose data lives on a server (which has its own
+        backup) writes nothing here."""
+        return []
 
     def close(self) -> None:  # pragma: no cover - trivial default
         pass

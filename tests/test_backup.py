@@ -19,7 +19,7 @@ from billing import lifecycle
 from community import Community
 from config import parse_config
 from ingest.readings import Reading
-from peers import free_port, wait_port
+from peers import free_port, influxd_binary, wait_port
 from simulator.profiles import profiles_for, simulate_counters
 from storage.backup import BackupError, restore, snapshot
 
@@ -122,3 +122,47 @@ def test_backup_command_asks_the_running_app(tmp_path):
         assert [h.house_id for h in c.houses()] == ["1", "2"]
     finally:
         c.close()
+
+
+@pytest.mark.skipif(influxd_binary() is None, reason="needs influxd (Debian's influxdb package)")
+def test_a_snapshot_keeps_the_influx_spool_with_what_is_still_in_its_write_ahead_log(tmp_path):
+    """A real influxd, stopped: the readings written meanwhile wait in the spool (SQLite, WAL mode).
+    The snapshot copies the spool with SQLite's backup, so the batches still in the write-ahead log
+    are in it (a plain copy of the file misses them); restored, they reach InfluxDB when it is back."""
+    from peers import Influxd
+    influx = Influxd(tmp_path / "influx").start()
+    cfg = config(tmp_path / "live", influxdb={"url": influx.url, "database": "energy"},
+                 storage={"data_dir": str(tmp_path / "live"), "backend": "influxdb"})
+    c = Community.open(cfg)
+    restored = None
+    try:
+        influx.stop()
+        ts = pd.date_range("2026-03-02T00:00Z", periods=30, freq="10s").astype("datetime64[us, UTC]")
+        for k in range(0, 30, 10):                   # three batches, each spooled
+            c.store.write_readings(pd.DataFrame({"meter_id": "M1", "ts": ts[k:k + 10],
+                                                 "import_kwh": 100 + 0.01 * pd.RangeIndex(k, k + 10),
+                                                 "export_kwh": 0.0, "power_in_kw": 1.0, "power_out_kw": 0.0}))
+        spooled = c.store.health()["spool_lines"]
+        assert spooled == 30
+        live_spool = tmp_path / "live" / "influx_spool.sqlite"
+        assert Path(f"{live_spool}-wal").stat().st_size > 0      # the batches are still in the log
+        manifest = snapshot(c, tmp_path / "backup")
+        assert "influx_spool.sqlite" in manifest["files"]
+        assert not (tmp_path / "backup" / "influx_spool.sqlite-wal").exists()
+    finally:
+        c.close()
+    restore(tmp_path / "backup", tmp_path / "restored")
+    influx.start()
+    try:
+        restored = Community.open(config(tmp_path / "restored", influxdb={"url": influx.url, "database": "energy"},
+                                         storage={"data_dir": str(tmp_path / "restored"), "backend": "influxdb"}))
+        deadline = time.monotonic() + 30
+        while restored.store.health()["spool_lines"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert restored.store.health()["spool_lines"] == 0
+        got = restored.store.read_readings("M1")
+        assert len(got) == 30 and got["import_kwh"].round(2).tolist() == [round(100 + 0.01 * k, 2) for k in range(30)]
+    finally:
+        if restored is not None:
+            restored.close()
+        influx.stop()
