@@ -71,6 +71,9 @@ def _to_naive(df: pd.DataFrame, col: str) -> pd.DataFrame:
 # gets one further query of its own. Wider margins cost every live update a scan of that much
 # history (two days of 10-s readings of 200 meters are 3.5 million rows).
 NEAR = "INTERVAL 2 HOUR"
+# The first margin of ``reading_windows``: the context of a meter that reports every few seconds
+# to every few minutes lies within it; the others' is looked for within NEAR, then anywhere.
+CLOSE = "INTERVAL 15 MINUTE"
 
 
 def _to_utc(df: pd.DataFrame, *cols: str) -> pd.DataFrame:
@@ -235,16 +238,26 @@ class DuckDBStore(TimeSeriesStore):
         return _to_utc(self._df(sql, {"m": meter_id, "s": s, "e": e, "n": context}), "ts")
 
     def reading_windows(self, spans, context=3, look_after: bool = True) -> dict[str, pd.DataFrame]:
-        """All meters at once: one scan for the readings within ``NEAR`` around each span, then one
-        query for the context of the meters whose context lies further away (a long gap, a new
-        meter). ``look_after=False`` when nothing follows the spans (live ingest)."""
+        """All meters at once: one scan for the span and ``CLOSE`` around it, then, for the meters
+        whose context lies further away (a sparse meter, a long gap, a new meter), a query per side
+        within ``NEAR`` and, for those still short of it, one without a bound. ``look_after=False``
+        when nothing follows the spans (live ingest).
+
+        The store picks the context: of the readings around a span only the ``context`` nearest
+        come back, not the many that dense meters have there (materialised, those would cost time
+        and memory on every live update)."""
         if not spans:
             return {}
         sp = self._spans_frame(spans)
         df = self._with_spans(sp, """
-            SELECT r.* FROM readings r JOIN spans s USING (meter_id)
-            WHERE r.ts >= s.lo - {NEAR} AND r.ts <= s.hi + {NEAR}
-            ORDER BY r.meter_id, r.ts""".format(NEAR=NEAR))
+            SELECT meter_id, ts, import_kwh, export_kwh, power_in_kw, power_out_kw FROM (
+                SELECT r.*, s.lo, s.hi,
+                       row_number() OVER (PARTITION BY r.meter_id, r.ts < s.lo ORDER BY r.ts DESC) AS back,
+                       row_number() OVER (PARTITION BY r.meter_id, r.ts > s.hi ORDER BY r.ts) AS ahead
+                FROM readings r JOIN spans s USING (meter_id)
+                WHERE r.ts >= s.lo - {margin} AND r.ts <= s.hi + {margin})
+            WHERE ts BETWEEN lo AND hi OR (ts < lo AND back <= {n}) OR (ts > hi AND ahead <= {n})
+            ORDER BY meter_id, ts""".format(margin=CLOSE, n=int(context)))
         groups = dict(tuple(df.groupby("meter_id", sort=False))) if len(df) else {}
         parts, need_before, need_after = {}, [], []
         for m, (lo, hi) in spans.items():
@@ -252,22 +265,25 @@ class DuckDBStore(TimeSeriesStore):
             g = groups.get(m, df.iloc[0:0])
             before, after = g[g["ts"] < lo_n], g[g["ts"] > hi_n]
             inside = g[(g["ts"] >= lo_n) & (g["ts"] <= hi_n)]
-            parts[m] = [before.tail(context), inside, after.head(context)]
+            parts[m] = [before, inside, after]
             if len(before) < context:
                 need_before.append(m)
             if look_after and len(after) < context:
                 need_after.append(m)
-        for names, op, order, slot in ((need_before, "<", "DESC", 0), (need_after, ">", "ASC", 2)):
-            if not names:
-                continue
-            col = "lo" if op == "<" else "hi"
-            extra = self._with_spans(sp[sp["meter_id"].isin(names)], f"""
-                SELECT meter_id, ts, import_kwh, export_kwh, power_in_kw, power_out_kw FROM (
-                    SELECT r.*, row_number() OVER (PARTITION BY r.meter_id ORDER BY r.ts {order}) AS rn
-                    FROM readings r JOIN spans s USING (meter_id) WHERE r.ts {op} s.{col})
-                WHERE rn <= {int(context)}""")
-            for m, g in extra.groupby("meter_id", sort=False):
-                parts[m][slot] = g
+        for names, side, near, order, slot in (
+                (need_before, "r.ts < s.lo", f"r.ts >= s.lo - {NEAR}", "DESC", 0),
+                (need_after, "r.ts > s.hi", f"r.ts <= s.hi + {NEAR}", "ASC", 2)):
+            for bound in (f"AND {near}", ""):
+                if not names:
+                    break
+                extra = self._with_spans(sp[sp["meter_id"].isin(names)], f"""
+                    SELECT meter_id, ts, import_kwh, export_kwh, power_in_kw, power_out_kw FROM (
+                        SELECT r.*, row_number() OVER (PARTITION BY r.meter_id ORDER BY r.ts {order}) AS rn
+                        FROM readings r JOIN spans s USING (meter_id) WHERE {side} {bound})
+                    WHERE rn <= {int(context)}""")
+                for m, g in extra.groupby("meter_id", sort=False):
+                    parts[m][slot] = g
+                names = [m for m in names if len(parts[m][slot]) < context]
         out = {}
         for m, (b, i, a) in parts.items():
             w = pd.concat([x for x in (b, i, a) if len(x)]) if any(len(x) for x in (b, i, a)) else df.iloc[0:0]

@@ -278,3 +278,34 @@ def test_the_embedded_store_reopens_after_its_write_budget_and_keeps_every_readi
     reopened = DuckDBStore(tmp_path / "reopen" / "timeseries.duckdb")
     assert len(reopened.read_readings()) == 10_000
     reopened.close()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_windows_of_many_meters_find_their_context_near_far_and_beyond(make, backend):
+    """``reading_windows`` against ``reading_window`` (one meter, the plain query) for meters whose
+    context lies within minutes, within hours, further than that, or nowhere, on both sides."""
+    c = make(backend, HOUSES)
+    base = pd.Timestamp("2026-02-01T12:00Z")
+    lo, hi = base, base + pd.Timedelta(minutes=30)
+    series = {
+        "D": [base + pd.Timedelta(seconds=10 * k) for k in range(-400, 600)],        # dense: 10 s
+        "F": [base + pd.Timedelta(minutes=5 * k) for k in range(-6, 12)],            # exactly 15 min away
+        "S": [base + pd.Timedelta(minutes=40 * k) for k in range(-5, 6)],            # sparse: hours away
+        "G": [base - pd.Timedelta(hours=h) for h in (30, 29, 28, 27)]                # a long gap on both sides
+             + [base + pd.Timedelta(minutes=m) for m in (0, 10, 20)]
+             + [base + pd.Timedelta(hours=h) for h in (26, 27, 28, 29)],
+        "N": [base + pd.Timedelta(minutes=m) for m in (1, 2)],                       # new: nothing around it
+    }
+    rows = [(m, t, float(k), 0.0) for m, ts in series.items() for k, t in enumerate(ts)]
+    c.store.write_readings(frame(rows))
+    for look_after in (True, False):
+        got = c.store.reading_windows({m: (lo, hi) for m in series}, context=3, look_after=look_after)
+        for m in series:
+            want, w = c.store.reading_window(m, lo, hi, context=3), got[m]
+            if not look_after:                       # what follows the span is not asked for
+                want, w = want[want["ts"] <= hi], w[w["ts"] <= hi]
+            assert w["ts"].tolist() == want["ts"].tolist(), (m, look_after)
+            assert w["import_kwh"].tolist() == want["import_kwh"].tolist(), (m, look_after)
+    got = c.store.reading_windows({m: (lo, hi) for m in series}, context=3)
+    assert {m: len(w) for m, w in got.items()} == {"D": 3 + 181 + 3, "F": 3 + 7 + 3, "S": 3 + 1 + 3,
+                                                  "G": 3 + 3 + 3, "N": 2}
