@@ -138,9 +138,9 @@ class DuckDBStore(TimeSeriesStore):
             self.reopen_seconds_max = max(self.reopen_seconds_max, took)
             log.info("embedded store reopened to release its write memory (%.2f s)", took)
 
-    def snapshot_to(self, folder: Path) -> list[str]:
-        """``timeseries.duckdb`` in ``folder``: the database copied as of now (writes wait)."""
-        target = Path(folder) / "timeseries.duckdb"
+    def snapshot_to(self, folder: Path) -> None:
+        """The database, copied as of now (writes wait), under its own file name in ``folder``."""
+        target = Path(folder) / Path(self.path).name
         with self._lock:
             name = self._con.execute("SELECT current_database()").fetchall()[0][0]
             self._con.execute("ATTACH ? AS leg_backup", [target.as_posix()])
@@ -148,7 +148,6 @@ class DuckDBStore(TimeSeriesStore):
                 self._con.execute(f'COPY FROM DATABASE "{name}" TO leg_backup')
             finally:
                 self._con.execute("DETACH leg_backup")
-        return [target.name]
 
     def health(self) -> dict:
         """The store's own memory (its block cache and query memory) against its cap, and how often

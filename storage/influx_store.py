@@ -282,11 +282,9 @@ class InfluxStore(TimeSeriesStore):
     def health(self) -> dict:
         return {"backend": "influxdb", "url": self.url, "database": self.db, **self.spool.stats()}
 
-    def snapshot_to(self, folder: Path) -> list[str]:
+    def snapshot_to(self, folder: Path) -> None:
         """The spool of writes InfluxDB has not taken yet (the readings themselves: ``influxd backup``)."""
-        target = Path(folder) / SPOOL_FILE
-        self.spool.backup_to(target)
-        return [target.name]
+        self.spool.backup_to(Path(folder) / SPOOL_FILE)
 
     def close(self) -> None:
         self._stop.set()

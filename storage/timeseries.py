@@ -179,11 +179,9 @@ class TimeSeriesStore(ABC):
     def read_quarantine(self, meter_id: str | None = None) -> pd.DataFrame:
         """QUARANTINE_COLUMNS."""
 
-    def snapshot_to(self, folder: Path) -> list[str]:
-        """Write a consistent copy of what this store keeps in the data folder into ``folder``;
-        the names of the files written. A store whose data lives on a server (which has its own
-        backup) writes nothing here."""
-        return []
+    def snapshot_to(self, folder: Path) -> None:
+        """Write a consistent copy of what this store keeps in the data folder into ``folder``.
+        A store whose data lives on a server (which has its own backup) writes nothing here."""
 
     def close(self) -> None:  # pragma: no cover - trivial default
         pass
