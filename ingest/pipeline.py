@@ -42,6 +42,17 @@ from storage.timeseries import StoreUnavailable
 log = logging.getLogger(__name__)
 
 
+def describe_store_error(exc: BaseException) -> str:
+    """A store error as an operator reads it: a full disk is named as such, whatever layer
+    (DuckDB, SQLite, the OS) reported it."""
+    text = str(exc)
+    low = text.lower()
+    errno = getattr(exc, "errno", None)
+    if errno == 28 or "no space left" in low or "disk is full" in low or "database or disk is full" in low:
+        return f"the data disk is full ({text[:200]})"
+    return text[:300] or type(exc).__name__
+
+
 def _opt(x) -> float | None:
     return None if x is None or pd.isna(x) else float(x)
 
@@ -151,6 +162,7 @@ class Pipeline:
         self._full_logged = False
         self.stored = 0
         self.write_failures = 0
+        self.last_write_error: str | None = None   # the store's reason while writes fail (health shows it)
         self._intervals_failing = False
         self._retry_last_at = 0.0
         self.unattributed: Counter = Counter()   # rejections that name no meter (e.g. foreign topics)
@@ -590,6 +602,7 @@ class Pipeline:
         except Exception as exc:
             # keep the batch and retry: the store may be busy or briefly unavailable
             self.write_failures += 1
+            self.last_write_error = describe_store_error(exc)
             if self.write_failures == 1:
                 log.error("cannot write %d readings to the store (%s); keeping them and retrying", len(batch), exc)
             self._batch_since = time.monotonic()
@@ -597,6 +610,7 @@ class Pipeline:
         if self.write_failures:
             log.warning("store writes recovered after %d failed attempts", self.write_failures)
             self.write_failures = 0
+            self.last_write_error = None
         took = time.monotonic() - t0
         self.stats.writes += 1
         self.stats.write_seconds_sum += took
