@@ -245,6 +245,24 @@ MIGRATIONS: list[str] = [
         held_at TEXT NOT NULL
     );
     """,
+    # 8: several readings of a meter may wait at once (a burst of quickly sent values is decided
+    # by the trend of the readings that follow it), so a held reading is keyed by meter and time.
+    """
+    CREATE TABLE held_readings_v8 (
+        meter_id TEXT NOT NULL,
+        ts TEXT NOT NULL,
+        import_kwh REAL,
+        export_kwh REAL,
+        power_in_kw REAL,
+        power_out_kw REAL,
+        held_at TEXT NOT NULL,
+        PRIMARY KEY (meter_id, ts)
+    );
+    INSERT INTO held_readings_v8 SELECT meter_id, ts, import_kwh, export_kwh, power_in_kw,
+        power_out_kw, held_at FROM held_readings;
+    DROP TABLE held_readings;
+    ALTER TABLE held_readings_v8 RENAME TO held_readings;
+    """,
 ]
 
 INVOICE_STATUSES = ("issued", "paid", "cancelled")
@@ -452,7 +470,8 @@ class Ledger:
 
     # -- held readings (ingest) -----------------------------------------------------------------
     def hold_reading(self, r) -> None:
-        """Keep a suspect reading (an ingest.readings.Reading) until it is decided."""
+        """Keep a suspect reading (an ingest.readings.Reading) until it is decided; a meter may
+        have several (``release_held`` forgets all of a meter's at once)."""
         with self.transaction() as con:
             con.execute("INSERT OR REPLACE INTO held_readings VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (r.meter_id, r.ts_utc.isoformat(), r.import_kwh, r.export_kwh, r.power_in_kw,
@@ -467,7 +486,7 @@ class Ledger:
         from ingest.readings import Reading
         return [Reading(r["meter_id"], datetime.fromisoformat(r["ts"]), r["import_kwh"], r["export_kwh"],
                         r["power_in_kw"], r["power_out_kw"])
-                for r in self._rows("SELECT * FROM held_readings ORDER BY meter_id")]
+                for r in self._rows("SELECT * FROM held_readings ORDER BY meter_id, ts")]
 
     # -- tariffs ------------------------------------------------------------------------------
     def tariff_versions(self) -> list[Tariff]:
