@@ -2,15 +2,20 @@
 
 For each meter and each counter (``import_kwh`` = Ei, ``export_kwh`` = Eo):
 
-1. **Cleaning** (``clean_counter``), reading by reading against the last accepted value:
-   * a value below the last accepted one that is followed by a value at or above it again is a
-     glitch: *quarantined* (kept aside with its reason, not used);
-   * a value below the last accepted one that the next reading confirms is a counter *reset*
-     (meter replaced or wrapped): accepted, and the gap before it counts as zero energy, flagged
-     ``RESET`` for review, so a delta is never negative;
-   * an increase implying more power than the meter's limit (default 100 kW) is *quarantined*,
-     unless the next reading continues from it at a plausible rate: then the counter jumped
-     (meter exchanged) and it is treated like a reset.
+1. **Cleaning** (``judge_counter``; ``clean_counter`` for a whole series), reading by reading
+   against the last accepted value. A normal step (not down, not faster than the meter's power
+   limit, default 100 kW) is accepted. A suspect one is decided by the readings that follow it:
+   * the trend comes back (a later reading is a normal step from the last accepted one): the
+     suspect readings in between that lie on the way (not below the last accepted value, not above
+     the confirming one) are accepted (a burst of values sent close together, or timed by their
+     arrival), the others are glitches: *quarantined* (kept aside with their reason, not used);
+   * a new level holds (at least ``NEW_LEVEL_READINGS`` consistent readings spanning at least
+     ``NEW_LEVEL_S`` seconds, without a return to the old trend): the counter was reset or the
+     meter exchanged. The first reading starts a new series, the gap before it counts as zero
+     energy, flagged ``RESET`` for review, so a delta is never negative;
+   * with no more readings to wait for (the end of the series, or the lookahead of
+     ``LOOKAHEAD`` readings used up) a suspect reading is decided alone: a value below the last
+     one is a reset, a rise too fast to be real is quarantined.
 2. **Interpolation** at the interval boundaries (quarter hours, UTC-aligned, which are also local
    quarter hours in every zone with whole-quarter-hour offsets): linear between the accepted readings
    on either side; a reading exactly on a boundary is used as is. A boundary whose neighbouring
@@ -60,49 +65,97 @@ def counter_step(d_kwh: float, dt_s: float, limit_kw: float) -> str:
     return "ok"
 
 
-def clean_counter(t_s: np.ndarray, v: np.ndarray, limit_kw: float, label: str = "counter") -> CleanCounter:
-    """Classify one counter's readings (sorted by time; NaN = not reported) as described above.
-    The last reading has no successor to confirm it: a dip there counts as a reset, a spike is
-    quarantined."""
+NEW_LEVEL_READINGS = 3     # a new counter level needs this many mutually consistent readings ...
+NEW_LEVEL_S = 60.0         # ... spanning at least this many seconds
+LOOKAHEAD = 1000           # readings a suspect one waits for at most before it is decided alone
+
+ACCEPT, BREAK, REJECT, OPEN = 0, 1, 2, 3     # judge_counter's verdicts (BREAK: accepted, new series)
+
+
+def _spike_reason(label: str, d: float, dt_s: float, limit_kw: float) -> str:
+    dt_h = max(dt_s, 1e-6) / 3600.0
+    return (f"{label} rose {d:.3f} kWh in {dt_h * 60:.1f} min: implied power "
+            f"{d / dt_h:.1f} kW exceeds the meter's limit of {limit_kw:g} kW")
+
+
+def judge_counter(t_s: np.ndarray, v: np.ndarray, limit_kw: float, label: str = "counter",
+                  final: bool = True, lookahead: int = LOOKAHEAD) -> tuple[np.ndarray, list[str | None]]:
+    """The one plausibility rule for a counter's readings (sorted by time, NaN = not reported; the
+    first reported value is the reference), as described in the module's docstring: a verdict per
+    reading (ACCEPT, BREAK, REJECT with its reason, or OPEN: not decided yet, only when ``final`` is
+    false and the readings that would decide it have not arrived). The ingest pipeline and the
+    intervals engine both judge by it, so a reading stored live is judged alike when intervals
+    are computed; the verdicts depend only on the readings, never on when they were judged."""
     n = len(t_s)
-    accepted = np.zeros(n, dtype=bool)
-    breaks = np.zeros(n, dtype=bool)
+    verdict = np.full(n, ACCEPT, dtype=np.int8)
     reasons: list[str | None] = [None] * n
     present = np.flatnonzero(~np.isnan(v))
-    # fast path: every step is ok (the usual case), judged with the same rule, vectorised
-    if len(present) > 1:
-        d = np.diff(v[present])
-        dt = np.maximum(np.diff(t_s[present]), 1e-6)
-        if (d >= -_EPS).all() and (d * 3600.0 / dt <= limit_kw).all():
-            accepted[present] = True
-            return CleanCounter(accepted, breaks, reasons)
-    last = -1
-    for k, i in enumerate(present):
-        if last < 0:
-            accepted[i] = True
-            last = i
+    m = len(present)
+    if m < 2:
+        return verdict, reasons
+    d_all = np.diff(v[present])
+    if (d_all >= -_EPS).all() and (d_all * 3600.0 / np.maximum(np.diff(t_s[present]), 1e-6) <= limit_kw).all():
+        return verdict, reasons                  # fast path: every step is normal (the usual case)
+
+    def ok(a: int, b: int) -> bool:
+        return counter_step(v[b] - v[a], t_s[b] - t_s[a], limit_kw) == "ok"
+
+    last, p = present[0], 1
+    while p < m:
+        i = present[p]
+        if ok(last, i):
+            last, p = i, p + 1
             continue
-        nxt = present[k + 1] if k + 1 < len(present) else -1
-        d = v[i] - v[last]
-        dt_s = t_s[i] - t_s[last]
-        step = counter_step(d, dt_s, limit_kw)
-        if step == "down":
-            if nxt >= 0 and v[nxt] >= v[last] - _EPS:
-                reasons[i] = (f"{label} went backwards ({v[last]:.3f} -> {v[i]:.3f} kWh) "
-                              f"and recovered at the next reading")
-                continue
-            breaks[i] = True                     # reset: confirmed by the next reading (or last one)
-        elif step == "spike":
-            if nxt >= 0 and counter_step(v[nxt] - v[i], t_s[nxt] - t_s[i], limit_kw) == "ok":
-                breaks[i] = True                 # counter jumped and continues from there
-            else:
-                dt_h = max(dt_s, 1e-6) / 3600.0
-                reasons[i] = (f"{label} rose {d:.3f} kWh in {dt_h * 60:.1f} min: implied power "
-                              f"{d / dt_h:.1f} kW exceeds the meter's limit of {limit_kw:g} kW")
-                continue
-        accepted[i] = True
-        last = i
-    return CleanCounter(accepted, breaks, reasons)
+        back = level = None
+        run = True                               # readings from i on consistent with each other
+        stop = min(m, p + 1 + lookahead)
+        for q in range(p + 1, stop):
+            j = present[q]
+            if ok(last, j):
+                back = q
+                break
+            run = run and ok(present[q - 1], j)
+            if run and q - p + 1 >= NEW_LEVEL_READINGS and t_s[j] - t_s[i] >= NEW_LEVEL_S:
+                level = q
+                break
+        if back is not None:                     # the trend came back: keep what lies on the way
+            hi = v[present[back]]
+            for q in range(p, back):
+                k = present[q]
+                if v[last] - _EPS <= v[k] <= hi + _EPS:
+                    last = k
+                    continue
+                verdict[k] = REJECT
+                if v[k] < v[last] - _EPS:
+                    reasons[k] = (f"{label} went backwards ({v[last]:.3f} -> {v[k]:.3f} kWh) "
+                                  f"and recovered at a later reading")
+                else:
+                    reasons[k] = _spike_reason(label, v[k] - v[last], t_s[k] - t_s[last], limit_kw)
+            last, p = present[back], back + 1
+            continue
+        if level is not None:                    # a new level held: a new series from i
+            verdict[i] = BREAK
+            last, p = present[level], level + 1
+            continue
+        if not final and stop == m:              # the readings that decide it are still to come
+            verdict[present[p:]] = OPEN
+            break
+        if v[i] < v[last] - _EPS:                # decided alone: a dip is a reset ...
+            verdict[i] = BREAK
+            last = i
+        else:                                    # ... a spike is quarantined
+            verdict[i] = REJECT
+            reasons[i] = _spike_reason(label, v[i] - v[last], t_s[i] - t_s[last], limit_kw)
+        p += 1
+    return verdict, reasons
+
+
+def clean_counter(t_s: np.ndarray, v: np.ndarray, limit_kw: float, label: str = "counter") -> CleanCounter:
+    """Classify one counter's stored readings (sorted by time; NaN = not reported) with
+    ``judge_counter``; the last readings have no successor, so they are decided alone."""
+    verdict, reasons = judge_counter(t_s, v, limit_kw, label, final=True)
+    present = ~np.isnan(v)
+    return CleanCounter(present & (verdict != REJECT), present & (verdict == BREAK), reasons)
 
 
 @dataclass

@@ -17,7 +17,7 @@ Back-pressure holds across the two: when the pipeline's queue is full the feeder
 fills, the child's ``on_message`` waits on its write, paho stops acknowledging, and the broker keeps
 the messages (QoS 1, persistent session). ``stop()`` tells the child to take no more messages and
 hand over its last batch; once that is stored and acknowledged, the child disconnects, saves the
-uptime anchors and exits (``stop`` → ``drain`` → ``bye``, see ``child_main``); messages that arrived
+meters' boot times (also saved every ``SAVE_CLOCK_S`` while messages arrive) and exits (``stop`` → ``drain`` → ``bye``, see ``child_main``); messages that arrived
 meanwhile stay unacknowledged at the broker for the next start. A child that dies is started again.
 """
 from __future__ import annotations
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 500
 FLUSH_S = 0.1          # a batch at least this often: each is stored, then acknowledged
+SAVE_CLOCK_S = 5.0     # the meters' boot times are saved this often while messages arrive
 _HEADER = struct.Struct("!I")
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,6 +61,7 @@ class _BatchingSink:
         self._write_lock = threading.Lock()
         self._intake = SensorIntake(self, anchors_path)
         self.pipeline = self
+        self.seen = 0                           # messages taken (the clock changed when this did)
 
     def submit_parse(self, parse, meter_id, received, source):
         try:
@@ -73,6 +75,7 @@ class _BatchingSink:
         self._add(("x", meter_id, code, message, source, at))
 
     def message(self, mac, payload, received, source):
+        self.seen += 1
         self._intake.message(mac, payload, received, source)
 
     def _add(self, item):
@@ -150,11 +153,20 @@ def child_main() -> None:
         stop.set()
     threading.Thread(target=commands, daemon=True).start()
     state = None
+    saved_at, saved_seen = time.monotonic(), 0
     source.start()
     try:
         while not stop.is_set():
             time.sleep(FLUSH_S)
             sink.flush()
+            if sink.seen != saved_seen and time.monotonic() - saved_at >= SAVE_CLOCK_S:
+                # a kill -9 then costs at most this much of the clock's knowledge (the boot
+                # times, which barely change); a backlog after it is still timed by the meter
+                saved_at, saved_seen = time.monotonic(), sink.seen
+                try:
+                    sink.save()
+                except OSError as exc:
+                    log.warning("cannot save the meters' clock (%s); retrying", exc)
             now = (source.connected.is_set(), source.connects)
             if now != state:
                 state = now

@@ -11,12 +11,16 @@ messages and redelivers them; nothing is dropped. The first wait and the recover
 
 **Validation.** Values are checked by the source's parser (types, finite, >= 0). Here each reading
 is compared with the meter's last accepted one: a normal step is accepted at once; a counter that
-went down, or rose faster than the meter's power limit, is *held* until the next reading decides
-(the same rule as ``billing.intervals.clean_counter``): an isolated outlier is rejected, a sustained
-new level (meter replaced or reset) is accepted as a new series and counted as a reset. A held
-reading with no successor after ``hold_timeout_s`` is decided alone (a dip: reset; a spike: rejected).
-A held reading is also kept in the ledger until it is decided and stored, so a crash meanwhile does
-not lose it (its message has been acknowledged with the ones around it).
+went down, or rose faster than the meter's power limit, is *held*, and so is every reading after
+it, until the trend of the readings that follow decides (``billing.intervals.judge_counter``, the
+rule the intervals engine applies too): when a later reading is a normal step from the last
+accepted one, the held readings on the way are accepted (a burst of values sent close together
+loses nothing) and the ones off it rejected as outliers; a new level (meter replaced or reset)
+needs ``NEW_LEVEL_READINGS`` consistent readings over ``NEW_LEVEL_S`` seconds, then it is
+accepted as a new series and counted as a reset. Held readings still undecided after
+``hold_timeout_s`` are decided alone (a dip: reset; a spike: rejected). Held readings are kept in
+the ledger until they are decided and stored, so a crash or a stop meanwhile does not lose them
+(their messages have been acknowledged with the ones around them); the next run holds them again.
 
 Rejections are counted per meter and reason, logged at most once per meter and minute, and kept in
 the meter's status with the last reason. Messages from unknown meters are counted and listed (to be
@@ -35,7 +39,7 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pandas as pd
 
-from billing.intervals import clean_counter, counter_step
+from billing.intervals import BREAK, OPEN, REJECT, counter_step, judge_counter
 from ingest.readings import Reading
 from storage.timeseries import StoreUnavailable
 
@@ -51,6 +55,11 @@ def describe_store_error(exc: BaseException) -> str:
     if errno == 28 or "no space left" in low or "disk is full" in low or "database or disk is full" in low:
         return f"the data disk is full ({text[:200]})"
     return text[:300] or type(exc).__name__
+
+
+def _key(r: Reading) -> tuple[str, str]:
+    """A held reading's key in the ledger."""
+    return r.meter_id, r.ts_utc.isoformat()
 
 
 def _opt(x) -> float | None:
@@ -121,9 +130,11 @@ class UnknownMeter:
 @dataclass
 class _State:
     last: Reading | None = None
-    held: Reading | None = None
-    held_since: float = 0.0        # monotonic time the reading was held (not its timestamp:
-    loaded: bool = False           # a backlog's readings are old, their successors queued)
+    # held readings in time order, each with the monotonic time it was held (not its timestamp:
+    # a backlog's readings are old while their successors are already queued)
+    held: list = field(default_factory=list)      # [(Reading, held_since)]
+    unkept: bool = False           # a held reading could not be kept in the ledger (memory only)
+    loaded: bool = False
 
 
 _FLUSH = object()
@@ -168,7 +179,7 @@ class Pipeline:
         self.unattributed: Counter = Counter()   # rejections that name no meter (e.g. foreign topics)
         self.stats = PipelineStats()
         self._marks: list = []
-        self._release: set[str] = set()           # meters whose held reading was decided (see _release_decided)
+        self._release: set[tuple[str, str]] = set()   # (meter, ts) of decided held readings (see _release_decided)
         self._restored = self._load_held()
         self.reload_meters()
 
@@ -232,30 +243,36 @@ class Pipeline:
     # acknowledgement would stall an MQTT session for up to ``hold_timeout_s``), so it is kept in the
     # ledger from the moment it is held until the store has it or it is rejected; a restarted
     # pipeline holds it again and the meter's next reading decides it as before.
-    def _load_held(self) -> dict[str, Reading]:
+    def _load_held(self) -> dict[str, list[Reading]]:
+        held: dict[str, list[Reading]] = {}
         try:
-            return {r.meter_id: r for r in self.community.ledger.held_readings()}
+            for r in self.community.ledger.held_readings():
+                held.setdefault(r.meter_id, []).append(r)
         except Exception:
             log.exception("cannot read the held readings kept from the last run")
-            return {}
+        return held
 
     def _restore_held(self, meter_id: str) -> None:
-        r = self._restored.pop(meter_id, None)
-        if r is None:
+        kept = self._restored.pop(meter_id, None)
+        if not kept:
             return
         state = self._states[meter_id]
-        if state.last is not None and r.ts_utc <= state.last.ts_utc:
-            self._release.add(meter_id)               # stored (or superseded) before the last run ended
-            return
-        state.held, state.held_since = r, time.monotonic()
-        self._set_held(meter_id, 1)
-        log.info("meter %s: the reading at %s held when the last run ended is held again",
-                 meter_id, r.ts_utc.isoformat())
+        now = time.monotonic()
+        for r in kept:
+            if state.last is not None and r.ts_utc <= state.last.ts_utc:
+                self._release.add(_key(r))            # stored (or superseded) before the last run ended
+            else:
+                state.held.append((r, now))
+        if state.held:
+            self._set_held(meter_id, len(state.held))
+            log.info("meter %s: %d readings from %s on, held when the last run ended, are held again",
+                     meter_id, len(state.held), state.held[0][0].ts_utc.isoformat())
 
-    def _keep_held(self, r: Reading) -> None:
+    def _keep_held(self, state: _State, r: Reading) -> None:
         try:
             self.community.ledger.hold_reading(r)
         except Exception:
+            state.unkept = True
             log.exception("meter %s: cannot keep the held reading at %s in the ledger (it is held in "
                           "memory only)", r.meter_id, r.ts_utc.isoformat())
 
@@ -263,12 +280,12 @@ class Pipeline:
         """Forget the kept copies of decided readings once nothing unwritten can contain them."""
         if not self._release or self._batch:
             return
-        ids, self._release = self._release, set()
+        keys, self._release = self._release, set()
         try:
-            self.community.ledger.release_held(ids)
+            self.community.ledger.release_held(keys)
         except Exception:
-            log.exception("cannot release %d decided held readings (retrying)", len(ids))
-            self._release |= ids
+            log.exception("cannot release %d decided held readings (retrying)", len(keys))
+            self._release |= keys
 
     # -- sources call these ----------------------------------------------------------------------
     def submit(self, reading: Reading, source: str = "") -> None:
@@ -330,7 +347,7 @@ class Pipeline:
                     time.sleep(IDLE_S)
                     continue
                 if item is _STOP:
-                    self._decide_held(force=True, stopping=True)
+                    self._decide_held(force=True, stopping=True)   # only those the ledger does not keep
                     self._write_batch(force=True)
                     self._release_decided()
                     self._compute_intervals(force=True)
@@ -434,15 +451,22 @@ class Pipeline:
         self._judge(state, r, meter.max_power_kw)
 
     def _judge(self, state: _State, r: Reading, limit_kw: float) -> None:
-        held = state.held
-        if held is not None and r.ts_utc <= held.ts_utc:
-            # a redelivered copy of the held reading does not confirm it
-            if r.ts_utc == held.ts_utc and (r.import_kwh, r.export_kwh) == (held.import_kwh, held.export_kwh):
-                with self._lock:
-                    self._status[r.meter_id].duplicates += 1
+        if state.held:
+            newest = state.held[-1][0]
+            if r.ts_utc <= newest.ts_utc:
+                # a redelivered copy of a held reading does not confirm it
+                if any(h.ts_utc == r.ts_utc and _same_counters(h, r) for h, _ in state.held) or \
+                        (r.ts_utc <= state.held[0][0].ts_utc and state.last is not None
+                         and r.ts_utc <= state.last.ts_utc and self._is_earlier_copy(r)):
+                    with self._lock:
+                        self._status[r.meter_id].duplicates += 1
+                    return
+                self._rejected(r, "out_of_order", f"reading at {r.ts_utc.isoformat()} is not newer than the "
+                                                  f"one before it ({newest.ts_utc.isoformat()})")
                 return
-            self._rejected(r, "out_of_order", f"reading at {r.ts_utc.isoformat()} is not newer than the "
-                                              f"one before it ({held.ts_utc.isoformat()})")
+            state.held.append((r, time.monotonic()))
+            self._keep_held(state, r)
+            self._settle(state, r.meter_id, limit_kw, final=False)
             return
         last = state.last
         if last is not None and r.ts_utc <= last.ts_utc:
@@ -454,21 +478,12 @@ class Pipeline:
             self._rejected(r, "out_of_order", f"reading at {r.ts_utc.isoformat()} is not newer than the "
                                               f"last accepted one ({last.ts_utc.isoformat()})")
             return
-        if state.held is None:
-            if last is None or self._steps_ok(last, r, limit_kw):
-                self._accept(state, r, reset=False)
-            else:
-                state.held = r
-                state.held_since = time.monotonic()
-                self._set_held(r.meter_id, 1)
-                self._keep_held(r)
+        if last is None or self._steps_ok(last, r, limit_kw):
+            self._accept(state, r, reset=False)
             return
-        # a held reading is decided by this one, then this one is judged on its own
-        held = state.held
-        state.held = None
-        self._set_held(r.meter_id, 0)
-        self._decide(state, held, r, limit_kw)
-        self._judge(state, r, limit_kw)
+        state.held.append((r, time.monotonic()))
+        self._set_held(r.meter_id, 1)
+        self._keep_held(state, r)
 
     @staticmethod
     def _steps_ok(a: Reading, b: Reading, limit_kw: float) -> bool:
@@ -498,44 +513,62 @@ class Pipeline:
         row = got.iloc[0]
         return _same_counters(Reading(r.meter_id, r.ts_utc, _opt(row["import_kwh"]), _opt(row["export_kwh"])), r)
 
-    def _decide(self, state: _State, held: Reading, nxt: Reading | None, limit_kw: float) -> None:
-        """Decide a held reading with the engine's rule, using ``nxt`` as its successor if given."""
-        self._release.add(held.meter_id)
-        if state.last is None:              # held again after a restart while the store did not answer
-            self._accept(state, held, reset=False)
-            return
-        seq = [state.last, held] + ([nxt] if nxt is not None else [])
-        t = np.array([x.ts_utc.timestamp() for x in seq])
-        reasons, is_break = [], False
-        for attr, label in (("import_kwh", "Ei"), ("export_kwh", "Eo")):
-            v = np.array([np.nan if getattr(x, attr) is None else getattr(x, attr) for x in seq], dtype=float)
-            cc = clean_counter(t, v, limit_kw, label)
-            if cc.reasons[1] is not None:
-                reasons.append(cc.reasons[1])
-            is_break |= bool(cc.breaks[1])
-        if reasons:
-            code = "went_backwards" if "backwards" in reasons[0] else "implausible_power"
-            self._rejected(held, code, "; ".join(reasons))
-        else:
-            self._accept(state, held, reset=is_break)
+    def _settle(self, state: _State, meter_id: str, limit_kw: float, final: bool) -> None:
+        """Decide what the held readings' trend decides (``judge_counter`` on the last accepted
+        reading followed by the held ones; with ``final`` every held reading is decided). A
+        reading is accepted when both its counters are, a new series when either starts one,
+        rejected when either is rejected; after a rejection the rest is judged again against
+        the readings actually accepted."""
+        while state.held:
+            if state.last is None:                # held again after a restart while the store did not answer
+                h = state.held.pop(0)[0]
+                self._release.add(_key(h))
+                self._accept(state, h, reset=False)
+                continue
+            seq = [state.last] + [h for h, _ in state.held]
+            t = np.array([x.ts_utc.timestamp() for x in seq])
+            verdicts, reasons = [], []
+            for attr, label in (("import_kwh", "Ei"), ("export_kwh", "Eo")):
+                v = np.array([np.nan if getattr(x, attr) is None else getattr(x, attr) for x in seq], dtype=float)
+                ver, why = judge_counter(t, v, limit_kw, label, final=final)
+                verdicts.append(ver)
+                reasons.append(why)
+            done, again = 0, False
+            for k in range(1, len(seq)):
+                ver = [vv[k] for vv in verdicts]
+                if REJECT in ver:
+                    why = "; ".join(rr[k] for rr, vv in zip(reasons, verdicts) if vv[k] == REJECT and rr[k])
+                    code = "went_backwards" if "backwards" in why else "implausible_power"
+                    self._rejected(seq[k], code, why)
+                    done, again = k, True
+                    break
+                if OPEN in ver:
+                    break
+                self._accept(state, seq[k], reset=BREAK in ver)
+                done = k
+            for h, _ in state.held[:done]:
+                self._release.add(_key(h))
+            del state.held[:done]
+            if not again:
+                break
+        self._set_held(meter_id, len(state.held))
 
     def _decide_held(self, force: bool, stopping: bool = False) -> None:
-        """Decide held readings that waited ``hold_timeout_s`` for a successor (measured on the
-        monotonic clock from when they were held). A flush leaves recent ones waiting; stopping
-        decides every one, so nothing stays undecided."""
+        """Decide held readings that waited ``hold_timeout_s`` (measured on the monotonic clock
+        from when the oldest was held) for the readings that would decide them. A flush leaves
+        recent ones waiting; stopping leaves the ones the ledger keeps to the next run (which holds
+        them again) and decides only those it could not keep."""
         if not self._held or (not force and time.monotonic() - self._last_held_check < 1.0):
             return
         self._last_held_check = now = time.monotonic()
         for meter_id in list(self._held):
             state = self._states[meter_id]
-            h = state.held
-            if h is None:
+            if not state.held:
                 self._held.discard(meter_id)
                 continue
-            if stopping or now - state.held_since >= self.hold_timeout_s:
-                state.held = None
-                self._set_held(meter_id, 0)
-                self._decide(state, h, None, self._meters[meter_id].max_power_kw)
+            if (stopping and state.unkept) or (not stopping and now - state.held[0][1] >= self.hold_timeout_s):
+                self._settle(state, meter_id, self._meters[meter_id].max_power_kw, final=True)
+                state.unkept = bool(state.held) and state.unkept
 
     def _set_held(self, meter_id: str, n: int) -> None:
         if n:

@@ -4,13 +4,16 @@ specification's section 8.3::
     {"SMid": "60222760", "Pi": 1.047, "Po": 0.0, "Ei": 4619.712, "Eo": 14089.216, "ts": 12589, ...}
 
 ``Ei`` / ``Eo`` are cumulative kWh, ``Pi`` / ``Po`` instantaneous kW. ``ts`` is the device's
-uptime in seconds, not a time of day: the receive time is the reading's time. Other keys
+uptime in seconds, not a time of day: ``UptimeClock`` maps it to UTC, so each reading is timed
+by the meter (its spacing kept however late it arrives); without ``ts`` the receive time counts. Other keys
 (currents, reactive energies) are ignored.
 """
 from __future__ import annotations
 
 import json
 import math
+import os
+import threading
 from datetime import datetime
 
 from ingest.readings import Reading, ReadingError
@@ -77,7 +80,7 @@ def _number(obj: dict, key: str, unit: str, required: bool) -> float | None:
 def parse_sensor_payload(meter_id: str, payload: bytes, received_at: datetime,
                          clock: "UptimeClock | None" = None) -> Reading:
     """A Reading from one message, or MessageError saying exactly what is wrong. With ``clock``,
-    a late message is timed from the device uptime ``ts`` (see UptimeClock)."""
+    the message is timed from the device uptime ``ts`` (see UptimeClock)."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise MessageError("too_large", f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
@@ -99,7 +102,7 @@ def parse_sensor_payload(meter_id: str, payload: bytes, received_at: datetime,
         raise MessageError("missing_field", "Ei and Eo: both missing (cumulative kWh)")
     pi = _number(obj, "Pi", "kW", required=False)
     po = _number(obj, "Po", "kW", required=False)
-    when = clock.time_of(meter_id, obj.get("ts"), received_at) if clock is not None else received_at
+    when = clock.time_of(meter_id, obj.get("ts"), received_at, (ei, eo)) if clock is not None else received_at
     return Reading(meter_id, when, ei, eo, pi, po)
 
 
@@ -112,42 +115,112 @@ def sensor_payload(ei: float, eo: float, pi: float, po: float, smid: str, uptime
 
 
 class UptimeClock:
-    """Reading times for messages that arrive late (the broker's backlog after a restart of the
-    app, or a burst after a network outage).
+    """Reading times from the meter's own clock: the payload's ``ts`` (the device's uptime in
+    seconds) gives every message its spacing, whenever it arrives.
 
-    The payload's ``ts`` is the device's uptime in seconds. A message arriving live is timed by its
-    receive time, and that pairs (uptime, receive time) as the meter's anchor. A message arriving
-    later than its uptime says (more than ``LATE_S`` behind the anchor's clock) is timed by the
-    anchor: ``anchor_time + (uptime - anchor_uptime)``, so a backlog keeps its real 10-second
-    spacing instead of piling into the second it was delivered. A device restart (uptime going
-    down) or an estimate in the future re-anchors at the receive time. Anchors can be saved and
-    loaded so that a backlog after the app's own restart is timed too.
+    Per meter the clock keeps the device's boot time ``B`` (UTC seconds): a message with uptime
+    ``ts`` was sent at ``B + ts``. The first message anchors ``B = received - ts``. Afterwards:
+
+    * a message can only arrive after it was sent, so one that arrives *earlier* than ``B + ts``
+      says the boot time is earlier (the first anchor was itself late): ``B`` moves down to it;
+    * one that arrives more than ``DRIFT_S`` later than ``B + ts`` is either a backlog (messages the
+      broker held while the app or the broker was down: they arrive in a burst, far faster than
+      their uptimes advance; timed by ``B``) or a device clock that drifted (messages paced live, as
+      their uptimes advance: re-anchored at the receive time);
+    * ``ts`` going down is an old message delivered again when it lies within the uptimes seen since
+      the device last started (timed by ``B`` as when it first came), else a device restart:
+      re-anchored at the receive time;
+    * a message's time is never later than its receive time, and two messages of one meter never
+      share a time (``ts`` has whole seconds, a meter may send several a second): the second
+      gets the first one's time plus a millisecond. A copy of a message (same ``ts``, same
+      counters: the broker delivering it again) gets the time the message got the first time.
+
+    A missing or invalid ``ts`` times the message by its arrival. Boot times are saved (``snapshot``)
+    and loaded, so a backlog after the app's own restart is timed by the meter too.
     """
 
-    LATE_S = 30.0
+    DRIFT_S = 30.0                 # later than B + ts by more than this, while paced live: re-anchor
+    JITTER_S = 1.0                 # earlier than B + ts by less than this: delivery jitter, ignored
+    TICK_S = 0.001
+    MEMO = 64                      # per meter: messages whose time is not boot + ts, for their copies
 
     def __init__(self):
-        self._anchors: dict[str, tuple[float, float]] = {}   # meter -> (uptime_s, epoch_s)
+        # meter -> [boot epoch s, last uptime s, last receive epoch s, last reading epoch s,
+        #           first uptime seen since the device started]
+        self._state: dict[str, list[float]] = {}
+        self._lock = threading.Lock()      # time_of runs in the network thread, snapshot in another
+        self._last: dict[str, tuple] = {}          # meter -> (ts, key, time) of its last message
+        self._memo: dict[str, dict] = {}           # meter -> {(ts, key): time} of bumped messages
 
-    def time_of(self, meter_id: str, uptime_s, received: datetime) -> datetime:
+    def time_of(self, meter_id: str, uptime_s, received: datetime, key=None) -> datetime:
+        """The reading time of a message with uptime ``uptime_s`` received at ``received``; ``key``
+        (the message's counters) tells a copy of a message from a new one sent in the same second."""
+        est = self._time_of(meter_id, uptime_s, received, key)
+        return received if est is None else datetime.fromtimestamp(est, tz=received.tzinfo)
+
+    def _time_of(self, meter_id: str, uptime_s, received: datetime, key) -> float | None:
         r = received.timestamp()
-        if isinstance(uptime_s, bool) or not isinstance(uptime_s, (int, float)) or not math.isfinite(uptime_s):
-            return received
-        anchor = self._anchors.get(meter_id)
-        if anchor is not None and uptime_s > anchor[0]:
-            est = anchor[1] + (uptime_s - anchor[0])
-            if r - est >= self.LATE_S and est <= r:
-                return datetime.fromtimestamp(est, tz=received.tzinfo)
-        self._anchors[meter_id] = (float(uptime_s), r)
-        return received
+        if isinstance(uptime_s, bool) or not isinstance(uptime_s, (int, float)) or not math.isfinite(uptime_s) \
+                or not 0 <= uptime_s < 1e11:
+            return None
+        ts = float(uptime_s)
+        with self._lock:
+            st = self._state.get(meter_id)
+            if st is None:
+                self._state[meter_id] = [r - ts, ts, r, r, ts]
+                self._last[meter_id] = (ts, key, r)
+                return r
+            last = self._last.get(meter_id)
+            if last is not None and last[0] == ts and last[1] == key:
+                return last[2]                                           # a copy of the last message
+            memo = self._memo.get(meter_id)
+            if memo and (ts, key) in memo:
+                return memo[(ts, key)]
+            boot, last_ts, last_r, last_est, first_ts = st
+            if ts < last_ts:
+                if ts >= first_ts:                                       # an old copy
+                    return min(boot + ts, r)
+                st[:] = [r - ts, ts, r, r, ts]                           # the device restarted
+                self._last[meter_id] = (ts, key, r)
+                return r
+            candidate = r - ts
+            if candidate < boot - self.JITTER_S:
+                boot = candidate                                         # the first anchor was late
+            elif candidate > boot + self.DRIFT_S:
+                gap_sent, gap_received = ts - last_ts, r - last_r
+                if abs(gap_received - gap_sent) <= max(self.JITTER_S, 0.25 * gap_sent):
+                    boot = candidate                                     # paced live: the clock drifted
+            if ts == last_ts:                                            # the same second as the last one
+                est = last_est + self.TICK_S
+            else:
+                est = max(min(boot + ts, r), last_est + self.TICK_S)
+            st[:] = [boot, ts, r, est, first_ts]
+            self._last[meter_id] = (ts, key, est)
+            if est != min(boot + ts, r):                                 # its copies cannot recompute it
+                memo = self._memo.setdefault(meter_id, {})
+                memo[(ts, key)] = est
+                if len(memo) > self.MEMO:
+                    del memo[next(iter(memo))]
+            return est
 
     def snapshot(self) -> dict[str, list[float]]:
-        return {k: [u, t] for k, (u, t) in self._anchors.items()}
+        with self._lock:
+            return {k: list(v) for k, v in self._state.items()}
 
     def restore(self, data: dict) -> None:
-        for k, v in (data or {}).items():
-            if isinstance(v, list) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
-                self._anchors[str(k)] = (float(v[0]), float(v[1]))
+        """Load a ``snapshot``; the older format ``[uptime, epoch]`` (an anchor pair) is taken as the
+        boot time ``epoch - uptime``. Entries of another shape are ignored (that meter's next
+        message anchors it again)."""
+        with self._lock:
+            for k, v in (data or {}).items():
+                if not isinstance(v, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                      and math.isfinite(x) for x in v):
+                    continue
+                if len(v) == 5:
+                    self._state[str(k)] = [float(x) for x in v]
+                elif len(v) == 2:
+                    u, t = float(v[0]), float(v[1])
+                    self._state[str(k)] = [t - u, u, t, t, u]
 
 
 class SensorIntake:
@@ -177,5 +250,4 @@ class SensorIntake:
             tmp = f"{self.anchors_path}.tmp"
             with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump(self.clock.snapshot(), fh)
-            import os
             os.replace(tmp, self.anchors_path)

@@ -471,15 +471,16 @@ class Ledger:
     # -- held readings (ingest) -----------------------------------------------------------------
     def hold_reading(self, r) -> None:
         """Keep a suspect reading (an ingest.readings.Reading) until it is decided; a meter may
-        have several (``release_held`` forgets all of a meter's at once)."""
+        have several (keyed by meter and time, as ``release_held`` forgets them)."""
         with self.transaction() as con:
             con.execute("INSERT OR REPLACE INTO held_readings VALUES (?, ?, ?, ?, ?, ?, ?)",
                         (r.meter_id, r.ts_utc.isoformat(), r.import_kwh, r.export_kwh, r.power_in_kw,
                          r.power_out_kw, _now()))
 
-    def release_held(self, meter_ids) -> None:
+    def release_held(self, keys) -> None:
+        """Forget decided held readings, given as (meter_id, ts as ISO text) pairs."""
         with self.transaction() as con:
-            con.executemany("DELETE FROM held_readings WHERE meter_id = ?", [(m,) for m in meter_ids])
+            con.executemany("DELETE FROM held_readings WHERE meter_id = ? AND ts = ?", list(keys))
 
     def held_readings(self) -> list:
         """The undecided readings, as ingest.readings.Reading."""

@@ -364,10 +364,12 @@ def test_kill_9_and_restart_loses_nothing_the_broker_did_not_hand_over(tmp_path,
 def test_a_held_reading_acknowledged_before_a_kill_9_is_decided_after_the_restart(tmp_path, broker):
     """A meter exchanged (its counter starts again low) sends a reading the collector holds until
     the next one decides it; its message is acknowledged meanwhile. Killed then, the collector
-    finds it again at the restart, and the next reading makes it the first of the new series."""
+    finds it again at the restart, and the readings after it make it the first of the new series
+    once the new level has held for a minute (seven more readings, 10 s apart)."""
     s = Setup(tmp_path, broker)
     meter = METERS[0]
-    values = [(100.0, 50.0), (100.01, 50.005), (100.02, 50.01), (3.0, 1.0), (3.01, 1.005)]
+    values = [(100.0, 50.0), (100.01, 50.005), (100.02, 50.01)] + \
+        [(round(3.0 + 0.01 * k, 2), round(1.0 + 0.005 * k, 3)) for k in range(8)]
 
     def send(client, k):
         ei, eo = values[k]
@@ -389,8 +391,9 @@ def test_a_held_reading_acknowledged_before_a_kill_9_is_decided_after_the_restar
         assert (meter, 3.0) not in {(m, ei) for m, _, ei, _ in stored_readings(s.data)}
 
         proc = s.start_collector()
-        send(client, 4)
-        wait_until(lambda: acked(broker) >= 5, 20, "the fifth message acknowledged")
+        for k in range(4, len(values)):
+            send(client, k)
+        wait_until(lambda: acked(broker) >= len(values), 20, "every message acknowledged")
         s.stop(proc)
     finally:
         if proc.poll() is None:

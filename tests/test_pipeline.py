@@ -641,9 +641,10 @@ def test_a_backlog_is_judged_like_a_live_stream(env, kind):
     if kind == "dip":                  # an isolated glitch: rejected, nothing else lost
         rs = series("M1", base, [100.0, 100.01, 50.0, 100.03, 100.04, 100.05], eo=0.0)
         keep, expect_rejected, expect_resets = [0, 1, 3, 4, 5], Counter({"went_backwards": 1}), 0
-    else:                              # a meter exchange with a higher count: a new series
-        rs = series("M1", base, [100.0, 100.01, 9000.0, 9000.01, 9000.02, 9000.03], eo=0.0)
-        keep, expect_rejected, expect_resets = [0, 1, 2, 3, 4, 5], Counter(), 1
+    else:                              # a meter exchange with a higher count: a new series once
+        # the new level has held for a minute (10 s apart: the seventh reading of it)
+        rs = series("M1", base, [100.0, 100.01] + [9000.0 + 0.01 * k for k in range(8)], eo=0.0)
+        keep, expect_rejected, expect_resets = list(range(10)), Counter(), 1
     for r in rs:
         p.submit(r)
     p.flush()
@@ -665,17 +666,28 @@ def test_a_duplicate_of_a_held_outlier_does_not_confirm_it(env):
     assert stored(c, "M1") == as_rows([rs[0], rs[1], rs[3], rs[4]])
 
 
-def test_stop_decides_a_held_reading(env):
+def test_stop_leaves_a_held_reading_to_the_next_run(env):
+    """A stop is no reason to call a dip a reset: the held reading stays in the ledger and the
+    next run decides it by the meter's next readings (here the trend comes back: a glitch)."""
     c = env.community()
-    p = env.pipeline(c)
-    rs = series("M1", live_base(20), [100.0, 100.01, 50.0], eo=0.0)   # the dip is at about `now`
-    for r in rs:
+    p = Pipeline(c).start()
+    rs = series("M1", live_base(30), [100.0, 100.01, 50.0, 100.03], eo=0.0)
+    for r in rs[:3]:
         p.submit(r)
     p.stop()
     st = p.status()["M1"]
-    assert st.held == 0
-    assert st.accepted + st.rejected_total == 3
-    assert stored(c, "M1") == as_rows(rs)                    # a dip alone is a reset: stored
+    assert (st.held, st.resets, st.rejected_total) == (1, 0, 0)
+    assert c.ledger.held_readings() == [rs[2]]
+    assert stored(c, "M1") == as_rows(rs[:2])
+
+    nxt = env.pipeline(c)
+    assert nxt.status()["M1"].held == 1
+    nxt.submit(rs[3])
+    nxt.flush()
+    st = nxt.status()["M1"]
+    assert (st.held, st.resets) == (0, 0) and st.rejected == Counter({"went_backwards": 1})
+    assert stored(c, "M1") == as_rows([rs[0], rs[1], rs[3]])
+    assert c.ledger.held_readings() == []
 
 
 def test_a_held_reading_outlives_a_crash_and_is_decided_by_the_next_reading(env):
@@ -684,7 +696,8 @@ def test_a_held_reading_outlives_a_crash_and_is_decided_by_the_next_reading(env)
     it again until the meter's next reading confirms it."""
     c = env.community()
     first = Pipeline(c).start()
-    rs = series("M1", live_base(60), [100.0, 100.01, 7.0, 7.01, 7.02], eo=0.0)   # meter exchanged
+    # meter exchanged: the new level counts once it has held for a minute (7 readings, 10 s apart)
+    rs = series("M1", live_base(120), [100.0, 100.01] + [7.0 + 0.01 * k for k in range(7)], eo=0.0)
     for r in rs[:3]:
         first.submit(r)
     first.flush()
