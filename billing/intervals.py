@@ -41,6 +41,7 @@ QUARANTINED = 4   # a reading in the interval was quarantined (implausible) and 
 FLAG_NAMES = {ESTIMATED: "estimated", RESET: "reset", QUARANTINED: "quarantined"}
 
 ESTIMATE_GAP_S = 3600.0
+MIN_STEP_S = 1.0          # the time resolution of readings, for the plausibility rule
 _EPS = 1e-9
 
 
@@ -57,10 +58,12 @@ class CleanCounter:
 
 def counter_step(d_kwh: float, dt_s: float, limit_kw: float) -> str:
     """The plausibility rule for one step of a cumulative counter: ``"ok"``, ``"down"`` (it went
-    backwards) or ``"spike"`` (the rise implies more power than ``limit_kw``)."""
+    backwards) or ``"spike"`` (the rise implies more power than ``limit_kw``). Steps closer than
+    ``MIN_STEP_S`` are judged over that long: reading times are no finer than that (a meter's
+    uptime has whole seconds; values timed by their arrival can be squeezed closer)."""
     if d_kwh < -_EPS:
         return "down"
-    if d_kwh * 3600.0 / max(dt_s, 1e-6) > limit_kw:
+    if d_kwh * 3600.0 / max(dt_s, MIN_STEP_S) > limit_kw:
         return "spike"
     return "ok"
 
@@ -73,7 +76,7 @@ ACCEPT, BREAK, REJECT, OPEN = 0, 1, 2, 3     # judge_counter's verdicts (BREAK: 
 
 
 def _spike_reason(label: str, d: float, dt_s: float, limit_kw: float) -> str:
-    dt_h = max(dt_s, 1e-6) / 3600.0
+    dt_h = max(dt_s, MIN_STEP_S) / 3600.0
     return (f"{label} rose {d:.3f} kWh in {dt_h * 60:.1f} min: implied power "
             f"{d / dt_h:.1f} kW exceeds the meter's limit of {limit_kw:g} kW")
 
@@ -94,7 +97,7 @@ def judge_counter(t_s: np.ndarray, v: np.ndarray, limit_kw: float, label: str = 
     if m < 2:
         return verdict, reasons
     d_all = np.diff(v[present])
-    if (d_all >= -_EPS).all() and (d_all * 3600.0 / np.maximum(np.diff(t_s[present]), 1e-6) <= limit_kw).all():
+    if (d_all >= -_EPS).all() and (d_all * 3600.0 / np.maximum(np.diff(t_s[present]), MIN_STEP_S) <= limit_kw).all():
         return verdict, reasons                  # fast path: every step is normal (the usual case)
 
     def ok(a: int, b: int) -> bool:

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 
 import paho.mqtt.client as mqtt
 
+from ingest.readings import MAX_METER_ID_CHARS
 from ingest.sensor import mac_from_topic
 
 log = logging.getLogger(__name__)
@@ -90,8 +91,11 @@ class MqttSource:
         received = datetime.now(timezone.utc)
         mac = mac_from_topic(msg.topic, self.cfg.topic)
         if mac is None:
-            self.pipeline.reject(None, "unknown_topic", f"topic {msg.topic!r} does not match {self.cfg.topic}",
+            self.pipeline.reject(None, "unknown_topic", f"topic {msg.topic[:100]!r} does not match {self.cfg.topic}",
                                  "mqtt", received)
+        elif len(mac) > MAX_METER_ID_CHARS:
+            self.pipeline.reject(None, "meter_id_too_long", f"topic level {mac[:20]!r}... has {len(mac)} "
+                                 f"characters: a meter id has at most {MAX_METER_ID_CHARS}", "mqtt", received)
         else:
             self.intake.message(mac, msg.payload, received, "mqtt")
         if self.manual_ack and msg.qos > 0:

@@ -24,7 +24,9 @@ the ledger until they are decided and stored, so a crash or a stop meanwhile doe
 
 Rejections are counted per meter and reason, logged at most once per meter and minute, and kept in
 the meter's status with the last reason. Messages from unknown meters are counted and listed (to be
-adopted by the manager), never stored.
+adopted by the manager), never stored: at most ``MAX_UNKNOWN`` of them (the ones heard least
+recently are dropped from the list and counted in ``unknown_dropped``), with at most one warning
+per ``log_every_s`` for newly heard ones (the next warning says how many more there were).
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from billing.intervals import BREAK, OPEN, REJECT, counter_step, judge_counter
-from ingest.readings import Reading
+from ingest.readings import MAX_METER_ID_CHARS, Reading
 from storage.timeseries import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -137,6 +139,8 @@ class _State:
     loaded: bool = False
 
 
+MAX_UNKNOWN = 1000           # unknown meters listed at most (a flood of made-up ids costs no memory)
+
 _FLUSH = object()
 _STOP = object()
 IDLE_S = 0.005
@@ -158,7 +162,10 @@ class Pipeline:
         self._lock = threading.Lock()             # guards the status dicts read by other threads
         self._states: dict[str, _State] = {}
         self._status: dict[str, MeterStatus] = {}
-        self._unknown: dict[str, UnknownMeter] = {}
+        self._unknown: dict[str, UnknownMeter] = {}   # in the order last heard (oldest first)
+        self.unknown_dropped = 0                      # unknown meters dropped from the list (MAX_UNKNOWN)
+        self._unknown_logged_at: float | None = None
+        self._unknown_unlogged = 0
         self._held: set[str] = set()              # meters with a held reading
         self._last_held_check = 0.0
         self._meters = {}
@@ -411,11 +418,23 @@ class Pipeline:
         self._log_rejection(meter_id or "?", f"{source}: {message}" if source else message)
 
     def _count_unknown(self, meter_id: str, source: str, at: datetime) -> None:
-        u = self._unknown.get(meter_id)
+        """(Called with ``_lock`` held.)"""
+        meter_id = meter_id[:MAX_METER_ID_CHARS]
+        u = self._unknown.pop(meter_id, None)
         if u is None:
-            u = self._unknown[meter_id] = UnknownMeter(meter_id, first_seen=at, source=source)
-            log.warning("messages from unknown meter %s (%s): counted, not billed, until adopted",
-                        meter_id, source or "?")
+            u = UnknownMeter(meter_id, first_seen=at, source=source)
+            if len(self._unknown) >= MAX_UNKNOWN:
+                del self._unknown[next(iter(self._unknown))]
+                self.unknown_dropped += 1
+            now = time.monotonic()
+            if self._unknown_logged_at is None or now - self._unknown_logged_at >= self.log_every_s:
+                more, self._unknown_unlogged, self._unknown_logged_at = self._unknown_unlogged, 0, now
+                log.warning("messages from unknown meter %s (%s): counted, not billed, until adopted%s",
+                            meter_id, source or "?",
+                            f" ({more} more unknown meters heard since the last warning)" if more else "")
+            else:
+                self._unknown_unlogged += 1
+        self._unknown[meter_id] = u                    # re-inserted: the list stays in order last heard
         u.messages += 1
         u.last_seen = at
 

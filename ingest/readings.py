@@ -18,6 +18,9 @@ class Reading(NamedTuple):
     power_out_kw: float | None = None
 
 
+MAX_METER_ID_CHARS = 64     # a meter id from outside (an MQTT topic level) longer than this is refused
+
+
 class ReadingError(ValueError):
     """A value that cannot be a reading; the message says which field and why."""
 

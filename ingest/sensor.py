@@ -122,7 +122,9 @@ class UptimeClock:
     ``ts`` was sent at ``B + ts``. The first message anchors ``B = received - ts``. Afterwards:
 
     * a message can only arrive after it was sent, so one that arrives *earlier* than ``B + ts``
-      says the boot time is earlier (the first anchor was itself late): ``B`` moves down to it;
+      says the boot time is earlier (the anchor was itself delayed): ``B`` moves down to it, so ``B``
+      is the boot time of the least delayed message (reading times a few milliseconds early at
+      most, spacing exact to the millisecond once that message has been seen);
     * one that arrives more than ``DRIFT_S`` later than ``B + ts`` is either a backlog (messages the
       broker held while the app or the broker was down: they arrive in a burst, far faster than
       their uptimes advance; timed by ``B``) or a device clock that drifted (messages paced live, as
@@ -140,7 +142,7 @@ class UptimeClock:
     """
 
     DRIFT_S = 30.0                 # later than B + ts by more than this, while paced live: re-anchor
-    JITTER_S = 1.0                 # earlier than B + ts by less than this: delivery jitter, ignored
+    JITTER_S = 1.0                 # delivery jitter tolerated when telling live pace from a backlog
     TICK_S = 0.001
     MEMO = 64                      # per meter: messages whose time is not boot + ts, for their copies
 
@@ -184,8 +186,8 @@ class UptimeClock:
                 self._last[meter_id] = (ts, key, r)
                 return r
             candidate = r - ts
-            if candidate < boot - self.JITTER_S:
-                boot = candidate                                         # the first anchor was late
+            if candidate < boot:
+                boot = candidate             # it arrived sooner than any before: the earliest boot time fits
             elif candidate > boot + self.DRIFT_S:
                 gap_sent, gap_received = ts - last_ts, r - last_r
                 if abs(gap_received - gap_sent) <= max(self.JITTER_S, 0.25 * gap_sent):

@@ -10,6 +10,7 @@ import registry
 from auth.web import actor, page_denied
 from components import meter_form
 from components.views import adopt
+from ingest.pipeline import MAX_UNKNOWN
 from web import current
 
 dash.register_page(__name__, path="/meters", name="Meters", order=5)
@@ -35,6 +36,7 @@ def layout(**_):
                    ("meter_id", "messages", "source", "first_seen", "last_seen")],
                    columnSize="sizeToFit", style={"height": "200px"}, getRowId="params.data.meter_id",
                    dashGridOptions={"rowSelection": {"mode": "singleRow"}}),
+        html.Div(id="meters-unknown-note", className="text-muted small"),
         dbc.Row([
             dbc.Col([dbc.Label("House name", html_for="adopt-name"), dbc.Input(id="adopt-name", maxLength=100)], md=4),
             dbc.Col([dbc.Label("Billed from (local date; empty: today)", html_for="adopt-from"),
@@ -105,13 +107,19 @@ def store_alert(community):
     return dbc.Alert(f"Store: {h.get('backend')}" + (", spool empty" if "spool_batches" in h else ""), color="light")
 
 
+def unknown_note(runtime) -> str:
+    dropped = runtime.pipeline.unknown_dropped if runtime is not None else 0
+    return (f"{dropped:,} more unknown meters were heard: the list keeps the {MAX_UNKNOWN:,} heard most "
+            f"recently." if dropped else "")
+
+
 @callback(Output("meters-grid", "rowData"), Output("meters-unknown", "rowData"), Output("meters-store", "children"),
-          Input("meters-refresh", "n_intervals"))
+          Output("meters-unknown-note", "children"), Input("meters-refresh", "n_intervals"))
 def _update(_n):
     s = current()
     now = pd.Timestamp.now(tz="UTC")
     return (monitoring.meter_rows(s.community, s.runtime, now), monitoring.unknown_rows(s.runtime, s.community.tz),
-            store_alert(s.community))
+            store_alert(s.community), unknown_note(s.runtime))
 
 
 @callback(Output("adopt-result", "children"), Input("adopt-button", "n_clicks"),
