@@ -1,0 +1,115 @@
+"""SDAT-CH E66 parsing: real structures (versions 12 - 16, see tests/sdat_files.py), DST days,
+and every refusal naming the file, the metering point and the reason."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from ingest.sdat import SdatError, check_metering_point, parse_sdat
+from sdat_files import GRID, LEG, TOTAL, classic_document, leg_document, local_day, quarter_hours
+
+P1 = "CH1007901234500000000000000000001"          # consumption point of house 1
+P2 = "CH100790123450000000D011000800065"          # as in real deliveries: a letter in the last 20
+CREATED = datetime(2026, 3, 3, 9, 30, tzinfo=timezone.utc)
+
+
+def two_points(n: int) -> dict:
+    return {P1: ("consumption", [0.1] * n, [0.2] * n), P2: ("production", [0.3] * n, [0.05] * n)}
+
+
+def test_a_leg_delivery_reads_every_point_and_product():
+    start, end = local_day(2026, 3, 1)
+    doc = parse_sdat(leg_document("DOC-1", CREATED, start, end, two_points(96), conditions={5: "21"}), "a.xml")
+    assert (doc.document_id, doc.creation, doc.business_reason, doc.community_id) == \
+        ("DOC-1", CREATED, "C40", "101110-002726")
+    assert doc.refused == []
+    assert sorted((s.metering_point, s.direction, s.product) for s in doc.series) == sorted(
+        [(P1, "consumption", p) for p in ("total", "leg", "grid")] + [(P2, "production", p) for p in ("total", "leg", "grid")])
+    leg = next(s for s in doc.series if s.metering_point == P1 and s.product == "leg")
+    assert start == datetime(2026, 2, 28, 23, 0, tzinfo=timezone.utc) and len(leg.values) == 96
+    assert leg.values[start] == (Decimal("0.100"), None)
+    assert leg.values[start + timedelta(minutes=60)] == (Decimal("0.100"), "21")       # sequence 5
+
+
+@pytest.mark.parametrize("version", [12, 13, 14])
+def test_a_classic_delivery_with_the_code_as_text_reads_alike(version):
+    start, end = local_day(2026, 3, 1)
+    doc = parse_sdat(classic_document("eslevu1_ID742", CREATED, start, end, P2, "consumption", [0.9] * 96,
+                                      version=version), "b.xml")
+    assert [(s.metering_point, s.direction, s.product, len(s.values)) for s in doc.series] == \
+        [(P2, "consumption", "total", 96)]
+    assert doc.business_reason == "E88"
+
+
+@pytest.mark.parametrize("day, n", [((2026, 3, 29), 92), ((2026, 10, 25), 100), ((2026, 6, 1), 96)])
+def test_dst_days_have_92_and_100_quarter_hours(day, n):
+    start, end = local_day(*day)
+    assert quarter_hours(start, end) == n
+    doc = parse_sdat(leg_document("D", CREATED, start, end, two_points(n)), "dst.xml")
+    assert doc.refused == [] and all(len(s.values) == n for s in doc.series)
+    s = doc.series[0]
+    assert max(s.values) == end - timedelta(minutes=15)
+
+
+def refusal(data: bytes) -> list[str]:
+    return [str(r) for r in parse_sdat(data, "bad.xml").refused]
+
+
+def test_refusals_name_the_point_and_reason_and_the_rest_of_the_file_counts():
+    start, end = local_day(2026, 3, 1)
+    cases = {
+        (P1, LEG): {"unit": "MWH"},
+        (P2, GRID): {"resolution": "60"},
+    }
+    doc = parse_sdat(leg_document("D", CREATED, start, end, two_points(96), overrides=cases), "bad.xml")
+    reasons = [str(r) for r in doc.refused]
+    assert f"metering point {P1}: LEG share: unit 'MWH', only KWH is accepted" in reasons
+    assert f"metering point {P2}: grid share: resolution 60 MIN, only 15 MIN is accepted" in reasons
+    assert {(s.metering_point, s.product) for s in doc.series} == {(P1, "total"), (P1, "grid"), (P2, "total"), (P2, "leg")}
+
+
+def test_a_sequence_outside_the_interval_is_refused():
+    start, end = local_day(2026, 3, 1)
+    seqs = list(range(1, 96)) + [97]
+    r = refusal(leg_document("D", CREATED, start, end, two_points(96), overrides={(P1, TOTAL): {"sequences": seqs}}))
+    assert r == [f"metering point {P1}: total: sequence 97 is outside the interval (96 quarter hours from 2026-02-28T23:00Z)"]
+
+
+def test_a_total_that_is_not_leg_plus_grid_refuses_that_points_window():
+    start, end = local_day(2026, 3, 1)
+    total = [0.3] * 96
+    total[10] = 0.303                                           # 0.003 kWh off
+    doc = parse_sdat(leg_document("D", CREATED, start, end, two_points(96), overrides={(P1, TOTAL): {"volumes": total}}), "t.xml")
+    assert len(doc.refused) == 1 and "differs from LEG share 0.100 + grid share 0.200" in str(doc.refused[0])
+    assert {s.metering_point for s in doc.series} == {P2}
+    total[10] = 0.302                                           # within 0.002 kWh: accepted
+    doc = parse_sdat(leg_document("D", CREATED, start, end, two_points(96), overrides={(P1, TOTAL): {"volumes": total}}), "t.xml")
+    assert doc.refused == []
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"not xml at all", "not well-formed XML"),
+    (b'<?xml version="1.0"?><Document xmlns="urn:iso:std:iso:20022:tech:xsd:camt.054.001.08"/>',
+     "root element 'Document' is not ValidatedMeteredData_NN"),
+    (b'<!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;">]><x>&b;</x>', "entities are not allowed"),
+    (b'<rsm:ValidatedMeteredData_14 xmlns:rsm="http://www.strom.ch"><rsm:ValidatedMeteredData_HeaderInformation>'
+     b'<rsm:InstanceDocument><rsm:DocumentID>X</rsm:DocumentID><rsm:Creation>2026-01-01T10:00:00</rsm:Creation>'
+     b'</rsm:InstanceDocument></rsm:ValidatedMeteredData_HeaderInformation></rsm:ValidatedMeteredData_14>',
+     "has no time zone"),
+])
+def test_files_that_are_not_e66_documents_are_refused_whole(data, message):
+    with pytest.raises(SdatError, match=message) as exc:
+        parse_sdat(data, "x.xml")
+    assert str(exc.value).startswith("x.xml: ")
+
+
+@pytest.mark.parametrize("value, ok", [(P1, True), (P2, True), ("CH123", False), ("DE" + "1" * 31, False),
+                                       ("CH" + "1" * 30 + "x", False)])
+def test_metering_point_ids(value, ok):
+    if ok:
+        assert check_metering_point(value) == value
+    else:
+        with pytest.raises(ValueError):
+            check_metering_point(value)
