@@ -253,6 +253,36 @@ def import_readings(file, config_path):
         sys.exit(1)
 
 
+@cli.command("import-sdat")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@config_option
+def import_sdat(paths, config_path):
+    """Import SDAT-CH metering data (E66 XML from the grid operator): files, or folders (every
+    *.xml inside). Idempotent: per metering point, product and quarter hour the newest document wins."""
+    from ingest.sdat_inbox import sdat_files
+    files = sdat_files(paths)
+    if not files:
+        raise click.ClickException(f"no *.xml file in {', '.join(paths)}")
+    community = _open(config_path)
+    imported = 0
+    try:
+        for f in files:
+            try:
+                raw = f.read_bytes()
+            except OSError as exc:
+                click.echo(f"{f}: cannot be read: {exc.strerror or exc}", err=True)
+                continue
+            summary = community.import_sdat_file(str(f), raw)
+            for r in summary.refused:
+                click.echo(f"{f}: refused: {r}", err=True)
+            click.echo(summary.line(), err=summary.error is not None)
+            imported += summary.imported_anything
+    finally:
+        community.close()
+    if not imported:
+        sys.exit(1)
+
+
 def _line_key(msg: str):
     try:
         return int(msg.split(":", 1)[0].split()[1])

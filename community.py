@@ -53,6 +53,8 @@ class Community:
         self._compute_lock = threading.Lock()
         self._meters: dict[str, Meter] | None = None
         self._reports: dict[str, tuple[bool, bool]] = {}
+        self._sdat = None
+        self._sdat_lock = threading.Lock()
 
     @classmethod
     def open(cls, cfg: Config, clock=None) -> "Community":
@@ -70,8 +72,70 @@ class Community:
         return cls(cfg, ledger, store, clock)
 
     def close(self) -> None:
+        if self._sdat is not None:
+            self._sdat.close()
         self.store.close()
         self.ledger.close()
+
+    # -- the grid operator's data (SDAT-CH, pricing.mode leg) ----------------------------------
+    @property
+    def sdat(self):
+        """The SDAT-CH values (storage/sdat_store.py), opened on first use."""
+        with self._sdat_lock:
+            if self._sdat is None:
+                from storage.sdat_store import SdatStore
+                self._sdat = SdatStore(self.cfg.data_dir / "sdat.sqlite")
+            return self._sdat
+
+    def point_houses(self) -> dict[str, str]:
+        """Metering point ID -> house id (config.metering_points)."""
+        from config import metering_points
+        return metering_points(self.cfg)
+
+    def sdat_billed(self) -> set[str]:
+        """Houses billed from the grid operator's data (pricing.mode leg, with metering points)."""
+        return set(self.point_houses().values()) if self.cfg.pricing.mode == "leg" else set()
+
+    def import_sdat_file(self, name: str, raw: bytes):
+        """Import one SDAT-CH file: an ImportSummary (``error`` set when the file as a whole was
+        refused). In leg mode the intervals of the houses it concerns are derived again."""
+        from ingest.sdat import SdatError, parse_sdat
+        from storage.sdat_store import ImportSummary
+        try:
+            doc = parse_sdat(raw, name)
+        except SdatError as exc:
+            return ImportSummary(name, error=str(exc).removeprefix(f"{name}: "))
+        summary = self.sdat.import_document(doc, raw, set(self.point_houses()))
+        spans = [(s.start, s.end) for s in doc.series]
+        if spans and self.cfg.pricing.mode == "leg" and (summary.inserted or summary.updated):
+            self.apply_sdat(pd.Timestamp(min(a for a, _ in spans)), pd.Timestamp(max(b for _, b in spans)))
+        return summary
+
+    def apply_sdat(self, start: pd.Timestamp, end: pd.Timestamp) -> None:
+        """Derive the intervals of SDAT-billed houses in [start, end) from the stored LEG shares."""
+        from billing.leg import leg_intervals
+        point_house = self.point_houses()
+        houses = self.sdat_billed()
+        if not houses:
+            return
+        values = self.sdat.values(start, end, list(point_house))
+        intervals = leg_intervals(values, point_house)
+        with self._compute_lock:
+            self.store.replace_intervals_many({h: (start, end) for h in houses}, intervals)
+
+    def apply_sdat_all(self) -> None:
+        span = self.sdat.span()
+        if span is not None:
+            self.apply_sdat(span[0], span[1] + pd.Timedelta(seconds=self.interval_s))
+
+    def leg_details(self, period) -> dict[str, dict]:
+        """Per SDAT-billed house for a period: grid shares and the grid-fee saving (see billing/leg.py)."""
+        from billing.leg import leg_extras
+        if not self.sdat_billed():
+            return {}
+        point_house = self.point_houses()
+        values = self.sdat.values(period.start, period.end, list(point_house))
+        return leg_extras(values, point_house, self.cfg.leg.grid_fee_reduction, self.cfg.leg.grid_fee_ct_per_kwh)
 
     # -- registry ------------------------------------------------------------------------------
     def houses(self) -> list[House]:
@@ -186,7 +250,8 @@ class Community:
     def recompute_houses(self, spans: dict[str, tuple[pd.Timestamp, pd.Timestamp]],
                          appended: bool = False) -> None:
         """Recompute the intervals of each house with start in [r0, r1) from its meters' readings."""
-        spans = {h: (r0, r1) for h, (r0, r1) in spans.items() if r1 > r0 and h is not None}
+        sdat = self.sdat_billed()             # billed from the grid operator's data, not from meters
+        spans = {h: (r0, r1) for h, (r0, r1) in spans.items() if r1 > r0 and h is not None and h not in sdat}
         by_house: dict[str, list[Meter]] = {}
         for m in self.billing_meters():
             by_house.setdefault(m.house_id, []).append(m)
@@ -306,6 +371,11 @@ class Community:
         # every house that belonged to the community during the period, also one that left since
         s = compute_settlement(self.store, self.ledger.houses(active_only=False), self.ledger.tariff_versions(), period,
                                self.interval_s, allow_incomplete, now)
+        leg = self.leg_details(period)
+        for inv in s.invoices:
+            if inv["house_id"] in leg:
+                inv["details"]["leg"] = {k: str(v) if not isinstance(v, int) else v
+                                         for k, v in leg[inv["house_id"]].items()}
         if close:
             drafts = sorted(s.invoices, key=lambda inv: _house_order(inv["house_id"]))
             issue_year = now.tz_convert(self.tz).year

@@ -100,12 +100,33 @@ class HouseConfig(_Strict):
     owner: AddressConfig | None = None
     email: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
     language: Language | None = None        # the invoice's language; default: community.language
+    # the grid operator's metering points of the house (SDAT-CH data, pricing.mode leg); the key
+    # under `houses` may itself be the consumption metering point's ID
+    metering_points: list[str] = Field(default_factory=list, max_length=20)
+
+    @field_validator("metering_points")
+    @classmethod
+    def _points(cls, v: list[str]) -> list[str]:
+        from ingest.sdat import check_metering_point
+        return [check_metering_point(p) for p in v]
 
 
 class TariffConfig(_Strict):
     p_pv: Number = 20.0
     p_grid_del: Number = 6.0
     p_grid_con: Number = 30.0
+
+
+class LegConfig(_Strict):
+    """A Swiss LEG (StromVG Art. 17d/17e): the grid-fee reduction on the LEG share, for the saving
+    shown to members (the DSO applies it on its own bill)."""
+    grid_fee_reduction: Literal[0.4, 0.2] = 0.4          # 40 %: one transformer station and grid level
+    grid_fee_ct_per_kwh: Number = Field(0.0, ge=0, le=1000)   # the eligible grid tariff (energy part)
+
+
+class SdatConfig(_Strict):
+    inbox: str | None = None                 # a folder the app watches for SDAT-CH files
+    poll_s: Number = Field(60.0, ge=1, le=86400)
 
 
 class RegisterSpec(_Strict):
@@ -228,7 +249,7 @@ class SmtpConfig(_Strict):
 
 
 class PricingConfig(_Strict):
-    mode: Literal["break_even", "static", "zev_proportional"] = "break_even"
+    mode: Literal["break_even", "static", "zev_proportional", "leg"] = "break_even"
     interval_minutes: Literal[15] = 15
 
 
@@ -265,6 +286,8 @@ class Config(_Strict):
     storage: StorageConfig = StorageConfig()
     smtp: SmtpConfig = SmtpConfig()
     meters: list[MeterConfig] = Field(default_factory=list)
+    leg: LegConfig = LegConfig()
+    sdat: SdatConfig = SdatConfig()
 
     # Not a key of the file: where the configuration came from ("demo" when there is none).
     source: str = Field("demo", exclude=True)
@@ -361,6 +384,7 @@ def parse_config(data: dict | None, source: str = "config") -> Config:
     if cfg is not None:
         errors += creditor_errors(cfg.community)
         errors += meter_errors(cfg)
+        errors += metering_point_errors(cfg)
     if errors:
         raise ConfigError(source, list(dict.fromkeys(errors)))
     cfg.source = source
@@ -391,7 +415,7 @@ def _tariff_rule_errors(tariffs, pricing) -> list[str]:
     except ValidationError:
         return []
     mode = pricing.get("mode") if isinstance(pricing, dict) else None
-    values["mode"] = mode if mode in ("break_even", "static", "zev_proportional") else "break_even"
+    values["mode"] = mode if mode in ("break_even", "static", "zev_proportional", "leg") else "break_even"
     return [f"tariffs.{e.field}: {e.message}" for e in tariff_errors(values)]
 
 
@@ -420,6 +444,41 @@ def meter_errors(cfg: Config) -> list[str]:
             if key in udp or (m.udp.port, None) in udp or (m.udp.sender_ip is None and any(p == m.udp.port for p, _ in udp)):
                 out.append(f"{where}.udp: port {m.udp.port} is shared; each meter on it needs its own sender_ip")
             udp[key] = m.id
+    return out
+
+
+def metering_points(cfg: Config) -> dict[str, str]:
+    """Metering point ID -> house id: the houses' ``metering_points``, and a house key that is itself
+    a metering point ID (its consumption point)."""
+    from ingest.sdat import check_metering_point
+    out: dict[str, str] = {}
+    for key, h in cfg.houses.items():
+        points = list(h.metering_points)
+        try:
+            points.insert(0, check_metering_point(key))
+        except ValueError:
+            pass
+        for p in points:
+            out.setdefault(p, str(h.id))
+    return out
+
+
+def metering_point_errors(cfg: Config) -> list[str]:
+    """A metering point belongs to one house."""
+    from ingest.sdat import check_metering_point
+    owner: dict[str, str] = {}
+    out = []
+    for key, h in cfg.houses.items():
+        points = list(dict.fromkeys(h.metering_points))
+        try:
+            if check_metering_point(key) not in points:
+                points.insert(0, key)
+        except ValueError:
+            pass
+        for p in points:
+            if p in owner and owner[p] != key:
+                out.append(f"houses.{key}.metering_points: {p} already belongs to houses.{owner[p]}")
+            owner.setdefault(p, key)
     return out
 
 

@@ -6,7 +6,7 @@ import csv
 import io
 import zipfile
 
-from billing.settlement import CSV_EXTRA_FIELDS, CSV_FIELDS, Settlement, invoice_rows
+from billing.settlement import CSV_EXTRA_FIELDS, CSV_FIELDS, LEG_CSV_FIELDS, Settlement, invoice_rows
 
 # fixed member time in ZIPs: the same invoices give the same archive bytes
 _ZIP_TIME = (2000, 1, 1, 0, 0, 0)
@@ -14,7 +14,8 @@ _ZIP_TIME = (2000, 1, 1, 0, 0, 0)
 
 def invoices_csv(invoices: list[dict]) -> bytes:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS + CSV_EXTRA_FIELDS, lineterminator="\n")
+    leg = LEG_CSV_FIELDS if any("leg" in inv.get("details", {}) for inv in invoices) else []
+    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS + CSV_EXTRA_FIELDS + leg, lineterminator="\n")
     w.writeheader()
     w.writerows(invoice_rows(invoices))
     return buf.getvalue().encode("utf-8")

@@ -35,6 +35,7 @@ class IngestRuntime:
         self.intake = SensorIntake(self.pipeline)
         self.mqtt = None
         self.simulator = None
+        self.sdat_inbox = None
         from ingest.connections import Connections
         self.connections = Connections(community, self.pipeline)
         self._started = False
@@ -58,6 +59,9 @@ class IngestRuntime:
             from ingest.mqtt_process import MqttProcessSource
             self.mqtt = MqttProcessSource(self.community.cfg.mqtt, self.pipeline,
                                           anchors_path=self.community.cfg.data_dir / "sensor_clock.json").start()
+        if c.sdat.inbox:
+            from ingest.sdat_inbox import SdatInbox
+            self.sdat_inbox = SdatInbox(self.community, c.sdat.inbox, c.sdat.poll_s).start()
         return self
 
     def _start_simulator(self) -> None:
@@ -89,6 +93,8 @@ class IngestRuntime:
             return
         if self.simulator:
             self.simulator.stop()
+        if self.sdat_inbox:
+            self.sdat_inbox.stop()
         if self.mqtt:
             self.mqtt.stop()
         self.connections.stop()

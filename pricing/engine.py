@@ -22,6 +22,10 @@ consumption price ``p_con`` and the PV delivery price ``p_pv`` actually paid, in
     (nobody buys: p_con = p_grid_con and p_pv = p_grid_del, as in break_even; nobody sells while
     houses buy: p_pv = p_pv_policy).
 
+``leg`` (a Swiss LEG, StromVG Art. 17d): I and E are the LEG shares the grid operator allocated
+    (SDAT-CH), the energy exchanged inside the community; both sides trade it at p_pv:
+    p_con = p_pv = p_pv_policy. The grid shares are billed by the grid operator, not here.
+
 "Nobody buys" (I = 0) means I <= MIN_KWH, likewise for E.
 
 Break-even and zev_proportional leave the community with profit 0 in every interval with I > 0:
@@ -96,9 +100,9 @@ def interval_prices(I, E, t: TariffArrays) -> tuple[np.ndarray, np.ndarray]:
     zev_pv = np.where(sellers, (local * t.p_pv + (E - local) * t.p_grid_del) / safe_E,
                       np.where(buyers, t.p_pv, t.p_grid_del))
 
-    conds = [t.mode == MODE_CODES["break_even"], t.mode == MODE_CODES["static"]]
-    p_con = np.select(conds, [be_con, st_con], zev_con)
-    p_pv = np.select(conds, [be_pv, st_pv], zev_pv)
+    conds = [t.mode == MODE_CODES["break_even"], t.mode == MODE_CODES["static"], t.mode == MODE_CODES["leg"]]
+    p_con = np.select(conds, [be_con, st_con, t.p_pv], zev_con)
+    p_pv = np.select(conds, [be_pv, st_pv, t.p_pv], zev_pv)
     return p_con, p_pv
 
 

@@ -1,0 +1,73 @@
+"""Billing a Swiss LEG from the grid operator's data (``pricing.mode: leg``).
+
+Since 2026 the DSO measures every participant and sends, per metering point and quarter hour, the
+total, the **LEG share** (energy exchanged inside the community) and the **grid share** (SDAT-CH,
+see ingest/sdat.py). The DSO bills the grid share itself; the LEG bills only the LEG share. So a
+house's billing interval is: ``delta_ei_kwh`` = the LEG share of its consumption points,
+``delta_eo_kwh`` = the LEG share of its production points. An interval exists only when every
+metering point of the house has its LEG share for that quarter hour (else it is missing, and the
+period incomplete, as with meters); a value the DSO marked with a ``Condition`` (e.g. 21,
+estimated) flags the interval ``estimated``.
+
+The grid-fee reduction (StromVG Art. 17e: 40 % behind one transformer station and grid level, 20 %
+otherwise) applies to the grid components of the LEG share's grid tariff. It is the DSO's to apply;
+the invoice shows the member what it saves: LEG share consumed × ``leg.grid_fee_ct_per_kwh`` ×
+``leg.grid_fee_reduction``.
+"""
+from __future__ import annotations
+
+from decimal import ROUND_HALF_UP, Decimal
+
+import numpy as np
+import pandas as pd
+
+from billing.intervals import ESTIMATED
+from storage.timeseries import INTERVAL_COLUMNS
+
+_KWH = Decimal("0.001")
+_CT = Decimal("0.01")
+
+
+def leg_intervals(values: pd.DataFrame, point_house: dict[str, str]) -> pd.DataFrame:
+    """INTERVAL_COLUMNS from SDAT rows (metering_point, product, start, direction, volume_kwh,
+    condition) of the houses' metering points."""
+    leg = values[(values["product"] == "leg") & values["metering_point"].isin(point_house.keys())].copy()
+    if leg.empty:
+        return pd.DataFrame(columns=INTERVAL_COLUMNS)
+    leg["house_id"] = leg["metering_point"].map(point_house)
+    leg["ei"] = np.where(leg["direction"] == "consumption", leg["volume_kwh"], 0.0)
+    leg["eo"] = np.where(leg["direction"] == "production", leg["volume_kwh"], 0.0)
+    leg["estimated"] = leg["condition"].notna()
+    points_per_house = pd.Series(point_house).groupby(pd.Series(point_house)).size()
+    g = leg.groupby(["house_id", "start"], as_index=False).agg(
+        delta_ei_kwh=("ei", "sum"), delta_eo_kwh=("eo", "sum"), estimated=("estimated", "any"),
+        points=("metering_point", "nunique"))
+    g = g[g["points"] == g["house_id"].map(points_per_house)]
+    out = pd.DataFrame({"house_id": g["house_id"].astype(str),
+                        "start": pd.to_datetime(g["start"], utc=True).astype("datetime64[us, UTC]"),
+                        "delta_ei_kwh": g["delta_ei_kwh"].astype(float),
+                        "delta_eo_kwh": g["delta_eo_kwh"].astype(float),
+                        "flags": np.where(g["estimated"], ESTIMATED, 0).astype(np.uint8)})
+    return out.sort_values(["start", "house_id"], kind="stable").reset_index(drop=True)
+
+
+def leg_extras(values: pd.DataFrame, point_house: dict[str, str], reduction: float,
+               grid_fee_ct_per_kwh: float) -> dict[str, dict]:
+    """Per house over ``values``' span: the grid share consumed and fed in (for information: the DSO
+    bills them), the LEG share consumed and the grid-fee saving on it (ct, rounded once)."""
+    v = values[values["metering_point"].isin(point_house.keys())]
+    out: dict[str, dict] = {}
+    for house in set(point_house.values()):
+        mine = v[v["metering_point"].map(point_house) == house]
+        def total(product, direction):
+            sel = mine[(mine["product"] == product) & (mine["direction"] == direction)]
+            return float(sel["volume_kwh"].sum())
+        leg_con = total("leg", "consumption")
+        saving = Decimal(repr(leg_con)) * Decimal(repr(grid_fee_ct_per_kwh)) * Decimal(repr(reduction))
+        out[house] = {
+            "grid_share_consumed_kwh": Decimal(repr(total("grid", "consumption"))).quantize(_KWH, ROUND_HALF_UP),
+            "grid_share_fed_in_kwh": Decimal(repr(total("grid", "production"))).quantize(_KWH, ROUND_HALF_UP),
+            "grid_fee_saving_ct": saving.quantize(_CT, ROUND_HALF_UP),
+            "estimated_values": int(mine["condition"].notna().sum()),
+        }
+    return out

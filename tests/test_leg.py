@@ -1,0 +1,198 @@
+"""A Swiss LEG billed from the grid operator's SDAT-CH data (pricing.mode leg), end to end: daily
+files covering 5 days (overlapping by 4, the newest day estimated and revised the next day) over
+March 2026 (the spring DST month: 2,972 quarter hours), imported by the command line in any order,
+settled to hand-computed figures."""
+from __future__ import annotations
+
+import csv
+import io
+import random
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from billing.exports import invoices_csv
+from community import Community
+from config import ConfigError, load_config, parse_config
+from ingest.sdat_inbox import SdatInbox
+from sdat_files import LEG, leg_document, local_day
+
+ROOT = Path(__file__).resolve().parent.parent
+C1 = "CH1007901234500000000000000000001"          # house 1: consumer
+C2 = "CH1007901234500000000000000000002"          # house 2: consumer
+P3 = "CH100790123450000000D011000800065"          # house 3: producer (a letter, as in real IDs)
+UNKNOWN = "CH1007901234500000000000000000099"
+MARCH_QH = 31 * 96 - 4                             # 2,972: the clocks go forward on 29 March
+# per quarter hour (LEG share, grid share) of each point; the newest day of a file: half, estimated
+SHARES = {C1: ("consumption", 0.1, 0.05), C2: ("consumption", 0.2, 0.0), P3: ("production", 0.3, 0.1)}
+
+
+def config_data(data_dir: Path) -> dict:
+    return {
+        "community": {"name": "LEG Sonnenhalde", "timezone": "Europe/Zurich"},
+        "pricing": {"mode": "leg"},
+        "tariffs": {"p_pv": 15.0, "p_grid_del": 6.0, "p_grid_con": 30.0},
+        "leg": {"grid_fee_reduction": 0.4, "grid_fee_ct_per_kwh": 10.0},
+        "houses": {C1: {"id": 1, "name": "House 1"}, C2: {"id": 2, "name": "House 2"},
+                   "solar-3": {"id": 3, "name": "House 3", "metering_points": [P3]}},
+        "storage": {"data_dir": str(data_dir)},
+        "mqtt": {"enabled": False},
+    }
+
+
+def daily_files(folder: Path, extra_point: bool = False) -> list[Path]:
+    """What the DSO sends for March: on day d a file of days d-4 ... d; day d estimated (half)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for d in range(1, 32):
+        first = max(1, d - 4)
+        start, end = local_day(2026, 3, first, days=d - first + 1)
+        last_start, _ = local_day(2026, 3, d)
+        n = int((end - start) / timedelta(minutes=15))
+        k_est = int((last_start - start) / timedelta(minutes=15))
+        points = {}
+        for point, (direction, leg, grid) in SHARES.items():
+            points[point] = (direction, [leg] * k_est + [leg / 2] * (n - k_est),
+                             [grid] * k_est + [grid / 2] * (n - k_est))
+        if extra_point:
+            points[UNKNOWN] = ("consumption", [0.5] * n, [0.0] * n)
+        creation = datetime(2026, 3, d, 5, 0, tzinfo=timezone.utc) + timedelta(days=1)
+        data = leg_document(f"DOC-{d:02d}", creation, start, end, points,
+                            conditions={s: "21" for s in range(k_est + 1, n + 1)})
+        f = folder / f"{creation:%Y%m%d_%H%M%S}_12X-0000001216-O_E66_12X-LEGTESTCOM-T_{d:02d}.xml"
+        f.write_bytes(data)
+        out.append(f)
+    return out
+
+
+def run_cli(*args, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "app.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def expected(point: str) -> tuple[Decimal, Decimal]:
+    """(LEG share, grid share) of a point over March: real values, the 31st estimated (half)."""
+    _, leg, grid = SHARES[point]
+    real, est = MARCH_QH - 96, 96
+    q = Decimal("0.001")
+    return (Decimal(repr(leg * real + leg / 2 * est)).quantize(q), Decimal(repr(grid * real + grid / 2 * est)).quantize(q))
+
+
+def test_march_from_daily_files_settles_to_hand_computed_figures(tmp_path):
+    cfg_file = tmp_path / "config.yaml"
+    cfg_file.write_text(yaml.safe_dump(config_data(tmp_path / "data")))
+    inbox = tmp_path / "sdat"
+    daily_files(inbox, extra_point=True)
+    r = run_cli("import-sdat", str(inbox), "--config", str(cfg_file), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines() + r.stderr.splitlines()
+    assert sum("DOC-" in line for line in lines) == 31
+    assert "1 unknown metering points not billed: " + UNKNOWN in r.stderr + r.stdout
+
+    again = run_cli("import-sdat", str(inbox), "--config", str(cfg_file), cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.count("imported before, nothing changed") == 31
+
+    c = Community.open(load_config(cfg_file))
+    try:
+        s = c.settle("2026-03")                       # complete: every house has all 2,972 quarter hours
+        inv = {i["house_id"]: i for i in s.invoices}
+        leg1, grid1 = expected(C1)
+        leg2, _ = expected(C2)
+        leg3, grid3 = expected(P3)
+        assert leg1 == Decimal("292.400") and grid1 == Decimal("146.200")
+        assert inv["1"]["energy_imported_kwh"] == leg1 and inv["1"]["energy_exported_kwh"] == 0
+        assert inv["1"]["import_cost_ct"] == (leg1 * 15).quantize(Decimal("0.01"))
+        assert inv["2"]["energy_imported_kwh"] == leg2
+        assert inv["3"]["energy_exported_kwh"] == leg3 and inv["3"]["export_revenue_ct"] == leg3 * 15
+        assert inv["3"]["net_amount_ct"] == leg3 * 15
+        assert inv["1"]["details"]["intervals"] == MARCH_QH and "estimated" in inv["1"]["details"]["flags"]
+        # the community trades the LEG share at p_pv both ways: no margin
+        assert s.summary.value_consumption_ct == pytest.approx(s.summary.value_pv_delivery_ct)
+        rows = list(csv.DictReader(io.StringIO(invoices_csv(s.invoices).decode())))
+        by = {row["house_id"]: row for row in rows}
+        assert by["1"]["grid_share_consumed_kwh"] == str(grid1)
+        assert by["1"]["grid_fee_saving_ct"] == str((leg1 * 10 * Decimal("0.4")).quantize(Decimal("0.01")))
+        assert by["3"]["grid_share_fed_in_kwh"] == str(grid3)
+        assert c.sdat.unknown()[0]["metering_point"] == UNKNOWN
+    finally:
+        c.close()
+
+
+def test_the_newest_document_wins_whatever_the_import_order(tmp_path):
+    files = daily_files(tmp_path / "sdat")
+    results = []
+    for order in ("sorted", "shuffled", "reversed"):
+        c = Community.open(parse_config(config_data(tmp_path / order), source="test"))
+        try:
+            fs = list(files)
+            if order == "shuffled":
+                random.Random(7).shuffle(fs)
+            elif order == "reversed":
+                fs.reverse()
+            for f in fs:
+                assert c.import_sdat_file(f.name, f.read_bytes()).error is None
+            start, end = local_day(2026, 3, 1, days=31)
+            v = c.sdat.values(pd.Timestamp(start), pd.Timestamp(end))
+            results.append(v.sort_values(["metering_point", "product", "start"]).reset_index(drop=True))
+        finally:
+            c.close()
+    for other in results[1:]:
+        pd.testing.assert_frame_equal(results[0], other)
+    v = results[0]
+    leg = v[(v["product"] == "leg") & (v["metering_point"] == C1)]
+    assert len(leg) == MARCH_QH and leg["condition"].notna().sum() == 96       # only the 31st estimated
+    assert leg["volume_kwh"].iloc[0] == pytest.approx(0.1)
+
+
+def test_a_refused_point_is_named_and_the_rest_of_the_file_imports(tmp_path):
+    cfg_file = tmp_path / "config.yaml"
+    cfg_file.write_text(yaml.safe_dump(config_data(tmp_path / "data")))
+    start, end = local_day(2026, 3, 2)
+    points = {p: (d, [leg] * 96, [grid] * 96) for p, (d, leg, grid) in SHARES.items()}
+    bad = tmp_path / "bad.xml"
+    bad.write_bytes(leg_document("DOC-X", datetime(2026, 3, 3, tzinfo=timezone.utc), start, end, points,
+                                 overrides={(C2, LEG): {"unit": "MWH"}}))
+    broken = tmp_path / "broken.xml"
+    broken.write_bytes(b"<rsm:ValidatedMeteredData_16 xmlns:rsm='http://www.strom.ch'>")
+    r = run_cli("import-sdat", str(bad), "--config", str(cfg_file), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"bad.xml: refused: metering point {C2}: LEG share: unit 'MWH', only KWH is accepted" in r.stderr
+    r = run_cli("import-sdat", str(broken), "--config", str(cfg_file), cwd=tmp_path)
+    assert r.returncode == 1 and "broken.xml: refused: not well-formed XML" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_the_inbox_moves_files_to_done_or_rejected(tmp_path):
+    c = Community.open(parse_config(config_data(tmp_path / "data"), source="test"))
+    try:
+        inbox = SdatInbox(c, tmp_path / "inbox", poll_s=3600)
+        for sub in ("done", "rejected"):
+            (tmp_path / "inbox" / sub).mkdir(parents=True)
+        good = daily_files(tmp_path / "staging")[:2]
+        for f in good:
+            (tmp_path / "inbox" / f.name).write_bytes(f.read_bytes())
+        (tmp_path / "inbox" / "junk.xml").write_text("<x/>")
+        assert inbox.poll() == 0                      # first seen: maybe still being written
+        assert inbox.poll() == 3
+        assert sorted(p.name for p in (tmp_path / "inbox" / "done").iterdir()) == sorted(f.name for f in good)
+        reason = (tmp_path / "inbox" / "rejected" / "junk.xml.reason.txt").read_text()
+        assert "root element 'x' is not ValidatedMeteredData_NN" in reason
+        assert (inbox.imported, inbox.rejected) == (2, 1)
+    finally:
+        c.close()
+
+
+def test_metering_points_are_validated_and_belong_to_one_house(tmp_path):
+    data = config_data(tmp_path)
+    data["houses"]["solar-3"]["metering_points"] = [C1]
+    with pytest.raises(ConfigError, match=f"houses.solar-3.metering_points: {C1} already belongs to houses.{C1}"):
+        parse_config(data, source="test")
+    data["houses"]["solar-3"]["metering_points"] = ["CH42"]
+    with pytest.raises(ConfigError, match="has 4 characters, a Swiss metering point ID has 33"):
+        parse_config(data, source="test")
