@@ -342,7 +342,7 @@ def tariffs_list(config_path):
 @click.option("--p-pv", type=float, required=True, help="PV delivery price, ct/kWh")
 @click.option("--p-grid-del", type=float, required=True, help="grid delivery price, ct/kWh")
 @click.option("--p-grid-con", type=float, required=True, help="grid consumption price, ct/kWh")
-@click.option("--mode", type=click.Choice(["break_even", "static", "zev_proportional"]), default=None,
+@click.option("--mode", type=click.Choice(["break_even", "static", "zev_proportional", "leg"]), default=None,
               help="pricing mode (default: the current version's)")
 @click.option("--effective-from", help="ISO 8601 time (local without an offset); default now")
 @config_option

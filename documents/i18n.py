@@ -125,7 +125,24 @@ TEXTS: dict[str, dict[str, str]] = {
     "mode_static": {"de": "Festpreis", "fr": "prix fixe", "it": "prezzo fisso", "en": "fixed price"},
     "mode_zev_proportional": {"de": "ZEV anteilig", "fr": "RCP proportionnel", "it": "RCP proporzionale",
                               "en": "ZEV proportional"},
+    "mode_leg": {"de": "LEG (Anteil LEG)", "fr": "CEL (part CEL)", "it": "CEL (quota CEL)", "en": "LEG (LEG share)"},
     # footnotes
+    "note_leg": {
+        "de": "Abgerechnet ist der Anteil LEG gemäss den Messdaten des Netzbetreibers. Den Anteil Netz "
+              "(Bezug {grid_con}, Einspeisung {grid_fed}) und die Netznutzung rechnet der Netzbetreiber "
+              "direkt ab; die reduzierten Netzentgelte auf dem Anteil LEG sparen Ihnen rund {saving}.",
+        "fr": "La part CEL est facturée selon les données de mesure du gestionnaire de réseau. La part réseau "
+              "(soutirage {grid_con}, injection {grid_fed}) et l’utilisation du réseau sont facturées directement "
+              "par le gestionnaire de réseau ; la réduction du tarif d’utilisation du réseau sur la part CEL vous "
+              "fait économiser environ {saving}.",
+        "it": "È fatturata la quota CEL secondo i dati di misura del gestore di rete. La quota rete "
+              "(prelievo {grid_con}, immissione {grid_fed}) e l’utilizzo della rete sono fatturati direttamente "
+              "dal gestore di rete; la riduzione della tariffa di utilizzo della rete sulla quota CEL le fa "
+              "risparmiare circa {saving}.",
+        "en": "Billed is the LEG share from the grid operator's metering data. The grid share (consumed "
+              "{grid_con}, fed in {grid_fed}) and grid use are billed by the grid operator directly; the "
+              "reduced grid fees on the LEG share save you about {saving}.",
+    },
     "note_estimated_1": {
         "de": "1 Messintervall dieser Periode ist geschätzt (ein fehlender Zählerwert wurde aus den Nachbarwerten ergänzt).",
         "fr": "1 intervalle de mesure de cette période est estimé (une valeur manquante a été complétée à partir des valeurs voisines).",

@@ -76,5 +76,8 @@ class InvoiceDocument:
     reference: str | None = None      # unstructured message on the QR-bill (default: the invoice id)
     # Optional additions
     due_date: date | None = None      # "payable by", shown when set
+    # pricing.mode leg: what the grid operator bills separately and the grid-fee saving (billing/leg.py):
+    # grid_share_consumed_kwh, grid_share_fed_in_kwh, grid_fee_saving_ct (text decimals)
+    leg: dict | None = None
     payment_reference: str | None = None  # QR reference (27-digit QRR or RF creditor reference);
     #                                   None: derived from the invoice id (see documents.qr)

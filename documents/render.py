@@ -393,6 +393,11 @@ def build_context(doc: InvoiceDocument) -> dict:
                    ("note_missing", doc.missing_intervals)):
         if n and n > 0:
             notes.append(i18n.plural_text(key, int(n), lang))
+    if doc.leg:
+        notes.append(i18n.text("note_leg", lang,
+                               grid_con=i18n.fmt_kwh(Decimal(str(doc.leg.get("grid_share_consumed_kwh", 0))), lang),
+                               grid_fed=i18n.fmt_kwh(Decimal(str(doc.leg.get("grid_share_fed_in_kwh", 0))), lang),
+                               saving=i18n.fmt_chf(Decimal(str(doc.leg.get("grid_fee_saving_ct", 0))) / 100, lang)))
 
     readings = []
     for label, start, end in ((t["reading_import"], doc.counter_start_import_kwh, doc.counter_end_import_kwh),

@@ -120,6 +120,17 @@ def test_march_from_daily_files_settles_to_hand_computed_figures(tmp_path):
         assert by["1"]["grid_fee_saving_ct"] == str((leg1 * 10 * Decimal("0.4")).quantize(Decimal("0.01")))
         assert by["3"]["grid_share_fed_in_kwh"] == str(grid3)
         assert c.sdat.unknown()[0]["metering_point"] == UNKNOWN
+        # the invoice says what the grid operator bills separately and what the LEG saves
+        from billing.invoice_documents import invoice_documents
+        from documents.render import render_html
+        doc = next(d for d in invoice_documents(c, s) if d.house_id == "1")
+        html = render_html(doc)
+        assert "Den Anteil Netz" in html and "146.2" in html and "CHF\u00a011.70" in html
+        # closing issues the LEG figures like any other mode's, numbered, with the details kept
+        closed = c.settle("2026-03", close=True)
+        one = next(i for i in closed.invoices if i["house_id"] == "1")
+        assert one["invoice_id"].startswith("INV-") and Decimal(str(one["energy_imported_kwh"])) == leg1
+        assert one["details"]["leg"]["grid_fee_saving_ct"] == "1169.60"
     finally:
         c.close()
 
