@@ -37,6 +37,7 @@ def layout(**_):
                    columnSize="sizeToFit", style={"height": "200px"}, getRowId="params.data.meter_id",
                    dashGridOptions={"rowSelection": {"mode": "singleRow"}}),
         html.Div(id="meters-unknown-note", className="text-muted small"),
+        html.Div(id="meters-sdat-unknown"),
         dbc.Row([
             dbc.Col([dbc.Label("House name", html_for="adopt-name"), dbc.Input(id="adopt-name", maxLength=100)], md=4),
             dbc.Col([dbc.Label("Billed from (local date; empty: today)", html_for="adopt-from"),
@@ -113,13 +114,28 @@ def unknown_note(runtime) -> str:
             f"recently." if dropped else "")
 
 
+def sdat_unknown(community):
+    """Metering points in the grid operator's files that no house lists (counted, never billed)."""
+    if not (community.cfg.data_dir / "sdat.sqlite").exists():
+        return None
+    rows = community.sdat.unknown()
+    if not rows:
+        return None
+    return html.Div([
+        html.H5("In the grid operator's files but not listed by any house (not billed)", className="mt-3"),
+        dag.AgGrid(id="meters-sdat-grid", rowData=rows, columnDefs=[{"field": f} for f in
+                   ("metering_point", "values", "first_seen", "last_seen", "file")],
+                   columnSize="sizeToFit", style={"height": "160px"})])
+
+
 @callback(Output("meters-grid", "rowData"), Output("meters-unknown", "rowData"), Output("meters-store", "children"),
-          Output("meters-unknown-note", "children"), Input("meters-refresh", "n_intervals"))
+          Output("meters-unknown-note", "children"), Output("meters-sdat-unknown", "children"),
+          Input("meters-refresh", "n_intervals"))
 def _update(_n):
     s = current()
     now = pd.Timestamp.now(tz="UTC")
     return (monitoring.meter_rows(s.community, s.runtime, now), monitoring.unknown_rows(s.runtime, s.community.tz),
-            store_alert(s.community), unknown_note(s.runtime))
+            store_alert(s.community), unknown_note(s.runtime), sdat_unknown(s.community))
 
 
 @callback(Output("adopt-result", "children"), Input("adopt-button", "n_clicks"),
