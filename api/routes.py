@@ -1,8 +1,12 @@
-"""REST endpoints (JSON). Bad parameters get 400 with ``{"error": ..., "field": ...}``."""
+"""REST endpoints (JSON). Bad parameters get 400 with ``{"error": ..., "field": ...}``; a tariff
+version at a time that has one already gets 409. Errors no route answers itself are answered as
+JSON by ``web._error_handlers``."""
 from __future__ import annotations
 
+import logging
 import math
 import re
+import sqlite3
 from datetime import datetime, timezone
 
 import flask
@@ -11,13 +15,14 @@ import pandas as pd
 from auth.principal import can_see_house, visible_houses, visible_invoices
 from auth.web import access, actor, current_principal
 from billing import exports, lifecycle
-from billing.settlement import SettlementError
+from billing.settlement import SettlementError, parse_period
 from ingest.csv_files import parse_timestamp
 from ingest.readings import ReadingError
-from pricing.tariffs import Tariff, TariffError, tariff_errors
+from pricing.tariffs import Tariff, TariffConflict, TariffError, tariff_errors, version_conflict
 
 api = flask.Blueprint("api", __name__)
 VERSION = "0.1.0"
+log = logging.getLogger("leg.api")
 _INVOICE_ID = re.compile(r"^(INV-\d{4}-\d{3,}|CN-\d{4}-\d{3,}|DRAFT-\d{4}-\d{2}-[A-Za-z0-9_.-]{1,64})$")
 
 
@@ -26,6 +31,7 @@ def _svc():
 
 
 def _bad(message: str, field: str, status: int = 400):
+    log.warning("%s %s: %d %s: %s", flask.request.method, flask.request.path, status, field, message)
     return flask.jsonify({"error": message, "field": field}), status
 
 
@@ -37,6 +43,9 @@ def _time_param(name: str, tz, default=None):
         return pd.Timestamp(parse_timestamp(text if "T" in text else text + "T00:00:00", tz))
     except ReadingError as exc:
         raise ValueError(str(exc).replace("timestamp", name, 1)) from None
+    except (OverflowError, ValueError):         # a date before year 1 in UTC, or outside pandas' range
+        raise ValueError(f"{name}: {text[:40]!r} is outside the supported range "
+                         f"({pd.Timestamp.min.year + 1}–{pd.Timestamp.max.year - 1})") from None
 
 
 def _tariff_json(t: Tariff, tz) -> dict:
@@ -83,7 +92,10 @@ def tariffs_post():
     c = _svc().community
     if not flask.request.is_json:
         return _bad("the body must be JSON (Content-Type: application/json)", "body", 415)
-    data = flask.request.get_json(silent=True)
+    try:
+        data = flask.current_app.json.loads(flask.request.get_data())
+    except ValueError as exc:                   # not JSON, not UTF-8, nested too deeply, a 5,000-digit number
+        return _bad(f"the body is not valid JSON: {str(exc)[:200]}", "body")
     if not isinstance(data, dict):
         return _bad("the body must be a JSON object with p_pv, p_grid_del, p_grid_con", "body")
     unknown = sorted(set(data) - {"p_pv", "p_grid_del", "p_grid_con", "mode", "effective_from"})
@@ -94,16 +106,34 @@ def tariffs_post():
     errors = tariff_errors(values)
     if errors:
         return _bad(errors[0].message, errors[0].field)
+    given = data.get("effective_from")
+    if given is not None and not isinstance(given, str):
+        return _bad(f"must be a date-time text (ISO 8601, e.g. 2026-04-01T00:00), got {type(given).__name__} "
+                    f"{str(given)[:40]}", "effective_from")
     try:
-        eff = parse_timestamp(data["effective_from"], c.tz) if data.get("effective_from") else datetime.now(timezone.utc)
-    except (ReadingError, TypeError) as exc:
+        eff = parse_timestamp(given, c.tz) if given else datetime.now(timezone.utc)
+        tariff = Tariff(float(values["p_pv"]), float(values["p_grid_del"]), float(values["p_grid_con"]),
+                        values["mode"], eff)
+    except ReadingError as exc:
         return _bad(str(exc).replace("timestamp: ", ""), "effective_from")
-    tariff = Tariff(float(values["p_pv"]), float(values["p_grid_del"]), float(values["p_grid_con"]),
-                    values["mode"], eff)
+    except TariffError as exc:
+        return _bad(exc.message, exc.field)
+    except OverflowError:                       # before year 1 once in UTC
+        return _bad(f"{given[:40]!r} is outside the supported range", "effective_from")
+    conflict = version_conflict(c.ledger.tariff_versions(), tariff, c.tz)
+    if conflict is not None:
+        return _bad(conflict.message, conflict.field, 409)
     try:
         c.add_tariff(tariff, created_by=actor())
+    except TariffConflict as exc:
+        return _bad(exc.message, exc.field, 409)
     except (TariffError, SettlementError) as exc:
         return _bad(str(exc), "effective_from")
+    except sqlite3.IntegrityError:              # the same time stored meanwhile (the ledger's unique index)
+        conflict = version_conflict(c.ledger.tariff_versions(), tariff, c.tz)
+        if conflict is None:
+            raise
+        return _bad(conflict.message, conflict.field, 409)
     return flask.jsonify(_tariff_json(tariff, c.tz)), 201
 
 
@@ -166,8 +196,16 @@ def _settlement():
     period = flask.request.args.get("period")
     if not period:
         return None, None, _bad("period is required (YYYY-MM)", "period")
+    c = _svc().community
     try:
-        return period, _svc().community.settle(period, allow_incomplete=True), None
+        parse_period(period, c.tz)
+    except SettlementError as exc:
+        return None, None, _bad(str(exc), "period")
+    except (OverflowError, ValueError):         # a well-formed month outside the supported years
+        return None, None, _bad(f"period {period[:40]!r} is outside the supported range "
+                                f"({pd.Timestamp.min.year + 1}–{pd.Timestamp.max.year - 1})", "period")
+    try:
+        return period, c.settle(period, allow_incomplete=True), None
     except SettlementError as exc:
         return None, None, _bad(str(exc), "period")
 

@@ -4,6 +4,11 @@ All prices are in ct/kWh (Rappen per kWh) and keep the seed's names: ``p_pv`` (a
 energy to the community), ``p_grid_del`` (the community delivers to the grid), ``p_grid_con`` (the
 community consumes from the grid). ``p_con`` (a house buys from the community) is derived per
 interval by the pricing mode.
+
+Prices are bounded (0 ≤ price ≤ ``MAX_PRICE_CT``): Swiss grid tariffs are tens of ct/kWh, so
+anything above 10 CHF/kWh is a typing error (or an attempt to overflow the invoice arithmetic).
+A community has at most one version per ``effective_from``: a version is never edited, a later
+one replaces it from its own time on.
 """
 from __future__ import annotations
 
@@ -11,9 +16,10 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-PRICING_MODES = ("break_even", "static", "zev_proportional")
+PRICING_MODES = ("break_even", "static", "zev_proportional", "leg")   # leg: see pricing/engine.py
 TARIFF_FIELDS = ("p_pv", "p_grid_del", "p_grid_con")
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MAX_PRICE_CT = 1000.0        # ct/kWh (10 CHF/kWh), inclusive
 
 
 class TariffError(ValueError):
@@ -61,13 +67,16 @@ def tariff_errors(values: dict) -> list[TariffError]:
             continue
         v = values[name]
         if isinstance(v, bool) or not isinstance(v, (int, float)):
-            errors.append(TariffError(name, f"must be a number (ct/kWh), got {v!r}"))
+            errors.append(TariffError(name, f"must be a number (ct/kWh), got {_short(v)}"))
             continue
-        if not math.isfinite(v):
+        if isinstance(v, float) and not math.isfinite(v):
             errors.append(TariffError(name, "must be a finite number"))
             continue
         if v < 0:
-            errors.append(TariffError(name, f"must be 0 or more, got {v}"))
+            errors.append(TariffError(name, f"must be 0 or more, got {_short(v)}"))
+            continue
+        if v > MAX_PRICE_CT:                   # compared exactly: a 400-digit integer never becomes a float
+            errors.append(TariffError(name, f"must be at most {MAX_PRICE_CT:g} ct/kWh, got {_short(v)}"))
             continue
         clean[name] = float(v)
     mode = values.get("mode", "break_even")
@@ -81,3 +90,24 @@ def tariff_errors(values: dict) -> list[TariffError]:
             errors.append(TariffError(
                 "p_pv", f"must not exceed p_grid_con ({clean['p_pv']} > {clean['p_grid_con']})"))
     return errors
+
+
+class TariffConflict(TariffError):
+    """A new version would share its ``effective_from`` with a stored one."""
+
+
+def version_conflict(versions: list[Tariff], new: Tariff, tz=timezone.utc) -> TariffConflict | None:
+    """The conflict when ``new`` takes effect at the same instant as one of ``versions`` (the
+    community's stored versions), else None. Stored versions are never changed: a correction is a
+    new version with its own ``effective_from``."""
+    if any(t.effective_from == new.effective_from for t in versions):
+        return TariffConflict("effective_from", (
+            f"a tariff version in force from {new.effective_from.astimezone(tz).isoformat()} exists "
+            "already; versions are never changed, give the new one another effective_from"))
+    return None
+
+
+def _short(v) -> str:
+    """A value for an error message, at most 40 characters of it."""
+    text = repr(v)
+    return text if len(text) <= 40 else text[:20] + f"… ({len(text)} characters)"

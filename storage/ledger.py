@@ -263,6 +263,36 @@ MIGRATIONS: list[str] = [
     DROP TABLE held_readings;
     ALTER TABLE held_readings_v8 RENAME TO held_readings;
     """,
+    # 9: a user's session generation: a login stores it in the session cookie and every request
+    # compares it; logging out and changing the password raise it, so copies of older cookies no
+    # longer log anyone in.
+    """
+    ALTER TABLE users ADD COLUMN session_epoch INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 10: one tariff version per effective_from. Where an older ledger has several, the pricing
+    # engine has always used the last one added (highest id); that one stays, the earlier ones move
+    # to tariff_versions_superseded (nothing is deleted: the audit log still lists them) and the
+    # unique index refuses new duplicates.
+    """
+    CREATE TABLE tariff_versions_superseded (
+        id INTEGER PRIMARY KEY,
+        effective_from TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        p_pv REAL NOT NULL,
+        p_grid_del REAL NOT NULL,
+        p_grid_con REAL NOT NULL,
+        created_at TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        superseded_by INTEGER NOT NULL REFERENCES tariff_versions(id)
+    );
+    INSERT INTO tariff_versions_superseded
+        SELECT t.id, t.effective_from, t.mode, t.p_pv, t.p_grid_del, t.p_grid_con, t.created_at, t.created_by,
+               (SELECT max(l.id) FROM tariff_versions l WHERE l.effective_from = t.effective_from)
+        FROM tariff_versions t
+        WHERE t.id < (SELECT max(l.id) FROM tariff_versions l WHERE l.effective_from = t.effective_from);
+    DELETE FROM tariff_versions WHERE id IN (SELECT id FROM tariff_versions_superseded);
+    CREATE UNIQUE INDEX tariff_versions_one_per_time ON tariff_versions (effective_from);
+    """,
 ]
 
 INVOICE_STATUSES = ("issued", "paid", "cancelled")
