@@ -15,6 +15,7 @@ class Principal:
     houses: frozenset[str] = field(default_factory=frozenset)   # a member's own houses
     via: str = "session"                        # session | token
     scope: str = "write"                        # a token's scope: read | write
+    session_epoch: int = field(default=0, compare=False)   # the user's session generation when read
 
     @property
     def is_manager(self) -> bool:

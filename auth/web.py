@@ -15,27 +15,40 @@ access matrix test). Levels:
 
 Dash callbacks run through one route; a callback whose outputs are all listed in a page module's
 ``MEMBER_OUTPUTS`` is open to members (the callback itself filters by house), every other one
-needs a manager.
+needs a manager; a callback request that is not shaped as Dash's renderer sends it is refused
+with 400 before it reaches Dash.
+
+A session cookie names the user and their session generation (``auth.accounts``); every request
+compares it with the ledger, so a logout or a password change ends copies of the cookie too.
+After a login the visitor goes to ``next`` only when it is, once decoded, a plain path under the
+app's base path (``safe_next``).
 """
 from __future__ import annotations
 
+import logging
 import secrets
+import sqlite3
 import sys
+import unicodedata
 from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import quote, unquote, urlparse, urlsplit
 
 import dash
 import flask
 from flask.sessions import SecureCookieSessionInterface
 
-from auth.accounts import AccountError, Throttled
+from auth.accounts import AccountError, Throttled, Unavailable
 from auth.principal import Principal
 
 LEVELS = ("public", "user", "read", "write", "manager", "control")
 CSRF_COOKIE = "_csrf_token"          # read by Dash's renderer, sent back as X-CSRFToken
 CSRF_HEADER = "X-CSRFToken"
 PAGES_OUTPUTS = {"_pages_content", "_pages_store", "_pages_dummy"}   # Dash's page router
+MAX_NEXT = 2000                      # characters of a ``next`` target
+UNAVAILABLE = ("The server cannot write its ledger at the moment (the disk may be full), so logins and "
+               "logouts cannot be recorded. Try again later; the server's log says more.")
+log = logging.getLogger("leg.auth")
 
 
 def access(level: str):
@@ -70,6 +83,67 @@ def route_level(server: flask.Flask, endpoint: str | None, base: str) -> str:
                 base + "_dash-update-component", base + "_reload-hash"}:
         return "user"
     return "manager"
+
+
+def safe_next(target, base: str) -> str | None:
+    """Where to go after logging in: ``target`` as a path under ``base`` (quoted anew), or None
+    when it is anything else. Judged after decoding it (repeatedly: ``%2509`` is a TAB too) and
+    stripping it: whitespace and control characters anywhere (browsers drop TAB, CR and LF, so
+    ``/%09/evil.example`` becomes ``//evil.example``), backslashes (read as ``/``), a leading
+    ``//``, a scheme or a host, and ``.``/``..`` segments are refused."""
+    if not isinstance(target, str) or not target or len(target) > MAX_NEXT:
+        return None
+    text = target
+    for _ in range(5):
+        decoded = unquote(text)
+        if decoded == text:
+            break
+        text = decoded
+    else:
+        return None                                      # still encoded after five rounds
+    text = text.strip()
+    if any(c.isspace() or unicodedata.category(c)[0] in "CZ" for c in text) or "\\" in text:
+        return None
+    if not text.startswith(base) or text.startswith("//"):
+        return None
+    parts = urlsplit(text)
+    if parts.scheme or parts.netloc:
+        return None
+    if any(seg in (".", "..") for seg in parts.path.split("/")):
+        return None
+    return quote(text, safe="/?&=;:@+,!$'()*-._~")
+
+
+def callback_body_error(body, callbacks: dict) -> tuple[str, str] | None:
+    """(what is wrong, the field) when a Dash callback request is not shaped as the renderer
+    sends it (``output`` of a known callback, its ``inputs`` and ``state`` as lists of
+    ``{"id", "property", "value"}``, ``changedPropIds`` as a list of text); None when it is."""
+    if not isinstance(body, dict):
+        return "a callback request is a JSON object with output, inputs and state", "body"
+    output = body.get("output")
+    if not isinstance(output, str) or output not in callbacks:
+        return "output: no callback has these outputs", "output"
+    cb = callbacks[output]
+    for key in ("inputs", "state"):
+        items = body.get(key, [])
+        if not isinstance(items, list) or not all(_callback_item_ok(i) for i in items):
+            return f"{key}: a list of {{id, property, value}} objects", key
+        if len(items) != len(cb.get(key, [])):
+            return f"{key}: this callback takes {len(cb.get(key, []))}, got {len(items)}", key
+    outputs = body.get("outputs", [])
+    if not isinstance(outputs, (dict, list)):
+        return "outputs: an object or a list of objects", "outputs"
+    changed = body.get("changedPropIds", [])
+    if not isinstance(changed, list) or not all(isinstance(c, str) for c in changed):
+        return "changedPropIds: a list of text", "changedPropIds"
+    return None
+
+
+def _callback_item_ok(item) -> bool:
+    if isinstance(item, list):                          # a pattern-matching input: one entry per match
+        return all(_callback_item_ok(i) for i in item if not isinstance(i, list)) and \
+            not any(isinstance(i, list) for i in item)
+    return isinstance(item, dict) and isinstance(item.get("id"), (str, dict)) and isinstance(item.get("property"), str)
 
 
 def member_outputs() -> set[str]:
@@ -165,8 +239,15 @@ def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: li
     def form(action, fields, button, message="", level="danger", status=200, back=False):
         html = flask.render_template_string(LOGIN_PAGE, title=title, base=base, action=action, fields=fields,
                                             button=button, message=message, level=level, csrf=csrf_token(),
-                                            back=back, next=flask.request.values.get("next", ""))
+                                            back=back, next=safe_next(flask.request.values.get("next"), base))
         return flask.Response(html, status=status, mimetype="text/html")
+
+    def start_session(p) -> None:
+        flask.session.clear()
+        flask.session.permanent = True
+        flask.session["user"] = p.name
+        flask.session["epoch"] = p.session_epoch
+        flask.session["csrf"] = secrets.token_urlsafe(24)
 
     def same_origin() -> bool:
         origin = flask.request.headers.get("Origin")
@@ -185,14 +266,18 @@ def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: li
             r = form("login", LOGIN_FIELDS, "Log in", str(exc).capitalize() + ".", status=429)
             r.headers["Retry-After"] = str(int(exc.retry_after_s) + 1)
             return r
+        except AccountError as exc:             # input no account can have; nothing was stored
+            return form("login", LOGIN_FIELDS, "Log in", str(exc).capitalize() + ".", status=400)
+        except Unavailable:
+            return form("login", LOGIN_FIELDS, "Log in", UNAVAILABLE, status=503)
         if p is None:
             return form("login", LOGIN_FIELDS, "Log in", "Wrong user name or password.", status=401)
-        flask.session.clear()
-        flask.session.permanent = True
-        flask.session["user"] = p.name
-        flask.session["csrf"] = secrets.token_urlsafe(24)
-        target = flask.request.values.get("next", "")
-        if not (target.startswith(base) and not target.startswith("//")):
+        start_session(p)
+        target = safe_next(flask.request.values.get("next"), base)
+        if target is None:
+            if flask.request.values.get("next"):
+                log.warning("login of %s: next %r is not a path under %s; going to the start page",
+                            p.name, flask.request.values["next"][:200], base)
             target = base if p.is_manager else base + "my"
         r = flask.redirect(target, 303)
         r.set_cookie(CSRF_COOKIE, flask.session["csrf"], path=base, samesite="Lax", secure=flask.request.is_secure)
@@ -200,9 +285,16 @@ def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: li
 
     @access("user")
     def logout():
-        accounts.audit(actor(), "logout", "", flask.request.remote_addr)
-        flask.session.clear()
-        r = flask.redirect(base + "login", 303)
+        name = current_principal().name
+        flask.session.clear()                   # this browser's cookie goes in any case
+        try:
+            accounts.end_sessions(name, name, flask.request.remote_addr)
+        except sqlite3.Error as exc:            # other copies of the cookie would stay valid: say so
+            log.error("logout of %s: its sessions cannot be ended in the ledger (%s)", name, exc)
+            r = form("login", LOGIN_FIELDS, "Log in", "You are logged out in this browser, but " + UNAVAILABLE[0].lower()
+                     + UNAVAILABLE[1:], status=503)
+        else:
+            r = flask.redirect(base + "login", 303)
         r.delete_cookie(CSRF_COOKIE, path=base)
         return r
 
@@ -217,11 +309,15 @@ def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: li
         if f.get("new", "") != f.get("confirm", ""):
             return form("account", PASSWORD_FIELDS, "Change password", "The new passwords differ.", status=400, back=True)
         try:
-            accounts.change_password(p.name, f.get("current", ""), f.get("new", ""), flask.request.remote_addr)
+            epoch = accounts.change_password(p.name, f.get("current", ""), f.get("new", ""), flask.request.remote_addr)
         except Throttled as exc:
             return form("account", PASSWORD_FIELDS, "Change password", str(exc), status=429, back=True)
         except AccountError as exc:
             return form("account", PASSWORD_FIELDS, "Change password", str(exc), status=400, back=True)
+        except (Unavailable, sqlite3.Error) as exc:
+            log.error("password change of %s not stored (%s)", p.name, exc)
+            return form("account", PASSWORD_FIELDS, "Change password", UNAVAILABLE, status=503, back=True)
+        flask.session["epoch"] = epoch          # this session goes on; every other one has ended
         return form("account", PASSWORD_FIELDS, "Change password", "Password changed.", level="success", back=True)
 
     server.add_url_rule(base + "login", "login", login, methods=["GET", "POST"])
@@ -232,12 +328,14 @@ def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: li
         path = flask.request.path
         if status == 401 and flask.request.method == "GET" and not path.startswith(base + "api/") \
                 and not path.startswith(base + "_dash") and path != base + "metrics":
-            return flask.redirect(base + "login?next=" + flask.request.full_path.rstrip("?"), 303)
+            return flask.redirect(base + "login?next=" + quote(flask.request.full_path.rstrip("?"), safe="/"), 303)
         return flask.jsonify({"error": message, "field": field}), status
 
     @server.before_request
     def check_access():
         flask.g.principal = None
+        if flask.request.path.startswith(base + "api/") and not (flask.request.endpoint or "").startswith("api."):
+            return flask.jsonify({"error": f"no API route {flask.request.path}", "field": "path"}), 404
         level = route_level(server, flask.request.endpoint, base)
         if level == "public":
             return None
@@ -256,8 +354,8 @@ def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: li
             if not (flask.request.path.startswith(base + "api/") or flask.request.path == base + "metrics"):
                 return deny(403, "API tokens are for /api/ and /metrics only")
         elif "user" in flask.session:
-            p = accounts.principal(flask.session["user"])
-            if p is None:                       # the account was removed or deactivated
+            p = accounts.session_principal(flask.session["user"], flask.session.get("epoch"))
+            if p is None:                       # logged out elsewhere, password changed, account gone
                 flask.session.clear()
         flask.g.principal = p
         if p is None:
@@ -269,8 +367,12 @@ def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: li
         if level == "user":
             ok = True
             if flask.request.endpoint == base + "_dash-update-component":
-                body = flask.request.get_json(silent=True) or {}
-                ok = callback_allowed(p, str(body.get("output", "")))
+                body = flask.request.get_json(silent=True)
+                error = callback_body_error(body, app.callback_map)
+                if error is not None:
+                    log.warning("callback request refused (%s) from %s", error[0], flask.request.remote_addr)
+                    return flask.jsonify({"error": error[0], "field": error[1]}), 400
+                ok = callback_allowed(p, body["output"])
             elif p.via == "token" and flask.request.method != "GET" and not p.may_write:
                 ok = False
         elif level == "read":
