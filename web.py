@@ -3,19 +3,41 @@
 ``create_app(community, runtime)`` wires things up; pages (``pages/``) and the API (``api/``) reach
 the community through ``current()``, which reads it from the Flask app that serves the request —
 no module-level state shared between users.
+
+Requests are bounded (``MAX_REQUEST_BYTES``; larger ones get 413) and every error on an ``/api``
+route or a Dash callback is answered as JSON ``{"error", "field"}``: 400 for bad input (a body that
+is not JSON, or nested too deeply to read), 404, 413, and 500 without a traceback (which goes to
+the server's log).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dash
 import dash_bootstrap_components as dbc
 import flask
+from flask.json.provider import DefaultJSONProvider
+from werkzeug.exceptions import HTTPException
 
 from jobs import Jobs
 
 ROOT = Path(__file__).resolve().parent
+MAX_REQUEST_BYTES = 20 * 1024 * 1024       # a request body larger than this gets 413
+log = logging.getLogger("leg.web")
+
+
+class _JSON(DefaultJSONProvider):
+    """Flask's JSON, with a body nested too deeply to parse (RecursionError) read as what it is:
+    bad JSON, so ``request.get_json`` answers 400 (or None when silent) for every caller, Dash's
+    callback route included."""
+
+    def loads(self, s, **kwargs):
+        try:
+            return super().loads(s, **kwargs)
+        except RecursionError:
+            raise ValueError("the JSON is nested too deeply") from None
 
 
 @dataclass
@@ -47,7 +69,10 @@ def create_app(community, runtime=None, accounts=None) -> dash.Dash:
     cfg = community.cfg
     base = normalise_base_path(cfg.web.base_path)
     server = flask.Flask(__name__, static_folder=None)
+    server.json = _JSON(server)
+    server.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     server.config["LEG"] = Services(community, runtime)
+    _error_handlers(server, base)
     from api.routes import api
     server.register_blueprint(api, url_prefix=base + "api")
     app = dash.Dash(__name__, server=server, use_pages=True, pages_folder=str(ROOT / "pages"),
@@ -58,6 +83,37 @@ def create_app(community, runtime=None, accounts=None) -> dash.Dash:
     _metrics_route(server, base, "public" if cfg.web.metrics_public else "read")
     app.layout = lambda: _layout(cfg.community.name, base)
     return app
+
+
+def _error_handlers(server: flask.Flask, base: str) -> None:
+    """JSON errors for the API and Dash callbacks, plain text for pages; never a traceback."""
+    def wants_json() -> bool:
+        path = flask.request.path
+        return path.startswith(base + "api/") or path.startswith(base + "_dash-")
+
+    @server.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        if exc.code == 413:
+            log.warning("%s %s: body over %d bytes refused", flask.request.method, flask.request.path,
+                        MAX_REQUEST_BYTES)
+            message = f"the request is larger than {MAX_REQUEST_BYTES // (1024 * 1024)} MB"
+        else:
+            message = exc.description
+            if exc.code == 400:
+                log.warning("%s %s: %s", flask.request.method, flask.request.path, message)
+        if wants_json():
+            field = "body" if exc.code in (400, 413) else "path" if exc.code in (404, 405) else None
+            return flask.jsonify({"error": message, "field": field}), exc.code
+        if exc.code == 413:
+            return flask.Response(message[0].upper() + message[1:] + ".\n", 413, mimetype="text/plain")
+        return exc
+
+    @server.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("%s %s failed", flask.request.method, flask.request.path)
+        if wants_json():
+            return flask.jsonify({"error": "internal error; the server's log has the details", "field": None}), 500
+        return flask.Response("Internal error; the server's log has the details.\n", 500, mimetype="text/plain")
 
 
 def _metrics_route(server: flask.Flask, base: str, level: str) -> None:
