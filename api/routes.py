@@ -44,8 +44,7 @@ def _time_param(name: str, tz, default=None):
     except ReadingError as exc:
         raise ValueError(str(exc).replace("timestamp", name, 1)) from None
     except (OverflowError, ValueError):         # a date before year 1 in UTC, or outside pandas' range
-        raise ValueError(f"{name}: {text[:40]!r} is outside the supported range "
-                         f"({pd.Timestamp.min.year + 1}–{pd.Timestamp.max.year - 1})") from None
+        raise ValueError(f"{name}: {text[:40]!r} is outside the dates this app can handle") from None
 
 
 def _tariff_json(t: Tariff, tz) -> dict:
@@ -119,7 +118,7 @@ def tariffs_post():
     except TariffError as exc:
         return _bad(exc.message, exc.field)
     except OverflowError:                       # before year 1 once in UTC
-        return _bad(f"{given[:40]!r} is outside the supported range", "effective_from")
+        return _bad(f"{given[:40]!r} is outside the dates this app can handle", "effective_from")
     conflict = version_conflict(c.ledger.tariff_versions(), tariff, c.tz)
     if conflict is not None:
         return _bad(conflict.message, conflict.field, 409)
@@ -202,8 +201,7 @@ def _settlement():
     except SettlementError as exc:
         return None, None, _bad(str(exc), "period")
     except (OverflowError, ValueError):         # a well-formed month outside the supported years
-        return None, None, _bad(f"period {period[:40]!r} is outside the supported range "
-                                f"({pd.Timestamp.min.year + 1}–{pd.Timestamp.max.year - 1})", "period")
+        return None, None, _bad(f"period {period[:40]!r} is outside the dates this app can handle", "period")
     try:
         return period, c.settle(period, allow_incomplete=True), None
     except SettlementError as exc:

@@ -334,7 +334,8 @@ def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: li
     @server.before_request
     def check_access():
         flask.g.principal = None
-        if flask.request.path.startswith(base + "api/") and not (flask.request.endpoint or "").startswith("api."):
+        if flask.request.path.startswith(base + "api/") and flask.request.routing_exception is None \
+                and not flask.request.endpoint.startswith("api."):   # Dash's catch-all page route matched
             return flask.jsonify({"error": f"no API route {flask.request.path}", "field": "path"}), 404
         level = route_level(server, flask.request.endpoint, base)
         if level == "public":

@@ -1,6 +1,6 @@
 """Settlement through the community service on real stores (SQLite ledger, DuckDB file)."""
 import sqlite3
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
 import pandas as pd
@@ -243,7 +243,10 @@ def test_tariff_versions_price_their_own_intervals_and_never_reach_into_closed_p
     c.settle("2026-02", close=True)
     with pytest.raises(SettlementError, match="closed period"):
         c.add_tariff(Tariff(20, 6, 30, "static", datetime.fromisoformat("2026-02-15T00:00:00+01:00")), "test")
-    c.add_tariff(Tariff(20, 6, 30, "static", march), "test")        # at the closed period's end: fine
+    # at the closed period's end: not refused as closed, only as a second version at that time
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        c.add_tariff(Tariff(20, 6, 30, "static", march), "test")
+    c.add_tariff(Tariff(20, 6, 30, "static", march + timedelta(minutes=15)), "test")
 
 
 def test_intervals_before_active_from_are_not_billed(make_community):
