@@ -93,6 +93,8 @@ def _error_handlers(server: flask.Flask, base: str) -> None:
 
     @server.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
+        if exc.code is None or exc.code < 400:             # routing redirects (a missing trailing slash)
+            return exc
         if exc.code == 413:
             log.warning("%s %s: body over %d bytes refused", flask.request.method, flask.request.path,
                         MAX_REQUEST_BYTES)
