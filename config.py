@@ -505,12 +505,48 @@ def demo_config(data_dir: str | None = None) -> Config:
     return cfg
 
 
+# Bounds of a configuration file: a real one has a few hundred keys, five or six levels deep. The
+# bounds keep a damaged or hostile file (a binary, an alias that contains itself, "billion laughs"
+# aliases, thousands of nested brackets) from exhausting memory or the stack.
+MAX_FILE_BYTES = 10 * 1024 * 1024
+MAX_DEPTH = 50
+MAX_VALUES = 200_000
+
+
 class _ConfigLoader(yaml.SafeLoader):
-    """YAML as written: duplicate keys are an error, and dates stay text for pydantic to check."""
+    """YAML as written: duplicate keys are an error, and dates stay text for pydantic to check.
+    Nesting is bounded and an alias may not stand inside the value it names."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._depth = 0
+        self._open_anchors: set[str] = set()
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            if event.anchor in self._open_anchors:
+                raise yaml.composer.ComposerError(
+                    None, None, f"the alias *{event.anchor} stands inside the value &{event.anchor} it names "
+                                "(a value that contains itself)", event.start_mark)
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep", event.start_mark)
+        anchor = getattr(event, "anchor", None)
+        self._depth += 1
+        if anchor is not None:
+            self._open_anchors.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+            self._open_anchors.discard(anchor)
 
     def construct_mapping(self, node, deep=False):
         seen = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":      # <<: *defaults, merged by the base class
+                continue
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -525,6 +561,49 @@ _ConfigLoader.yaml_implicit_resolvers = {
 }
 
 
+def _expanded_size(root: yaml.Node) -> tuple[int, int]:
+    """(values, depth) of a composed document once its aliases are expanded (every alias counts
+    as a copy of what it names); iterative, so it needs no stack of its own."""
+    def children(node):
+        if isinstance(node, yaml.MappingNode):
+            return [n for pair in node.value for n in pair]
+        return node.value if isinstance(node, yaml.SequenceNode) else []
+    size: dict[int, int] = {}
+    depth: dict[int, int] = {}
+    stack = [(root, False)]
+    while stack:
+        node, ready = stack.pop()
+        if id(node) in size:
+            continue
+        kids = children(node)
+        if ready:
+            size[id(node)] = 1 + sum(size[id(k)] for k in kids)
+            depth[id(node)] = 1 + max((depth[id(k)] for k in kids), default=0)
+        else:
+            stack.append((node, True))
+            stack.extend((k, False) for k in kids if id(k) not in size)
+    return size[id(root)], depth[id(root)]
+
+
+def _read_yaml(text: str, source: str):
+    """The document of ``text`` (None when it holds nothing), within the bounds above."""
+    loader = _ConfigLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        values, depth = _expanded_size(node)
+        if values > MAX_VALUES:
+            raise ConfigError(source, [f"(top level): its aliases expand to {values} values (at most {MAX_VALUES}: "
+                                       "is it a configuration file?)"])
+        if depth > MAX_DEPTH:
+            raise ConfigError(source, [f"(top level): its aliases nest values {depth} levels deep "
+                                       f"(at most {MAX_DEPTH})"])
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def load_config(path: str | os.PathLike | None = None) -> Config:
     """Load ``path``, else ``$LEG_CONFIG``, else ``./config.yaml``; without any, the demo config."""
     explicit = path or os.environ.get(CONFIG_ENV)
@@ -534,15 +613,61 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
             raise ConfigError(str(candidate), ["file not found"])
         return demo_config()
     try:
-        text = candidate.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(str(candidate), [f"not UTF-8 text (byte {exc.start})"]) from None
+        with open(candidate, "rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(str(candidate), [f"cannot be read: {exc.strerror or exc}"]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(str(candidate), [f"larger than {MAX_FILE_BYTES // (1024 * 1024)} MB: is it a configuration file?"])
     try:
-        data = yaml.load(text, Loader=_ConfigLoader)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(candidate), [f"not UTF-8 text (byte {exc.start})"]) from None
+    try:
+        data = _read_yaml(text, str(candidate))
+    except yaml.reader.ReaderError as exc:     # a character YAML does not allow (a binary file)
+        line = text.count("\n", 0, exc.position)
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1)
+        raise ConfigError(str(candidate), [f"line {line + 1}, column {column + 1}: not valid YAML "
+                                           f"(character {exc.character!r} is not allowed: is it a text file?)"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         raise ConfigError(str(candidate), [f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+    except RecursionError:                     # a safety net: the bounds above should come first
+        raise ConfigError(str(candidate), [f"(top level): nested too deeply (at most {MAX_DEPTH} levels)"]) from None
+    if data is None:
+        raise ConfigError(str(candidate), ["(top level): the file is empty: it needs at least one section, such as "
+                                           "houses: (see config.example.yaml)"])
     return parse_config(data, source=str(candidate))
+
+
+def prepare_data_dir(cfg: Config) -> Path:
+    """``storage.data_dir``, created (mode 0700: it holds accounts and billing data) when it does not
+    exist yet, and checked to be a folder this process can write to; a ConfigError naming the key
+    otherwise."""
+    path = cfg.data_dir
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(cfg.source, [f"storage.data_dir: {str(path)!r} {why}"])
+    if path.exists() and not path.is_dir():
+        raise bad("is a file, not a folder")
+    if not path.is_dir():
+        above = next((p for p in path.parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise bad(f"cannot be created: {str(above)!r} is a file, not a folder")
+        try:
+            path.mkdir(parents=True, mode=0o700)
+            path.chmod(0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise bad(f"cannot be created ({exc.strerror or exc})") from None
+    import tempfile
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise bad(f"is not writable ({exc.strerror or exc})") from None
+    return path

@@ -352,10 +352,16 @@ def test_top_level_not_a_mapping(tmp_path, text):
     assert info.value.errors == ["(top level): must be a mapping of sections"]
 
 
-def test_empty_file_is_the_default_configuration(tmp_path):
-    path = write(tmp_path, "# nothing configured yet\n")
-    cfg = load_config(path)
-    assert cfg.houses == {} and cfg.source == str(path) and not cfg.is_demo
+@pytest.mark.parametrize("text", ["", "# nothing configured yet\n", "---\n", "~\n"],
+                         ids=["empty", "comment", "document-marker", "null"])
+def test_an_empty_file_is_an_error(tmp_path, text):
+    """An empty file is not the demo, nor an empty community: it says so."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.source == str(path)
+    assert info.value.errors == ["(top level): the file is empty: it needs at least one section, such as "
+                                 "houses: (see config.example.yaml)"]
 
 
 def test_missing_file_given_explicitly(tmp_path):
