@@ -117,28 +117,52 @@ def total_crosscheck(community, start: pd.Timestamp, end: pd.Timestamp) -> list[
 
 
 SILENT_AFTER = pd.Timedelta(hours=1)     # a meter this long without a reading needs a look
+# less free space than this in data_dir while writes fail: the disk is full, whatever the store's
+# error says (DuckDB can report a failed commit on a full disk as a failed rollback)
+FULL_DISK_BYTES = 16 * 1024 * 1024
+
+
+def _disk_free(path) -> int | None:
+    import shutil
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
 
 
 def health(services, now: pd.Timestamp) -> tuple[dict, int]:
     """(the health report, 200 or 503). 503 when an operator must act: an ingest thread died, the
-    store does not answer, or the store's spool has waited over an hour. Meters silent for an hour
-    make the status "degraded" (200): the meter or its link may be at fault, not this server."""
-    from storage.timeseries import StoreUnavailable
+    store does not answer or cannot write (a full disk: the pipeline keeps the readings and
+    retries), or the store's spool has waited over an hour. Meters silent for an hour make the
+    status "degraded" (200): the meter or its link may be at fault, not this server."""
+    from ingest.pipeline import describe_store_error
     c, runtime = services.community, services.runtime
     problems, warnings = [], []
-    store = c.store.health() if hasattr(c.store, "health") else {"backend": c.cfg.storage.backend}
+    try:
+        store = c.store.health() if hasattr(c.store, "health") else {"backend": c.cfg.storage.backend}
+    except Exception as exc:                  # the report goes on: it is what tells the operator
+        store = {"backend": c.cfg.storage.backend}
+        problems.append(f"store health unknown: {describe_store_error(exc)}")
     try:
         c.store.last_readings([])
         store["reachable"] = True
-    except StoreUnavailable as exc:
+    except Exception as exc:                  # StoreUnavailable, or the embedded store's own error
         store["reachable"] = False
-        problems.append(f"store unreachable: {exc}")
+        problems.append(f"store unreachable: {describe_store_error(exc)}")
+    free = _disk_free(c.cfg.data_dir)
+    store["disk_free_mb"] = None if free is None else round(free / 2**20, 1)
     if store.get("spool_age_s", 0) and store["spool_age_s"] > 3600:
         problems.append(f"{store.get('spool_lines', 0)} lines waiting in the spool for {store['spool_age_s']:.0f} s")
     ingest = None
     meters = []
     if runtime is not None:
         p = runtime.pipeline
+        if p.write_failures and p.last_write_error:
+            reason = p.last_write_error
+            if free is not None and free < FULL_DISK_BYTES and "disk is full" not in reason:
+                reason = f"the data disk is full ({free // 1024} KiB free in {c.cfg.data_dir}; the store says: {reason})"
+            problems.append(f"store cannot write: {reason} ({p.write_failures} failed attempts; "
+                            "the readings are kept and written when it can)")
         threads = {"pipeline": bool(p._thread and p._thread.is_alive())}
         if runtime.mqtt is not None:
             threads["mqtt"] = bool(runtime.mqtt._feeder and runtime.mqtt._feeder.is_alive())
@@ -146,6 +170,7 @@ def health(services, now: pd.Timestamp) -> tuple[dict, int]:
         problems += [f"ingest thread {name} is not running" for name, ok in threads.items() if not ok]
         problems += [f"meter connection {k} cannot start: {e}" for k, e in runtime.connections.errors.items()]
         ingest = {"threads": threads, "queued": p.queued, "spool_waiting": store.get("spool_lines", 0),
+                  "write_failures": p.write_failures, "last_write_error": p.last_write_error,
                   "mqtt_connected": bool(runtime.mqtt and runtime.mqtt.connected.is_set()),
                   "simulator": runtime.simulator is not None}
         status = p.status()
@@ -154,7 +179,7 @@ def health(services, now: pd.Timestamp) -> tuple[dict, int]:
                 continue
             st = status.get(m.meter_id)
             seen = pd.Timestamp(st.last_seen) if st and st.last_seen else None
-            if seen is None:
+            if seen is None and store["reachable"]:
                 last = c.last_reading(m.meter_id)
                 seen = pd.Timestamp(last.ts_utc) if last else None
             age = (now - seen).total_seconds() if seen is not None else None
