@@ -6,9 +6,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
+from contextlib import nullcontext
 from pathlib import Path
 
 import click
@@ -17,13 +19,23 @@ import pandas as pd
 from billing.exports import invoices_csv
 from billing.settlement import SettlementError, parse_period
 from community import Community, ImportSummary
-from config import ConfigError, load_config
+from config import ConfigError, load_config, prepare_data_dir
 from ingest.csv_files import CsvFileError, parse_readings_csv, write_readings_csv
 
 log = logging.getLogger("leg")
 
-config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False),
-                             envvar="LEG_CONFIG", help="config.yaml (default: $LEG_CONFIG, ./config.yaml, else the demo)")
+def _config_file(ctx, param, value):
+    """``--config`` is taken wherever it is given (``app.py --config F token create`` or
+    ``app.py token create --config F``); the one nearest the command wins."""
+    if value is not None:
+        ctx.meta["leg.config"] = value
+    return ctx.meta.get("leg.config")
+
+
+# $LEG_CONFIG is read by config.load_config when no --config is given
+config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="FILE",
+                             callback=_config_file, expose_value=True,
+                             help="the configuration file (default: $LEG_CONFIG, ./config.yaml, else the demo)")
 
 
 def _config(config_path):
@@ -35,23 +47,89 @@ def _config(config_path):
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if cfg.is_demo:
         cfg.storage.data_dir = str(Path(cfg.storage.data_dir) / "demo")
+    try:
+        prepare_data_dir(cfg)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc))
     return cfg
 
 
-def _open(config_path) -> Community:
+# commands that need no more than the ledger, and so work while the app runs
+BESIDE_THE_APP = "backup, export-readings, simulate, user and token commands"
+
+
+def _refuse_if_running(cfg, what: str = "this command") -> None:
+    """A one-line refusal when an app is running on the data folder: it holds the store."""
+    from storage.backup import running_app
+    control = running_app(cfg.data_dir)
+    if control:
+        pid = f" (pid {control['pid']})" if control.get("pid") else ""
+        raise click.ClickException(f"the app is running{pid} on {cfg.data_dir} and holds the store: stop it "
+                                   f"before {what} ({BESIDE_THE_APP} work beside it)")
+
+
+def _open(config_path, cfg=None, what: str = "this command") -> Community:
+    """The community with its ledger and store; a one-line reason when another process holds the
+    store or a file cannot be opened."""
+    import sqlite3
+
+    import duckdb
+
     from storage.ledger import LedgerError
+    cfg = cfg or _config(config_path)
+    _refuse_if_running(cfg, what)
     try:
-        return Community.open(_config(config_path))
+        return Community.open(cfg)
     except LedgerError as exc:                 # e.g. a ledger written by a newer release
         raise click.ClickException(str(exc))
+    except duckdb.IOException as exc:
+        text = str(exc)
+        if "lock" not in text.lower():
+            raise click.ClickException(f"the store {cfg.data_dir / 'timeseries.duckdb'} cannot be opened: {text}")
+        import re
+        pid = re.search(r"\(PID (\d+)\)", text)
+        raise click.ClickException(
+            f"another process{f' (pid {pid.group(1)})' if pid else ''} holds the store "
+            f"{cfg.data_dir / 'timeseries.duckdb'} (the app or the collector): stop it before {what} "
+            f"({BESIDE_THE_APP} work beside the app)")
+    except duckdb.Error as exc:
+        raise click.ClickException(f"the store {cfg.data_dir / 'timeseries.duckdb'} cannot be opened: {exc}")
+    except sqlite3.DatabaseError as exc:
+        raise click.ClickException(f"the ledger {cfg.data_dir / 'ledger.sqlite'} cannot be opened: {exc}")
+
+
+def _ledger(config_path):
+    """The ledger alone: SQLite in WAL mode, safe beside the running app (which holds the
+    time-series store). The registry is made to match the configuration first, unless an app is
+    running on the data folder (it took the configuration at its start)."""
+    import sqlite3
+
+    from storage.backup import running_app
+    from storage.ledger import Ledger, LedgerError
+    cfg = _config(config_path)
+    path = cfg.data_dir / "ledger.sqlite"
+    try:
+        ledger = Ledger(path)
+    except LedgerError as exc:
+        raise click.ClickException(str(exc))
+    except sqlite3.DatabaseError as exc:
+        raise click.ClickException(f"the ledger {path} cannot be opened: {exc}")
+    if not running_app(cfg.data_dir):
+        try:
+            ledger.sync_from_config(cfg)
+        except BaseException:
+            ledger.close()
+            raise
+    return ledger
 
 
 @click.group(invoke_without_command=True)
+@config_option
 @click.pass_context
-def cli(ctx):
+def cli(ctx, config_path):
     """LEG-Invoicing: meter data in, priced intervals, monthly invoices out."""
     if ctx.invoked_subcommand is None:
-        ctx.invoke(run)
+        ctx.invoke(run, config_path=config_path)
 
 
 def _wait_for_signal(status=None, every_s: float = 60.0) -> None:
@@ -82,7 +160,7 @@ def _print_status(runtime) -> None:
 def run(config_path, once, debug, no_ingest, threads):
     """Run the app: the web app on web.host:web.port, ingest (MQTT; the in-process simulator in the demo)."""
     from ingest.runtime import IngestRuntime
-    community = _open(config_path)
+    community = _open(config_path, what="starting it again")
     cfg = community.cfg
     read_only = cfg.storage.backend == "influxdb" and cfg.influxdb.mode == "read_only"
     if no_ingest and cfg.storage.backend != "influxdb":
@@ -115,8 +193,10 @@ def run(config_path, once, debug, no_ingest, threads):
         app = create_app(community, runtime, accounts)
         from storage.backup import write_control
         local = "127.0.0.1" if cfg.web.host in ("0.0.0.0", "::", "") else cfg.web.host
+        _control_routes(app, community)
         app.server.config["LEG_CONTROL_SECRET"] = write_control(
-            cfg.data_dir, f"http://{local}:{cfg.web.port}{app.config.url_base_pathname}api/backup")
+            cfg.data_dir, f"http://{local}:{cfg.web.port}{app.config.url_base_pathname}api/backup",
+            f"http://{local}:{cfg.web.port}{app.config.url_base_pathname}")
         url = f"http://{cfg.web.host}:{cfg.web.port}{app.config.url_base_pathname}"
         click.echo(f"web app on {url}; stop with Ctrl-C")
         if debug:
@@ -146,7 +226,7 @@ def run(config_path, once, debug, no_ingest, threads):
 def collect(config_path):
     """Run only the ingest (MQTT into the store), e.g. beside a separate web server."""
     from ingest.runtime import IngestRuntime
-    community = _open(config_path)
+    community = _open(config_path, what="collecting")
     if not community.cfg.mqtt.enabled:
         community.close()
         raise click.ClickException("mqtt.enabled is false: there is nothing to collect")
@@ -170,34 +250,46 @@ def collect(config_path):
 @click.option("--seed", type=int, default=1, show_default=True, help="random seed (deterministic profiles)")
 @click.option("--offset-months", type=int, default=0, show_default=True,
               help="follow the sun and season this many months ahead")
-@click.option("--backfill", type=float, default=0, help="first write this many days of history to the store")
+@click.option("--backfill", type=click.FloatRange(min=0), default=0,
+              help="first write this many days of history to the store (through the running app if one runs)")
 @click.option("--all-houses", is_flag=True, help="simulate every house, not only type: simulated")
-@click.option("--interval", type=float, default=10, show_default=True, help="seconds between messages")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=10, show_default=True,
+              help="seconds between messages")
 @config_option
 def simulate(broker, seed, offset_months, backfill, all_houses, interval, config_path):
     """Publish simulated smart meters ({MAC}/SENSOR, section 8.3 format) to an MQTT broker."""
     import paho.mqtt.client as mqtt
     from simulator.live import HouseSimulator, SimulatorThread
     from simulator.profiles import profiles_for
-    community = _open(config_path)
-    cfg = community.cfg
+    cfg = _config(config_path)
     profiles = profiles_for(cfg.houses, only_simulated=not all_houses)
     if not profiles:
-        community.close()
         raise click.ClickException("no house has type: simulated (use --all-houses)")
     host, port = cfg.mqtt.broker, cfg.mqtt.port
     if broker:
         host, _, p = broker.partition(":")
+        if p and not (p.isdigit() and 1 <= int(p) <= 65535):
+            raise click.ClickException(f"--broker: {p!r} is not a port number (1-65535)")
         port = int(p) if p else 1883
-    sim = HouseSimulator(profiles, cfg.tz, cfg.data_dir / "simulator_state.json", seed, offset_months)
+    if backfill:
+        request = {"days": backfill, "seed": seed, "offset_months": offset_months, "all_houses": all_houses}
+        answer = _ask_app(cfg, "POST", "backfill", json=request)
+        if answer is not None:
+            n = answer.json()["readings"]
+        else:
+            community = _open(config_path, cfg, what="backfilling")
+            try:
+                n = _backfill(community, **request)
+            except RuntimeError as exc:             # an unreadable simulator state
+                raise click.ClickException(str(exc))
+            finally:
+                community.close()
+        if n:
+            click.echo(f"backfilled {n} readings ({backfill:g} days)" + (" through the running app" if answer else ""))
     try:
-        if backfill:
-            history = sim.backfill(backfill, pd.Timestamp.now(tz="UTC"))
-            if len(history):
-                community.store_readings(history)
-                click.echo(f"backfilled {len(history)} readings ({backfill:g} days)")
-    finally:
-        community.close()
+        sim = HouseSimulator(profiles, cfg.tz, cfg.data_dir / "simulator_state.json", seed, offset_months)
+    except RuntimeError as exc:
+        raise click.ClickException(str(exc))
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"leg-simulator-{seed}")
     if cfg.mqtt.username and not broker:
         client.username_pw_set(cfg.mqtt.username, cfg.mqtt.password)
@@ -217,12 +309,108 @@ def simulate(broker, seed, offset_months, backfill, all_houses, interval, config
         client.loop_stop()
 
 
+def _backfill(community, days: float, seed: int, offset_months: int, all_houses: bool) -> int:
+    """``days`` of simulated history, up to now, of the simulated houses that have no simulator
+    state yet, written to the store (their counters then continue from its end); how many readings."""
+    from simulator.live import HouseSimulator
+    from simulator.profiles import profiles_for
+    cfg = community.cfg
+    sim = HouseSimulator(profiles_for(cfg.houses, only_simulated=not all_houses), cfg.tz,
+                         cfg.data_dir / "simulator_state.json", seed, offset_months)
+    history = sim.backfill(days, pd.Timestamp.now(tz="UTC"))
+    if len(history):
+        community.store_readings(history)
+    return len(history)
+
+
+def _ask_app(cfg, method: str, name: str, **request):
+    """The running app's answer to a request to its control endpoint ``control/<name>``, or None
+    when no app runs on the data folder; a refusal, or an app that does not answer, is a one-line
+    error."""
+    import requests
+
+    from storage.backup import running_app
+    control = running_app(cfg.data_dir)
+    if not control or not control.get("base"):
+        return None
+    try:
+        r = requests.request(method, f"{control['base']}control/{name}", timeout=600,
+                             headers={"X-Control-Secret": control["secret"]}, **request)
+    except requests.ConnectionError:
+        raise click.ClickException(f"the app (pid {control.get('pid', '?')}) runs on {cfg.data_dir} but does "
+                                   f"not answer at {control['base']}: try again once it has started")
+    if r.status_code >= 400:
+        try:
+            reason = r.json().get("error")
+        except ValueError:
+            reason = r.text[:200]
+        raise click.ClickException(f"the running app (pid {control.get('pid', '?')}) answered {r.status_code}: {reason}")
+    return r
+
+
+def _control_routes(app, community) -> None:
+    """What commands on this host ask of the running app, because it holds the store (beside
+    ``api/backup``): ``control/readings`` (export-readings) and ``control/backfill`` (simulate
+    --backfill). Only from the loopback address, with the secret of data_dir/control.json."""
+    import io
+
+    import flask
+
+    from auth.web import access
+    from ingest.pipeline import describe_store_error
+    base = app.config.url_base_pathname
+
+    def failed(exc, status=503):
+        log.error("control request %s failed: %s", flask.request.path, exc)
+        return flask.jsonify({"error": describe_store_error(exc)}), status
+
+    @access("control")
+    def readings():
+        args = flask.request.args
+        try:
+            start, end = (pd.Timestamp(args[k]) if args.get(k) else None for k in ("start", "end"))
+            if any(t is not None and t.tzinfo is None for t in (start, end)):
+                raise ValueError("start and end need a UTC offset")
+        except ValueError as exc:
+            return flask.jsonify({"error": f"start/end: {exc}", "field": "start"}), 400
+        try:
+            frame = community.store.read_readings(args.get("meter") or None, start, end)
+        except Exception as exc:
+            return failed(exc)
+
+        def chunks(step=50_000):
+            for i in range(0, max(len(frame), 1), step):
+                buf = io.StringIO()
+                write_readings_csv(frame.iloc[i:i + step], buf)
+                text = buf.getvalue()
+                yield text if i == 0 else text.split("\n", 1)[1]
+        return flask.Response(chunks(), mimetype="text/csv", headers={"X-Readings": str(len(frame))})
+
+    @access("control")
+    def backfill():
+        body = flask.request.get_json(silent=True)
+        kinds = {"days": (int, float), "seed": int, "offset_months": int, "all_houses": bool}
+        if not isinstance(body, dict) or set(body) != set(kinds) or any(
+                not isinstance(body[k], t) or (isinstance(body[k], bool) and t is not bool) for k, t in kinds.items()):
+            return flask.jsonify({"error": "give days, seed, offset_months and all_houses", "field": "body"}), 400
+        try:
+            n = _backfill(community, **body)
+        except RuntimeError as exc:
+            return flask.jsonify({"error": str(exc), "field": "simulator_state"}), 409
+        except Exception as exc:
+            return failed(exc)
+        return flask.jsonify({"readings": n}), 201
+
+    app.server.add_url_rule(f"{base}control/readings", "control_readings", readings, methods=["GET"])
+    app.server.add_url_rule(f"{base}control/backfill", "control_backfill", backfill, methods=["POST"])
+
+
 @cli.command("import-readings")
 @click.argument("file", type=click.Path(dir_okay=False))
 @config_option
 def import_readings(file, config_path):
     """Import meter readings from FILE (CSV: meter_id,timestamp,import_kwh,export_kwh)."""
-    community = _open(config_path)
+    community = _open(config_path, what="importing")
     try:
         parsed = parse_readings_csv(file, community.tz, {m.meter_id for m in community.meters()})
     except CsvFileError as exc:
@@ -263,7 +451,7 @@ def import_sdat(paths, config_path):
     files = sdat_files(paths)
     if not files:
         raise click.ClickException(f"no *.xml file in {', '.join(paths)}")
-    community = _open(config_path)
+    community = _open(config_path, what="importing")
     imported = 0
     try:
         for f in files:
@@ -297,29 +485,42 @@ def _line_key(msg: str):
 @click.option("--out", type=click.Path(dir_okay=False), help="file to write (default: standard output)")
 @config_option
 def export_readings(meter, start, end, out, config_path):
-    """Write stored readings as CSV in the import format."""
+    """Write stored readings as CSV in the import format (through the running app if one runs)."""
     from ingest.csv_files import parse_timestamp
     from ingest.readings import ReadingError
-    community = _open(config_path)
+    cfg = _config(config_path)
     try:
+        s = pd.Timestamp(parse_timestamp(start, cfg.tz)) if start else None
+        e = pd.Timestamp(parse_timestamp(end, cfg.tz)) if end else None
+    except ReadingError as exc:
+        raise click.ClickException(str(exc).replace("timestamp", "--start/--end", 1))
+    answer = _ask_app(cfg, "GET", "readings", stream=True, params={
+        "meter": meter or "", "start": s.isoformat() if s is not None else "",
+        "end": e.isoformat() if e is not None else ""})
+    if answer is not None:
+        import requests
+        n = int(answer.headers.get("X-Readings", 0))
         try:
-            s = pd.Timestamp(parse_timestamp(start, community.tz)) if start else None
-            e = pd.Timestamp(parse_timestamp(end, community.tz)) if end else None
-        except ReadingError as exc:
-            raise click.ClickException(str(exc).replace("timestamp", "--start/--end", 1))
-        readings = community.store.read_readings(meter, s, e)
-    finally:
-        community.close()
-    if out:
-        with open(out, "w", encoding="utf-8", newline="") as fh:
-            n = write_readings_csv(readings, fh)
-        click.echo(f"{out}: {n} readings", err=True)
+            with (open(out, "wb") if out else nullcontext(sys.stdout.buffer)) as fh:
+                for chunk in answer.iter_content(chunk_size=1 << 16):
+                    fh.write(chunk)
+        except requests.RequestException as exc:
+            raise click.ClickException(f"the running app stopped sending the readings: {exc}")
     else:
-        write_readings_csv(readings, sys.stdout)
+        community = _open(config_path, cfg, what="exporting")
+        try:
+            readings = community.store.read_readings(meter, s, e)
+        finally:
+            community.close()
+        with (open(out, "w", encoding="utf-8", newline="") if out else nullcontext(sys.stdout)) as fh:
+            n = write_readings_csv(readings, fh)
+    if out:
+        click.echo(f"{out}: {n} readings", err=True)
 
 
 @cli.group()
-def tariffs():
+@config_option
+def tariffs(config_path):
     """List or add tariff versions (ct/kWh)."""
 
 
@@ -327,7 +528,7 @@ def tariffs():
 @config_option
 def tariffs_list(config_path):
     """Every tariff version, oldest first."""
-    community = _open(config_path)
+    community = _open(config_path, what="listing tariffs")
     try:
         versions = community.ledger.tariff_versions()
     finally:
@@ -351,7 +552,7 @@ def tariffs_add(p_pv, p_grid_del, p_grid_con, mode, effective_from, config_path)
     from ingest.csv_files import parse_timestamp
     from ingest.readings import ReadingError
     from pricing.tariffs import Tariff, TariffError
-    community = _open(config_path)
+    community = _open(config_path, what="adding a tariff")
     try:
         try:
             eff = parse_timestamp(effective_from, community.tz) if effective_from else community.clock()
@@ -378,7 +579,7 @@ def tariffs_add(p_pv, p_grid_del, p_grid_con, mode, effective_from, config_path)
 def settle(period, out, close, allow_incomplete, config_path):
     """Settle a period: one invoice per house, written to OUT/invoices.csv and OUT/<invoice>.pdf."""
     from billing import lifecycle
-    community = _open(config_path)
+    community = _open(config_path, what="settling")
     try:
         try:
             parse_period(period, community.tz)
@@ -428,9 +629,11 @@ def _first_accounts(community):
 
 
 def _accounts(config_path):
+    """The ledger and its accounts: user and token commands need no more, so they work while the
+    app runs."""
     from auth.accounts import Accounts
-    community = _open(config_path)
-    return community, Accounts(community.ledger)
+    ledger = _ledger(config_path)
+    return ledger, Accounts(ledger)
 
 
 @cli.command()
@@ -441,21 +644,21 @@ def backup(dest, config_path):
     folder), also while the app runs (it takes the snapshot itself)."""
     import requests
 
-    from storage.backup import BackupError, read_control, snapshot
+    from storage.backup import BackupError, running_app, snapshot
     cfg = _config(config_path)
-    control = read_control(cfg.data_dir)
+    control = running_app(cfg.data_dir)         # None when the app that wrote control.json is gone
     if control:
         try:
             r = requests.post(control["url"], json={"dir": str(Path(dest).resolve())},
                               headers={"X-Control-Secret": control["secret"]}, timeout=600)
         except requests.ConnectionError:
-            control = None                    # left behind by an app that is gone: do it here
-        else:
-            if r.status_code != 201:
-                raise click.ClickException(f"the running app refused: {r.json().get('error', r.text)}")
-            manifest = r.json()
-    if not control:
-        community = _open(config_path)
+            raise click.ClickException(f"the app (pid {control.get('pid', '?')}) runs on {cfg.data_dir} but does "
+                                       f"not answer at {control['url']}: try again once it has started")
+        if r.status_code != 201:
+            raise click.ClickException(f"the running app refused: {r.json().get('error', r.text)}")
+        manifest = r.json()
+    else:
+        community = _open(config_path, cfg, what="a backup")
         try:
             manifest = snapshot(community, dest)
         except BackupError as exc:
@@ -472,10 +675,12 @@ def backup(dest, config_path):
 @config_option
 def restore(src, force, config_path):
     """Bring the backup SRC back into storage.data_dir (stop the app first)."""
-    from storage.backup import BackupError, read_control, restore as do_restore
+    from storage.backup import BackupError, restore as do_restore, running_app
     cfg = _config(config_path)
-    if read_control(cfg.data_dir):
-        raise click.ClickException(f"the app is running on {cfg.data_dir} (control.json); stop it first")
+    control = running_app(cfg.data_dir)
+    if control:
+        raise click.ClickException(f"the app is running (pid {control.get('pid', '?')}) on {cfg.data_dir} "
+                                   "(control.json); stop it first")
     try:
         manifest = do_restore(src, cfg.data_dir, force)
     except BackupError as exc:
@@ -491,7 +696,7 @@ def restore(src, force, config_path):
 def test_meter(meter_id, timeout, config_path):
     """One read of a meter's connection: the value, or exactly what went wrong."""
     import registry
-    community = _open(config_path)
+    community = _open(config_path, what="testing a meter")
     try:
         meter = community.ledger.meter(meter_id)
         if meter is None:
@@ -508,7 +713,8 @@ def test_meter(meter_id, timeout, config_path):
 
 
 @cli.group()
-def user():
+@config_option
+def user(config_path):
     """Accounts: managers (everything) and members (their own houses)."""
 
 
@@ -536,30 +742,31 @@ def user_passwd(username, password_stdin, config_path):
 def _with_password(config_path, password_stdin: bool, action) -> str:
     """Run ``action(accounts, password)`` with a password from standard input or a random one."""
     from auth.accounts import AccountError, new_password
-    community, accounts = _accounts(config_path)
+    ledger, accounts = _accounts(config_path)
     try:
         password = sys.stdin.readline().rstrip("\n") if password_stdin else new_password()
         action(accounts, password)
     except AccountError as exc:
         raise click.ClickException(str(exc))
     finally:
-        community.close()
+        ledger.close()
     return password
 
 
 @user.command("list")
 @config_option
 def user_list(config_path):
-    community, accounts = _accounts(config_path)
+    ledger, accounts = _accounts(config_path)
     try:
         for u in accounts.users():
             click.echo(f"{u['username']:<24} {u['role']:<8} houses: {', '.join(u['houses']) or '-'}")
     finally:
-        community.close()
+        ledger.close()
 
 
 @cli.group()
-def token():
+@config_option
+def token(config_path):
     """API tokens (Authorization: Bearer <token>)."""
 
 
@@ -569,11 +776,11 @@ def token():
 @config_option
 def token_create(scope, label, config_path):
     """Print a new token (alone on the last line; it is not shown again)."""
-    community, accounts = _accounts(config_path)
+    ledger, accounts = _accounts(config_path)
     try:
         text = accounts.create_token(scope, by="cli", label=label)
     finally:
-        community.close()
+        ledger.close()
     click.echo(f"{scope} token created; store it now, it cannot be shown again:")
     click.echo(text)
 
@@ -584,13 +791,13 @@ def token_create(scope, label, config_path):
 def token_revoke(token_id, config_path):
     """Revoke a token by its id (the part after leg_, or the whole token)."""
     from auth.accounts import AccountError
-    community, accounts = _accounts(config_path)
+    ledger, accounts = _accounts(config_path)
     try:
         accounts.revoke_token(token_id, by="cli")
     except AccountError as exc:
         raise click.ClickException(str(exc))
     finally:
-        community.close()
+        ledger.close()
     click.echo(f"token {token_id.removeprefix('leg_').split('_')[0]} revoked")
 
 
@@ -622,5 +829,11 @@ def _print_settlement(s) -> None:
                    f"balance {round(sm.balance_ct / 100, 2) + 0.0:.2f} CHF")
 
 
-if __name__ == "__main__":
+def main() -> None:
+    # data files (ledger, store, backups, invoices, exports) are readable by this user only
+    os.umask(0o077)
     cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import shutil
 import sqlite3
@@ -41,6 +42,7 @@ def snapshot(community, dest: str | Path, pipeline=None) -> dict:
     if dest.exists() and any(dest.iterdir()):
         raise BackupError(f"{dest} is not empty; choose a new folder for the backup")
     dest.mkdir(parents=True, exist_ok=True)
+    _private(dest, 0o700)
     if pipeline is not None:
         pipeline.flush()                              # what has arrived is in the store
     c = community
@@ -61,7 +63,18 @@ def snapshot(community, dest: str | Path, pipeline=None) -> dict:
     manifest = {"created_at": datetime.now(timezone.utc).isoformat(), "backend": c.cfg.storage.backend,
                 "ledger_schema": schema, "issued_invoices": invoices, "files": files}
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    for p in dest.iterdir():
+        _private(p, 0o600)
     return manifest
+
+
+def _private(path: Path, mode: int) -> None:
+    """A backup holds password hashes and billing data: its folder and files are the owner's only
+    (whatever the modes of the files it was copied from)."""
+    try:
+        path.chmod(mode)
+    except OSError:                          # not ours (a folder someone else made for us): leave it
+        pass
 
 
 def restore(src: str | Path, data_dir: str | Path, force: bool = False) -> dict:
@@ -79,30 +92,52 @@ def restore(src: str | Path, data_dir: str | Path, force: bool = False) -> dict:
             raise BackupError(f"{src}: {name} does not match its checksum; the backup is damaged")
     if data_dir.exists() and any(data_dir.iterdir()) and not force:
         raise BackupError(f"{data_dir} is not empty; restore into an empty folder, or add --force to replace it")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    if not data_dir.exists():
+        data_dir.mkdir(parents=True, mode=0o700)
+        _private(data_dir, 0o700)
     for name in ("ledger.sqlite", "timeseries.duckdb", SPOOL_FILE):     # and their logs
         for suffix in ("", "-wal", "-shm", ".wal"):
             (data_dir / (name + suffix)).unlink(missing_ok=True)
     for name in manifest["files"]:
         shutil.copy2(src / name, data_dir / name)
+        _private(data_dir / name, 0o600)
     return manifest
 
 
-def write_control(data_dir: Path, url: str) -> str:
-    """The running app's control endpoint and its secret, readable by the app's user only."""
+def write_control(data_dir: Path, url: str, base: str | None = None) -> str:
+    """The running app's control endpoint and its secret, readable by the app's user only: ``url``
+    takes backups, ``base`` is where the app's other control routes (``control/...``) are."""
     secret = secrets.token_urlsafe(32)
     path = Path(data_dir) / "control.json"
     path.touch(mode=0o600, exist_ok=True)
     path.chmod(0o600)
-    path.write_text(json.dumps({"url": url, "secret": secret}))
+    path.write_text(json.dumps({"url": url, "base": base, "secret": secret, "pid": os.getpid()}))
     return secret
 
 
 def read_control(data_dir: Path) -> dict | None:
     try:
-        return json.loads((Path(data_dir) / "control.json").read_text())
+        control = json.loads((Path(data_dir) / "control.json").read_text())
     except (OSError, ValueError):
         return None
+    return control if isinstance(control, dict) and isinstance(control.get("secret"), str) else None
+
+
+def running_app(data_dir: Path) -> dict | None:
+    """The control file of the app running on ``data_dir``; None when there is none, or when the
+    process that wrote it is gone (killed: it had no chance to remove it)."""
+    control = read_control(data_dir)
+    if control is None:
+        return None
+    pid = control.get("pid")
+    if isinstance(pid, int) and pid > 0:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:                # alive, another user's process
+            pass
+    return control
 
 
 def remove_control(data_dir: Path) -> None:
