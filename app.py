@@ -471,6 +471,77 @@ def import_sdat(paths, config_path):
         sys.exit(1)
 
 
+class _LedgerOnly:
+    """What commands that need only the ledger see of a community (the ledger is SQLite in WAL mode,
+    safe beside the running app, which holds the time-series store)."""
+
+    def __init__(self, cfg):
+        from storage.ledger import Ledger
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.cfg, self.tz = cfg, cfg.tz
+        self.ledger = Ledger(cfg.data_dir / "ledger.sqlite")
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+def _open_ledger(config_path) -> _LedgerOnly:
+    from storage.ledger import LedgerError
+    try:
+        return _LedgerOnly(_config(config_path))
+    except LedgerError as exc:
+        raise click.ClickException(str(exc))
+
+
+@cli.command("import-payments")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@config_option
+def import_payments_cmd(files, config_path):
+    """Import bank files (camt.054 notifications, camt.053 statements): payments whose reference
+    names an issued invoice mark it paid or partially paid; the rest is listed. Idempotent."""
+    from billing.payments import import_payments, open_items
+    community = _open_ledger(config_path)
+    ok = 0
+    try:
+        for f in files:
+            result = import_payments(community, Path(f).name, Path(f).read_bytes(), "cli")
+            click.echo(result.line(), err=result.error is not None)
+            ok += result.error is None
+        for t in open_items(community):
+            click.echo(f"to assign by hand: {t['state']}: CHF {t['amount_chf']} reference {t['reference'] or '-'} "
+                       f"({t['booking_date'] or '-'}, {t['debtor'] or '-'}, {t['file_name']})")
+    finally:
+        community.close()
+    if not ok:
+        sys.exit(1)
+
+
+@cli.command()
+@click.option("--period", required=True, help="a closed period, YYYY-MM")
+@click.option("--out", type=click.Path(file_okay=False), default=".", show_default=True, help="folder for the files")
+@config_option
+def payouts(period, out, config_path):
+    """Pay out the credits of a closed period: payouts-PERIOD.csv and a pain.001.001.09 credit
+    transfer file (payouts-PERIOD.xml) for the houses with a credit and an IBAN."""
+    from billing.payments import payouts as make_payouts
+    community = _open_ledger(config_path)
+    try:
+        files = make_payouts(community, period)
+    except ValueError as exc:
+        raise click.ClickException(str(exc))
+    finally:
+        community.close()
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"payouts-{period}.csv").write_bytes(files.csv)
+    if files.xml:
+        (folder / f"payouts-{period}.xml").write_bytes(files.xml)
+    click.echo(f"{period}: CHF {files.total_chf:.2f} to pay out" + (f" ({folder / f'payouts-{period}.xml'})" if files.xml else ""))
+    for m in files.without_iban:
+        click.echo(f"house {m['house_id']} ({m['name']}): credit CHF {m['amount_chf']} not paid out: no IBAN "
+                   f"(houses.<key>.iban)", err=True)
+
+
 def _line_key(msg: str):
     try:
         return int(msg.split(":", 1)[0].split()[1])

@@ -362,7 +362,7 @@ class Community:
             if close:
                 raise SettlementError(f"period {period_id} is already closed (at {stored['closed_at'][:16]} "
                                       f"UTC by {stored['closed_by']}); its invoices stay as issued")
-            return Settlement(period, "closed", self.ledger.issued_invoices(period_id))
+            return Settlement(period, "closed", self.with_references(self.ledger.issued_invoices(period_id)))
         now = pd.Timestamp(self.clock())
         if close and period.end > now:
             raise SettlementError(f"period {period_id} is not over yet (it ends "
@@ -382,8 +382,17 @@ class Community:
             issued = self.ledger.close_period(period_id, period.start.isoformat(), period.end.isoformat(),
                                               drafts, issue_year, closed_by)
             log.info("period %s closed: %d invoices issued", period_id, len(issued))
-            return Settlement(period, "closed", issued, s.summary, s.missing)
+            return Settlement(period, "closed", self.with_references(issued), s.summary, s.missing)
+        self.with_references(s.invoices)
         return s
+
+    def with_references(self, invoices: list[dict]) -> list[dict]:
+        """Set each invoice's ``payment_reference``: the one its QR-bill carries ('' for drafts and
+        credits; billing.payments.payment_reference)."""
+        from billing.payments import payment_reference
+        for inv in invoices:
+            inv["payment_reference"] = payment_reference(inv, self.cfg.community.iban) or ""
+        return invoices
 
 
     def periods(self, months: int = 12) -> list[dict]:
@@ -409,7 +418,7 @@ class Community:
         """An issued invoice, or the draft ``DRAFT-<period>-<house>`` as it stands now."""
         inv = self.ledger.invoice(invoice_id)
         if inv is not None or not invoice_id.startswith("DRAFT-"):
-            return inv
+            return self.with_references([inv])[0] if inv is not None else None
         period_id = invoice_id[len("DRAFT-"):len("DRAFT-YYYY-MM")]
         try:
             s = self.settle(period_id, allow_incomplete=True)

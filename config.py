@@ -103,6 +103,20 @@ class HouseConfig(_Strict):
     # the grid operator's metering points of the house (SDAT-CH data, pricing.mode leg); the key
     # under `houses` may itself be the consumption metering point's ID
     metering_points: list[str] = Field(default_factory=list, max_length=20)
+    # where the house's credits are paid out (producers; `payouts`), validated
+    iban: str | None = None
+
+    @field_validator("iban")
+    @classmethod
+    def _iban(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        from stdnum import iban as std_iban
+        from stdnum.exceptions import ValidationError as StdnumError
+        try:
+            return std_iban.validate(v)
+        except StdnumError as exc:
+            raise ValueError(f"{v!r} is not a valid IBAN ({exc})") from None
 
     @field_validator("metering_points")
     @classmethod

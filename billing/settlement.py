@@ -24,7 +24,7 @@ from storage.ledger import House
 CSV_FIELDS = ["invoice_id", "house_id", "period_start", "period_end", "energy_exported_kwh",
               "energy_imported_kwh", "export_revenue_ct", "import_cost_ct", "net_amount_ct", "status"]
 CSV_EXTRA_FIELDS = ["house_name", "net_amount_chf", "avg_p_con", "avg_p_pv", "intervals",
-                    "missing_intervals", "flags"]
+                    "missing_intervals", "flags", "payment_reference"]
 # pricing.mode leg (billing/leg.py): for information, what the grid operator bills, and the saving
 LEG_CSV_FIELDS = ["grid_share_consumed_kwh", "grid_share_fed_in_kwh", "grid_fee_saving_ct"]
 
@@ -281,7 +281,7 @@ def invoice_rows(invoices: list[dict]) -> list[dict]:
         row.update({"house_name": d.get("house_name"), "net_amount_chf": inv["net_amount_chf"],
                     "avg_p_con": d.get("avg_p_con"), "avg_p_pv": d.get("avg_p_pv"),
                     "intervals": d.get("intervals"), "missing_intervals": d.get("missing_intervals"),
-                    "flags": " ".join(d.get("flags", []))})
+                    "flags": " ".join(d.get("flags", [])), "payment_reference": inv.get("payment_reference", "")})
         if "leg" in d:
             row.update({k: d["leg"].get(k) for k in LEG_CSV_FIELDS})
         rows.append(row)

@@ -293,10 +293,32 @@ MIGRATIONS: list[str] = [
     DELETE FROM tariff_versions WHERE id IN (SELECT id FROM tariff_versions_superseded);
     CREATE UNIQUE INDEX tariff_versions_one_per_time ON tariff_versions (effective_from);
     """,
+    # 11: payments from bank files (camt.053/054): every transaction kept once (by its identity),
+    # with what became of it: applied to an invoice, or listed for a manager (unmatched, a reversal,
+    # a debit, a payment to a cancelled invoice)
+    """
+    CREATE TABLE bank_transactions (
+        tx_id TEXT PRIMARY KEY,
+        file_name TEXT NOT NULL,
+        message TEXT NOT NULL,
+        amount_chf TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        credit INTEGER NOT NULL,
+        reversal INTEGER NOT NULL,
+        reference TEXT,
+        booking_date TEXT,
+        debtor TEXT,
+        invoice_id TEXT REFERENCES invoices(invoice_id),
+        state TEXT NOT NULL CHECK (state IN ('applied', 'unmatched', 'reversal', 'debit', 'cancelled_invoice')),
+        imported_at TEXT NOT NULL
+    );
+    CREATE INDEX bank_transactions_invoice ON bank_transactions (invoice_id);
+    """,
 ]
 
-INVOICE_STATUSES = ("issued", "paid", "cancelled")
-_TRANSITIONS = {"issued": {"paid", "cancelled"}, "paid": {"cancelled"}, "cancelled": set()}
+INVOICE_STATUSES = ("issued", "partially_paid", "paid", "cancelled")
+_TRANSITIONS = {"issued": {"paid", "partially_paid", "cancelled"}, "partially_paid": {"paid", "cancelled"},
+                "paid": {"cancelled"}, "cancelled": set()}
 
 
 class LedgerError(Exception):
@@ -559,6 +581,10 @@ class Ledger:
                           "ORDER BY period_id DESC, invoice_id", list(house_ids))
         return [_invoice(r) for r in rows]
 
+    def all_invoices(self) -> list[dict]:
+        """Every issued invoice, oldest first."""
+        return [_invoice(r) for r in self._rows("SELECT * FROM invoices ORDER BY issued_at, invoice_id")]
+
     def invoice(self, invoice_id: str) -> dict | None:
         rows = self._rows("SELECT * FROM invoices WHERE invoice_id = ?", (invoice_id,))
         return _invoice(rows[0]) if rows else None
@@ -640,6 +666,72 @@ class Ledger:
         con.execute("INSERT INTO invoice_events (invoice_id, status, at, by, note) VALUES (?, ?, ?, ?, ?)",
                     (invoice_id, status, _now(), by, note))
         return dict(row)
+
+    # -- payments from bank files -------------------------------------------------------------
+    def record_bank_transactions(self, file_name: str, message: str, txs, references: dict[str, str],
+                                 by: str) -> dict:
+        """Keep a bank file's transactions (``billing.camt.BankTransaction``) and apply each credit
+        whose reference names an issued invoice (``references``: reference -> invoice id): the
+        invoice becomes ``partially_paid`` or, once the applied amounts reach its amount due,
+        ``paid`` (an event each, with the bank file as its source). A transaction seen before
+        (same identity) changes nothing. Returns counts per state and the invoices changed."""
+        counts = {"known": 0, "applied": 0, "unmatched": 0, "reversal": 0, "debit": 0, "cancelled_invoice": 0}
+        changed: dict[str, str] = {}
+        now = _now()
+        with self.transaction() as con:
+            for t in txs:
+                if con.execute("SELECT 1 FROM bank_transactions WHERE tx_id = ?", (t.tx_id,)).fetchone():
+                    counts["known"] += 1
+                    continue
+                invoice_id = references.get(t.reference) if t.reference else None
+                inv = con.execute("SELECT status, net_amount_chf FROM invoices WHERE invoice_id = ?",
+                                  (invoice_id,)).fetchone() if invoice_id else None
+                if t.reversal:
+                    state = "reversal"
+                elif not t.credit:
+                    state = "debit"
+                elif inv is None or not t.booked or t.currency != "CHF":
+                    state, invoice_id = "unmatched", None
+                elif inv["status"] == "cancelled":
+                    state = "cancelled_invoice"
+                else:
+                    state = "applied"
+                con.execute("INSERT INTO bank_transactions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (t.tx_id, file_name[:200], message, str(t.amount_chf), t.currency, int(t.credit),
+                             int(t.reversal), t.reference, t.booking_date.isoformat() if t.booking_date else None,
+                             (t.debtor or "")[:140] or None, invoice_id if state != "unmatched" else None, state, now))
+                counts[state] += 1
+                if state != "applied":
+                    continue
+                due = -Decimal(inv["net_amount_chf"])
+                paid = sum((Decimal(r[0]) for r in con.execute(
+                    "SELECT amount_chf FROM bank_transactions WHERE invoice_id = ? AND state = 'applied'",
+                    (invoice_id,))), Decimal("0"))
+                new = "paid" if paid >= due else "partially_paid"
+                note = (f"bank file {file_name[:120]}: transaction {t.tx_id} of CHF {t.amount_chf}; "
+                        f"paid CHF {paid} of CHF {due}" + (f" (overpaid by CHF {paid - due})" if paid > due else ""))
+                if new != inv["status"]:
+                    self._transition(con, invoice_id, new, by, note)
+                else:
+                    con.execute("INSERT INTO invoice_events (invoice_id, status, at, by, note) VALUES (?, ?, ?, ?, ?)",
+                                (invoice_id, new, now, by, note))
+                changed[invoice_id] = new
+        return {"counts": counts, "changed": changed}
+
+    def bank_transactions(self, states: tuple[str, ...] | None = None) -> list[dict]:
+        q = "SELECT * FROM bank_transactions"
+        args: tuple = ()
+        if states:
+            q += f" WHERE state IN ({','.join('?' * len(states))})"
+            args = tuple(states)
+        return [dict(r) for r in self._rows(q + " ORDER BY booking_date, tx_id", args)]
+
+    def paid_amounts(self) -> dict[str, Decimal]:
+        """Invoice id -> the sum of bank payments applied to it."""
+        out: dict[str, Decimal] = {}
+        for r in self._rows("SELECT invoice_id, amount_chf FROM bank_transactions WHERE state = 'applied'"):
+            out[r["invoice_id"]] = out.get(r["invoice_id"], Decimal("0")) + Decimal(r["amount_chf"])
+        return out
 
     def cancel_invoice(self, invoice_id: str, by: str, reason: str, issue_year: int) -> dict:
         """Cancel an issued invoice: a credit note CN-<year>-NNN (gapless per year) for its full
