@@ -339,6 +339,10 @@ class Community:
     def add_tariff(self, tariff, created_by: str) -> None:
         """Add a tariff version. It may not take effect inside or before a closed period: issued
         invoices would no longer match the tariffs on record."""
+        from pricing.tariffs import version_conflict
+        conflict = version_conflict(self.ledger.tariff_versions(), tariff, self.tz)
+        if conflict is not None:                  # one version per effective_from (TariffConflict)
+            raise conflict
         closed_until = self.ledger.closed_until()
         if closed_until and tariff.effective_from < closed_until:
             raise SettlementError(

@@ -15,7 +15,7 @@ from components.charts import energy_figure, grid_figures, price_figure, value_f
 from components.controls import kpi_cards
 from ingest.csv_files import parse_timestamp
 from ingest.readings import ReadingError
-from pricing.tariffs import Tariff, tariff_errors
+from pricing.tariffs import Tariff, TariffError, tariff_errors
 
 
 def page_range(community, range_name: str, bucket: str | None, first_day, last_day,
@@ -258,6 +258,8 @@ def submit(c, values: dict, effective_text: str | None, now: datetime, by: str =
                     values["mode"], eff)
     try:
         c.add_tariff(tariff, created_by=by)
+    except TariffError as exc:                    # e.g. a version at that time exists already
+        return {exc.field: exc.message}, None
     except SettlementError as exc:
         return {"effective_from": str(exc)}, None
     return {}, f"Saved: in force from {eff.astimezone(c.tz):%Y-%m-%d %H:%M}"

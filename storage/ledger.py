@@ -396,7 +396,10 @@ class Ledger:
                 yield self._con
                 self._con.execute("COMMIT")
             except BaseException:
-                self._con.execute("ROLLBACK")
+                # SQLite rolls back by itself on some errors (a full disk): then there is nothing
+                # to roll back, and the original error is the one to report
+                if self._con.in_transaction:
+                    self._con.execute("ROLLBACK")
                 raise
 
     def _rows(self, sql: str, params=()) -> list[sqlite3.Row]:

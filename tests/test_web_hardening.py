@@ -4,7 +4,10 @@ requests and user names, replayed session cookies after logout and password chan
 API and Dash callback requests, and a ledger that cannot write its audit rows."""
 import logging
 import sqlite3
+import subprocess
+import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -13,10 +16,12 @@ from auth.accounts import MAX_USERNAME_INPUT, AccountError, Accounts
 from auth.web import callback_body_error, safe_next
 from community import Community
 from config import parse_config
-from pricing.tariffs import MAX_PRICE_CT, Tariff, TariffError, tariff_errors
+from pricing.tariffs import MAX_PRICE_CT, Tariff, TariffConflict, TariffError, tariff_errors
 from storage.ledger import MIGRATIONS, Ledger, _split_sql
 from web import MAX_REQUEST_BYTES
 from webauth import MANAGER, add_users, login, member
+
+ROOT = Path(__file__).resolve().parent.parent
 
 HOUSES = {"M1": {"id": 1, "name": "One"}, "M2": {"id": 2, "name": "Two", "pv_kwp": 10}}
 BASE = "/leg/"
@@ -403,3 +408,20 @@ def test_a_failed_login_that_cannot_be_counted_answers_503(world, caplog):
         assert browser.get(BASE + "api/periods").status_code == 200
     finally:
         c.ledger._con.set_authorizer(None)
+
+
+def test_a_duplicate_tariff_version_is_refused_on_every_path(world, tmp_path):
+    """The page's form (components.views.submit) and the command line refuse it as the API does:
+    the rule is Community.add_tariff's."""
+    c, _ = world
+    c.add_tariff(Tariff(18, 5, 30, "static", datetime(2026, 6, 1, tzinfo=timezone.utc)), "test")
+    with pytest.raises(TariffConflict, match="exists already"):
+        c.add_tariff(Tariff(19, 5, 30, "static", datetime(2026, 6, 1, tzinfo=timezone.utc)), "test")
+    cfg = tmp_path / "cli.yaml"
+    cfg.write_text(f"storage: {{data_dir: '{tmp_path / 'cli-data'}'}}\nmqtt: {{enabled: false}}\n"
+                   "houses: {H1: {id: 1, name: House 1}}\n")
+    add = [sys.executable, str(ROOT / "app.py"), "tariffs", "add", "--p-pv", "18", "--p-grid-del", "5",
+           "--p-grid-con", "30", "--effective-from", "2026-07-01T00:00", "--config", str(cfg)]
+    assert subprocess.run(add, capture_output=True, text=True, timeout=120).returncode == 0
+    again = subprocess.run(add, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and "exists already" in again.stderr and "Traceback" not in again.stderr
