@@ -59,8 +59,11 @@ BESIDE_THE_APP = "backup, export-readings, simulate, user and token commands"
 
 
 def _refuse_if_running(cfg, what: str = "this command") -> None:
-    """A one-line refusal when an app is running on the data folder: it holds the store."""
+    """A one-line refusal when an app is running on the data folder and holds the embedded store
+    (one process at a time); an InfluxDB server takes writers side by side (web and collector)."""
     from storage.backup import running_app
+    if cfg.storage.backend == "influxdb":
+        return
     control = running_app(cfg.data_dir)
     if control:
         pid = f" (pid {control['pid']})" if control.get("pid") else ""

@@ -229,7 +229,7 @@ def test_reset_flag_reaches_the_invoice(make_community):
 
 
 def test_tariff_versions_price_their_own_intervals_and_never_reach_into_closed_periods(make_community):
-    from pricing.tariffs import Tariff
+    from pricing.tariffs import Tariff, TariffConflict
     c = make_community({"M1": {"id": 1, "name": "One"}}, mode="static",
                        clock=lambda: datetime(2026, 4, 2, tzinfo=timezone.utc))
     c.store_readings(frame([("M1", "2026-02-01T00:00", 0.0, 0.0), ("M1", "2026-04-01T00:00", 2830.0, 0.0)]))
@@ -244,7 +244,7 @@ def test_tariff_versions_price_their_own_intervals_and_never_reach_into_closed_p
     with pytest.raises(SettlementError, match="closed period"):
         c.add_tariff(Tariff(20, 6, 30, "static", datetime.fromisoformat("2026-02-15T00:00:00+01:00")), "test")
     # at the closed period's end: not refused as closed, only as a second version at that time
-    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+    with pytest.raises(TariffConflict, match="exists already"):
         c.add_tariff(Tariff(20, 6, 30, "static", march), "test")
     c.add_tariff(Tariff(20, 6, 30, "static", march + timedelta(minutes=15)), "test")
 
