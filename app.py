@@ -101,7 +101,7 @@ def _open(config_path, cfg=None, what: str = "this command") -> Community:
         raise click.ClickException(f"the ledger {cfg.data_dir / 'ledger.sqlite'} cannot be opened: {exc}")
 
 
-def _ledger(config_path):
+def _ledger(config_path, cfg=None):
     """The ledger alone: SQLite in WAL mode, safe beside the running app (which holds the
     time-series store). The registry is made to match the configuration first, unless an app is
     running on the data folder (it took the configuration at its start)."""
@@ -109,7 +109,7 @@ def _ledger(config_path):
 
     from storage.backup import running_app
     from storage.ledger import Ledger, LedgerError
-    cfg = _config(config_path)
+    cfg = cfg or _config(config_path)
     path = cfg.data_dir / "ledger.sqlite"
     try:
         ledger = Ledger(path)
@@ -475,25 +475,18 @@ def import_sdat(paths, config_path):
 
 
 class _LedgerOnly:
-    """What commands that need only the ledger see of a community (the ledger is SQLite in WAL mode,
-    safe beside the running app, which holds the time-series store)."""
+    """What commands that need only the ledger see of a community (``_ledger``)."""
 
-    def __init__(self, cfg):
-        from storage.ledger import Ledger
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        self.cfg, self.tz = cfg, cfg.tz
-        self.ledger = Ledger(cfg.data_dir / "ledger.sqlite")
+    def __init__(self, cfg, ledger):
+        self.cfg, self.tz, self.ledger = cfg, cfg.tz, ledger
 
     def close(self) -> None:
         self.ledger.close()
 
 
 def _open_ledger(config_path) -> _LedgerOnly:
-    from storage.ledger import LedgerError
-    try:
-        return _LedgerOnly(_config(config_path))
-    except LedgerError as exc:
-        raise click.ClickException(str(exc))
+    cfg = _config(config_path)
+    return _LedgerOnly(cfg, _ledger(config_path, cfg))
 
 
 @cli.command("import-payments")
@@ -512,11 +505,29 @@ def import_payments_cmd(files, config_path):
             ok += result.error is None
         for t in open_items(community):
             click.echo(f"to assign by hand: {t['state']}: CHF {t['amount_chf']} reference {t['reference'] or '-'} "
-                       f"({t['booking_date'] or '-'}, {t['debtor'] or '-'}, {t['file_name']})")
+                       f"({t['booking_date'] or '-'}, {t['debtor'] or '-'}, {t['file_name']}): transaction {t['tx_id']}")
     finally:
         community.close()
     if not ok:
         sys.exit(1)
+
+
+@cli.command("assign-payment")
+@click.argument("tx_id")
+@click.argument("invoice_id")
+@config_option
+def assign_payment(tx_id, invoice_id, config_path):
+    """Assign a listed bank credit (unmatched, or paid to a cancelled invoice; TX_ID as import-payments
+    lists it) to an issued invoice by hand."""
+    from storage.ledger import LedgerError
+    community = _open_ledger(config_path)
+    try:
+        status = community.ledger.assign_bank_transaction(tx_id, invoice_id, "cli")
+    except LedgerError as exc:
+        raise click.ClickException(str(exc))
+    finally:
+        community.close()
+    click.echo(f"{invoice_id}: {status.replace('_', ' ')}")
 
 
 @cli.command()

@@ -190,20 +190,27 @@ def meters():
     return flask.jsonify(out)
 
 
-def _settlement():
-    """(period, settlement, None) for ?period=YYYY-MM, or (None, None, an error response)."""
+def _period():
+    """(period, None) for a valid ?period=YYYY-MM, or (None, an error response)."""
     period = flask.request.args.get("period")
     if not period:
-        return None, None, _bad("period is required (YYYY-MM)", "period")
-    c = _svc().community
+        return None, _bad("period is required (YYYY-MM)", "period")
     try:
-        parse_period(period, c.tz)
+        parse_period(period, _svc().community.tz)
     except SettlementError as exc:
-        return None, None, _bad(str(exc), "period")
+        return None, _bad(str(exc), "period")
     except (OverflowError, ValueError):         # a well-formed month outside the supported years
-        return None, None, _bad(f"period {period[:40]!r} is outside the dates this app can handle", "period")
+        return None, _bad(f"period {period[:40]!r} is outside the dates this app can handle", "period")
+    return period, None
+
+
+def _settlement():
+    """(period, settlement, None) for ?period=YYYY-MM, or (None, None, an error response)."""
+    period, err = _period()
+    if err:
+        return None, None, err
     try:
-        return period, c.settle(period, allow_incomplete=True), None
+        return period, _svc().community.settle(period, allow_incomplete=True), None
     except SettlementError as exc:
         return None, None, _bad(str(exc), "period")
 
@@ -344,3 +351,81 @@ def backup():
     except (BackupError, OSError) as exc:
         return _bad(str(exc), "dir")
     return flask.jsonify(manifest), 201
+
+
+# -- payments: bank files in, payouts out ---------------------------------------------------------
+@api.post("/payments")
+@access("manager")
+def payments_post():
+    """A bank file (camt.054 notification or camt.053 statement) as the request body, its name as
+    ``?name=``: what became of its transactions. Importing a file again changes nothing."""
+    from billing.payments import import_payments
+    raw = flask.request.get_data(cache=False)
+    name = (flask.request.args.get("name") or "upload.xml")[:200]
+    if not raw:
+        return _bad("send the bank file (camt.053 or camt.054 XML) as the request body", "file")
+    result = import_payments(_svc().community, name, raw, actor())
+    if result.error:
+        return _bad(f"{name}: {result.error}", "file")
+    return flask.jsonify({"file": name, "message": result.message, "transactions": result.transactions,
+                          "counts": result.counts, "changed": result.changed, "summary": result.line()}), 201
+
+
+@api.get("/payments")
+@access("manager")
+def payments_get():
+    """What a treasurer looks at: bank transactions to assign by hand (unmatched, reversals, debits,
+    payments to cancelled invoices) and invoices past their payment term."""
+    from billing.payments import open_items, overdue
+    c = _svc().community
+    return flask.jsonify({"open": open_items(c), "overdue": overdue(c)})
+
+
+@api.post("/payments/<tx_id>/assign")
+@access("manager")
+def payments_assign(tx_id: str):
+    """``{"invoice_id": ...}``: a listed credit applied to an issued invoice by hand."""
+    from storage.ledger import LedgerError
+    body = flask.request.get_json(silent=True)
+    invoice_id = body.get("invoice_id") if isinstance(body, dict) else None
+    if not isinstance(invoice_id, str) or not _INVOICE_ID.match(invoice_id) or invoice_id.startswith("DRAFT-"):
+        return _bad("give the issued invoice as {\"invoice_id\": \"INV-YYYY-NNN\"}", "invoice_id")
+    try:
+        status = _svc().community.ledger.assign_bank_transaction(tx_id[:200], invoice_id, actor())
+    except LedgerError as exc:
+        return _bad(str(exc), "invoice_id" if "invoice" in str(exc).split(":")[0] else "tx_id",
+                    404 if str(exc).startswith("no ") else 409)
+    return flask.jsonify({"tx_id": tx_id, "invoice_id": invoice_id, "status": status})
+
+
+def _payouts():
+    """(period, billing.payments.PayoutFiles, None), or (None, None, an error response): 409 when
+    the period is not closed or the community has no IBAN to pay from."""
+    from billing.payments import payouts
+    period, err = _period()
+    if err:
+        return None, None, err
+    try:
+        return period, payouts(_svc().community, period), None
+    except ValueError as exc:
+        return None, None, _bad(str(exc), "period", 409)
+
+
+@api.get("/payouts.csv")
+@access("manager")
+def payouts_csv():
+    """The payouts of a closed period: house, name, IBAN, amount, reference (houses without IBAN too)."""
+    period, files, err = _payouts()
+    return err or _download(files.csv, f"payouts-{period}.csv", "text/csv; charset=utf-8")
+
+
+@api.get("/payouts.xml")
+@access("manager")
+def payouts_xml():
+    """The pain.001.001.09 credit transfer of a closed period's credits, for the bank."""
+    period, files, err = _payouts()
+    if err:
+        return err
+    if files.xml is None:
+        return _bad(f"{period}: no house has a credit and an IBAN, so there is nothing to transfer", "period", 404)
+    return _download(files.xml, f"payouts-{period}.xml", "application/xml")

@@ -214,6 +214,68 @@ def invoice_action(c, action: str, selected: list[dict] | None, reason: str | No
     raise ValueError(f"unknown action {action!r}")
 
 
+MAX_BANK_FILE_BYTES = 10 * 1024 * 1024
+
+
+def upload_bank_files(c, contents: list[str] | None, names: list[str] | None, by: str = "web"):
+    """Bank files dropped on the settlement page (Dash upload data URLs): an alert with a line per
+    file (``billing.payments.PaymentImport.line``)."""
+    import base64
+    import binascii
+
+    from billing.payments import import_payments
+    lines, failed = [], 0
+    for data, name in zip(contents or [], names or []):
+        name = (name or "upload.xml")[:200]
+        try:
+            raw = base64.b64decode(data.partition(",")[2], validate=True)
+        except (binascii.Error, ValueError):
+            raw = None
+        if raw is None or not raw:
+            lines.append(f"{name}: refused: the upload could not be read (an empty or damaged file)")
+            failed += 1
+            continue
+        if len(raw) > MAX_BANK_FILE_BYTES:
+            lines.append(f"{name}: refused: {len(raw):,} bytes, more than a bank file of "
+                         f"{MAX_BANK_FILE_BYTES // 2**20} MB")
+            failed += 1
+            continue
+        result = import_payments(c, name, raw, by)
+        lines.append(result.line())
+        failed += result.error is not None
+    if not lines:
+        raise PreventUpdate
+    color = "success" if not failed else ("danger" if failed == len(lines) else "warning")
+    return dbc.Alert([html.Div(line) for line in lines], color=color)
+
+
+def payments_view(c) -> tuple[list[dict], list[dict]]:
+    """(overdue invoices, bank transactions to assign by hand) as table rows."""
+    from billing.payments import open_items, overdue
+    names = {h.house_id: h.name for h in c.houses()}
+    late = [{**x, "house_name": names.get(x["house_id"], "")} for x in overdue(c)]
+    states = {"unmatched": "no invoice has this reference", "reversal": "reversal (returned by the bank)",
+              "debit": "debit", "cancelled_invoice": "paid to a cancelled invoice"}
+    items = [{**t, "what": states.get(t["state"], t["state"])} for t in open_items(c)]
+    return late, items
+
+
+def assign_payment(c, selected: list[dict] | None, invoice_id: str | None, by: str = "web"):
+    """Assign the selected bank transaction to the invoice a manager typed: an alert."""
+    from storage.ledger import LedgerError
+    tx = ((selected or [{}])[0] or {}).get("tx_id")
+    if not tx:
+        return dbc.Alert("Select a bank transaction in the table first.", color="warning")
+    invoice_id = (invoice_id or "").strip().upper()
+    if not invoice_id:
+        return dbc.Alert("Type the number of the invoice it pays (e.g. INV-2026-004).", color="warning")
+    try:
+        status = c.ledger.assign_bank_transaction(tx, invoice_id, by)
+    except LedgerError as exc:
+        return dbc.Alert(str(exc), color="danger")
+    return dbc.Alert(f"Payment assigned: {invoice_id} is now {status.replace('_', ' ')}.", color="success")
+
+
 def job_progress(jobs, job: dict | None):
     """(job store, poll disabled, progress value, progress style, message) for the page."""
     j = jobs.get(job["id"]) if job else None

@@ -6,7 +6,8 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from billing.mail import configured as mail_configured
-from components.views import close_job, invoice_action, job_progress, mail_job, period_rows, settlement_view
+from components.views import (assign_payment, close_job, invoice_action, job_progress, mail_job, payments_view,
+                              period_rows, settlement_view, upload_bank_files)
 from auth.web import actor, page_denied
 from web import current
 
@@ -16,6 +17,10 @@ INVOICE_COLUMNS = [("invoice_id", "Invoice"), ("house_id", "House"), ("house_nam
                    ("energy_imported_kwh", "Bought kWh"), ("energy_exported_kwh", "Delivered kWh"),
                    ("import_cost_ct", "Cost ct"), ("export_revenue_ct", "Credit ct"), ("net_amount_chf", "Net CHF"),
                    ("status", "Status"), ("missing_intervals", "Missing intervals"), ("flags", "Flags")]
+OVERDUE_COLUMNS = [("invoice_id", "Invoice"), ("house_id", "House"), ("house_name", "Name"), ("due_on", "Due on"),
+                   ("amount_due_chf", "Amount due CHF"), ("paid_chf", "Paid CHF"), ("status", "Status")]
+OPEN_COLUMNS = [("booking_date", "Booked"), ("amount_chf", "Amount CHF"), ("reference", "Reference"),
+                ("debtor", "Paid by"), ("what", "What"), ("invoice_id", "Invoice"), ("file_name", "Bank file")]
 PERIOD_COLUMNS = [("period_id", "Period"), ("status", "Status"), ("invoices", "Invoices"),
                   ("missing_intervals", "Missing intervals"), ("houses_missing", "Houses with gaps"),
                   ("closed_at", "Closed at"), ("closed_by", "Closed by")]
@@ -60,6 +65,33 @@ def layout(**_):
             ]), md=8),
         ], className="mt-2"),
         html.Div(id="settle-action-result", className="mt-2"),
+        html.H5("Payments", className="mt-4"),
+        dbc.Row([
+            dbc.Col(dcc.Upload(id="settle-camt", multiple=True, accept=".xml,application/xml,text/xml",
+                               children=html.Div(["Bank files (camt.054 or camt.053): drop them here or ",
+                                                  html.A("choose files", href="#")]),
+                               className="border border-secondary rounded p-3 text-center"), md=6),
+            dbc.Col([dbc.ButtonGroup([
+                html.A(dbc.Button("Payouts (CSV)", color="secondary"), id="settle-payouts-csv", href=""),
+                html.A(dbc.Button("Payouts for the bank (pain.001)", color="secondary"), id="settle-payouts-xml",
+                       href=""),
+            ], id="settle-payouts"), html.Div(id="settle-payouts-note", className="form-text")],
+                md=6, className="align-self-center"),
+        ]),
+        dcc.Loading(html.Div(id="settle-camt-result", className="mt-2")),
+        html.H6("Overdue invoices", className="mt-3"),
+        dag.AgGrid(id="settle-overdue", columnDefs=[{"field": f, "headerName": h} for f, h in OVERDUE_COLUMNS],
+                   columnSize="autoSize", style={"height": "220px"}),
+        html.H6("Bank transactions to assign by hand", className="mt-3"),
+        dag.AgGrid(id="settle-open", columnDefs=[{"field": f, "headerName": h} for f, h in OPEN_COLUMNS],
+                   columnSize="autoSize", style={"height": "220px"}, getRowId="params.data.tx_id",
+                   dashGridOptions={"rowSelection": {"mode": "singleRow"}}),
+        dbc.Row([
+            dbc.Col(dbc.Input(id="settle-assign-invoice", placeholder="Invoice it pays, e.g. INV-2026-004",
+                              maxLength=40), md=4),
+            dbc.Col(dbc.Button("Assign to this invoice", id="settle-assign", color="success", outline=True), md=4),
+        ], className="mt-2"),
+        html.Div(id="settle-assign-result", className="mt-2"),
         html.H5("Periods", className="mt-3"),
         dag.AgGrid(id="settle-periods", rowData=rows, columnDefs=[{"field": f, "headerName": h} for f, h in PERIOD_COLUMNS],
                    columnSize="autoSize", style={"height": "300px"}),
@@ -74,8 +106,9 @@ def layout(**_):
 
 @callback(Output("settle-status", "children"), Output("settle-grid", "rowData"), Output("settle-csv", "href"),
           Output("settle-zip", "href"), Output("settle-close", "disabled"),
-          Input("settle-period", "value"), Input("settle-job", "data"), Input("settle-action-result", "children"))
-def _update(period, _job, _action):
+          Input("settle-period", "value"), Input("settle-job", "data"), Input("settle-action-result", "children"),
+          Input("settle-camt-result", "children"), Input("settle-assign-result", "children"))
+def _update(period, *_):
     c = current().community
     alert, rows, closable = settlement_view(c, period, dash.get_relative_path("/"))
     api = dash.get_relative_path("/api/")
@@ -114,3 +147,34 @@ def _job(_confirm, _mail, _tick, period, job):
 def _action(_paid, _cancel, _release, selected, reason):
     action = {"settle-paid": "paid", "settle-cancel-invoice": "cancel", "settle-release": "release"}[dash.ctx.triggered_id]
     return invoice_action(current().community, action, selected, reason, actor())
+
+
+@callback(Output("settle-payouts-csv", "href"), Output("settle-payouts-xml", "href"),
+          Output("settle-payouts", "style"), Output("settle-payouts-note", "children"),
+          Input("settle-period", "value"))
+def _payouts(period):
+    closed = next((r for r in period_rows(current().community) if r["period_id"] == period), {}).get("status") == "closed"
+    if not closed:
+        return "", "", {"display": "none"}, "Credits are paid out once the period is closed."
+    api = dash.get_relative_path("/api/")
+    return (f"{api}payouts.csv?period={period}", f"{api}payouts.xml?period={period}", {},
+            "Credits of this period for the houses with an IBAN; the CSV lists the others.")
+
+
+@callback(Output("settle-camt-result", "children"), Input("settle-camt", "contents"),
+          State("settle-camt", "filename"), prevent_initial_call=True)
+def _bank_files(contents, names):
+    return upload_bank_files(current().community, contents, names, actor())
+
+
+@callback(Output("settle-assign-result", "children"), Input("settle-assign", "n_clicks"),
+          State("settle-open", "selectedRows"), State("settle-assign-invoice", "value"), prevent_initial_call=True)
+def _assign(_n, selected, invoice_id):
+    return assign_payment(current().community, selected, invoice_id, actor())
+
+
+@callback(Output("settle-overdue", "rowData"), Output("settle-open", "rowData"),
+          Input("settle-camt-result", "children"), Input("settle-assign-result", "children"),
+          Input("settle-action-result", "children"))
+def _payments(*_):
+    return payments_view(current().community)

@@ -704,22 +704,52 @@ class Ledger:
                              int(t.reversal), t.reference, t.booking_date.isoformat() if t.booking_date else None,
                              (t.debtor or "")[:140] or None, invoice_id if state != "unmatched" else None, state, now))
                 counts[state] += 1
-                if state != "applied":
-                    continue
-                due = -Decimal(inv["net_amount_chf"])
-                paid = sum((Decimal(r[0]) for r in con.execute(
-                    "SELECT amount_chf FROM bank_transactions WHERE invoice_id = ? AND state = 'applied'",
-                    (invoice_id,))), Decimal("0"))
-                new = "paid" if paid >= due else "partially_paid"
-                note = (f"bank file {file_name[:120]}: transaction {t.tx_id} of CHF {t.amount_chf}; "
-                        f"paid CHF {paid} of CHF {due}" + (f" (overpaid by CHF {paid - due})" if paid > due else ""))
-                if new != inv["status"]:
-                    self._transition(con, invoice_id, new, by, note)
-                else:
-                    con.execute("INSERT INTO invoice_events (invoice_id, status, at, by, note) VALUES (?, ?, ?, ?, ?)",
-                                (invoice_id, new, now, by, note))
-                changed[invoice_id] = new
+                if state == "applied":
+                    changed[invoice_id] = self._apply_payment(con, invoice_id, inv, f"bank file {file_name[:120]}: "
+                                                              f"transaction {t.tx_id} of CHF {t.amount_chf}", by)
         return {"counts": counts, "changed": changed}
+
+    def _apply_payment(self, con, invoice_id: str, inv, source: str, by: str) -> str:
+        """After an applied transaction was stored: the invoice's new status (paid once the applied
+        amounts reach its amount due, partially paid below), recorded as an event naming ``source``."""
+        due = -Decimal(inv["net_amount_chf"])
+        paid = sum((Decimal(r[0]) for r in con.execute(
+            "SELECT amount_chf FROM bank_transactions WHERE invoice_id = ? AND state = 'applied'",
+            (invoice_id,))), Decimal("0"))
+        new = "paid" if paid >= due else "partially_paid"
+        note = f"{source}; paid CHF {paid} of CHF {due}" + (f" (overpaid by CHF {paid - due})" if paid > due else "")
+        if new != inv["status"]:
+            self._transition(con, invoice_id, new, by, note)
+        else:
+            con.execute("INSERT INTO invoice_events (invoice_id, status, at, by, note) VALUES (?, ?, ?, ?, ?)",
+                        (invoice_id, new, _now(), by, note))
+        return new
+
+    def assign_bank_transaction(self, tx_id: str, invoice_id: str, by: str) -> str:
+        """A manager's assignment of a listed credit (unmatched, or paid to a cancelled invoice) to
+        an issued invoice: applied as if its reference had named it. Returns the invoice's new
+        status; LedgerError when the transaction or the invoice cannot take it."""
+        with self.transaction() as con:
+            tx = con.execute("SELECT * FROM bank_transactions WHERE tx_id = ?", (tx_id,)).fetchone()
+            if tx is None:
+                raise LedgerError(f"no bank transaction {tx_id}")
+            if tx["state"] not in ("unmatched", "cancelled_invoice"):
+                raise LedgerError(f"bank transaction {tx_id} is {tx['state'].replace('_', ' ')}: only unmatched "
+                                  "credits and payments to cancelled invoices can be assigned")
+            if tx["currency"] != "CHF":
+                raise LedgerError(f"bank transaction {tx_id} is in {tx['currency']}: invoices are in CHF")
+            inv = con.execute("SELECT status, net_amount_chf FROM invoices WHERE invoice_id = ?",
+                              (invoice_id,)).fetchone()
+            if inv is None:
+                raise LedgerError(f"no issued invoice {invoice_id}")
+            if inv["status"] not in ("issued", "partially_paid", "paid") or Decimal(inv["net_amount_chf"]) >= 0:
+                raise LedgerError(f"invoice {invoice_id} is {inv['status'].replace('_', ' ')}"
+                                  + (" and asks for no payment" if Decimal(inv["net_amount_chf"]) >= 0 else "")
+                                  + ": a payment cannot be assigned to it")
+            con.execute("UPDATE bank_transactions SET state = 'applied', invoice_id = ? WHERE tx_id = ?",
+                        (invoice_id, tx_id))
+            return self._apply_payment(con, invoice_id, inv, f"assigned by hand: bank file {tx['file_name'][:120]}, "
+                                       f"transaction {tx_id} of CHF {tx['amount_chf']}", by)
 
     def bank_transactions(self, states: tuple[str, ...] | None = None) -> list[dict]:
         q = "SELECT * FROM bank_transactions"

@@ -135,3 +135,97 @@ def test_payouts_for_three_credits_one_house_without_an_iban(closed):
                         str(tmp_path / "out"), "--config", str(cfg_file)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out" / "payouts-2026-03.xml").exists() and "house 5 (Owner 5)" in r.stderr
+
+
+def test_a_payment_to_a_cancelled_invoice_is_kept_and_assigned_by_hand(closed):
+    from billing import lifecycle
+    from storage.ledger import LedgerError
+    c, inv, _, _ = closed
+    one, two = inv["1"]["invoice_id"], inv["2"]["invoice_id"]
+    lifecycle.cancel(c, one, "test", "wrong address")
+    stmt = camt([Entry([Tx(f"{due(inv['2']):.2f}", inv["1"]["payment_reference"], "Owner 2", "TX-C")],
+                       acct_svcr_ref="E-C"),
+                 Entry([Tx("7.00", "RF18539007547034", "Somebody", "TX-U", ref_type="SCOR")], acct_svcr_ref="E-U")],
+                kind="054", version="08")
+    res = import_payments(c, "late.xml", stmt, "test")
+    assert res.counts["cancelled_invoice"] == 1 and res.counts["unmatched"] == 1 and res.changed == {}
+    assert c.ledger.invoice(one)["status"] == "cancelled"
+    listed = {t["state"]: t for t in open_items(c)}
+    assert listed["cancelled_invoice"]["invoice_id"] == one and listed["cancelled_invoice"]["amount_chf"] == f"{due(inv['2']):.2f}"
+    tx = listed["cancelled_invoice"]["tx_id"]
+    # the manager sees that Owner 2 paid with the wrong slip: assigned to house 2's invoice
+    with pytest.raises(LedgerError, match="cancelled"):
+        c.ledger.assign_bank_transaction(tx, one, "test")
+    with pytest.raises(LedgerError, match="asks for no payment"):
+        c.ledger.assign_bank_transaction(tx, inv["3"]["invoice_id"], "test")
+    with pytest.raises(LedgerError, match="no issued invoice INV-2099-001"):
+        c.ledger.assign_bank_transaction(tx, "INV-2099-001", "test")
+    assert c.ledger.assign_bank_transaction(tx, two, "manager") == "paid"
+    assert "assigned by hand: bank file late.xml" in c.ledger.events(two)[-1]["note"]
+    with pytest.raises(LedgerError, match="is applied"):
+        c.ledger.assign_bank_transaction(tx, two, "manager")
+    assert [t["state"] for t in open_items(c)] == ["unmatched"]
+    assert import_payments(c, "late.xml", stmt, "test").counts["known"] == 2     # the assignment stands
+
+
+def test_payments_through_the_api_for_managers_only(closed):
+    from web import create_app
+    from webauth import MANAGER, add_users, login, member
+    c, inv, _, _ = closed
+    add_users(c)
+    app = create_app(c).server
+    base = "/" if c.cfg.web.base_path in ("", "/") else c.cfg.web.base_path
+    boss = login(app.test_client(), base, *MANAGER)
+    owner = login(app.test_client(), base, *member("1"))
+    stmt = camt([Entry([Tx(f"{due(inv['1']):.2f}", inv["1"]["payment_reference"], "Owner 1", "TX-A")], acct_svcr_ref="E-A"),
+                 Entry([Tx("4.00", "RF18539007547034", "Somebody", "TX-B", ref_type="SCOR")], acct_svcr_ref="E-B")],
+                kind="053", version="08")
+    api = base + "api/"
+    assert owner.post(api + "payments?name=s.xml", data=stmt).status_code == 403
+    r = boss.post(api + "payments?name=s.xml", data=stmt)
+    assert r.status_code == 201, r.data
+    assert r.get_json()["counts"]["applied"] == 1 and r.get_json()["changed"] == {inv["1"]["invoice_id"]: "paid"}
+    assert boss.post(api + "payments?name=s.xml", data=stmt).get_json()["counts"]["known"] == 2
+    bad = boss.post(api + "payments?name=broken.xml", data=b"<Document><BkToCstmrStmt>")
+    assert bad.status_code == 400 and bad.get_json()["error"].startswith("broken.xml: ")
+    assert boss.post(api + "payments", data=b"").status_code == 400
+    listed = boss.get(api + "payments").get_json()
+    assert [t["reference"] for t in listed["open"]] == ["RF18539007547034"] and listed["overdue"] == []
+    tx = listed["open"][0]["tx_id"]
+    r = boss.post(api + f"payments/{tx}/assign", json={"invoice_id": inv["2"]["invoice_id"]})
+    assert r.status_code == 200 and r.get_json()["status"] == "partially_paid"
+    assert boss.post(api + f"payments/{tx}/assign", json={"invoice_id": inv["2"]["invoice_id"]}).status_code == 409
+    assert boss.post(api + "payments/nope/assign", json={"invoice_id": inv["2"]["invoice_id"]}).status_code == 404
+    assert boss.post(api + f"payments/{tx}/assign", json={"invoice_id": "x"}).status_code == 400
+    r = boss.get(api + "payouts.csv?period=2026-03")
+    assert r.status_code == 200 and r.headers["Content-Disposition"].endswith('payouts-2026-03.csv"')
+    assert [row["house_id"] for row in csv.DictReader(io.StringIO(r.data.decode()))] == ["3", "4", "5"]
+    x = boss.get(api + "payouts.xml?period=2026-03")
+    assert x.status_code == 200 and ET.fromstring(x.data).tag == f"{{{NS}}}Document"
+    assert boss.get(api + "payouts.xml?period=2026-04").status_code == 409            # not closed
+    assert boss.get(api + "payouts.xml?period=2026-13").status_code == 400
+    assert owner.get(api + "payouts.csv?period=2026-03").status_code == 403
+
+
+def test_the_settlement_page_takes_bank_files_and_assignments(closed):
+    """The page's functions (the browser drives the same through pages/settlement.py)."""
+    import base64
+
+    from components.views import assign_payment, payments_view, upload_bank_files
+    c, inv, _, _ = closed
+    stmt = camt([Entry([Tx("12.00", inv["1"]["payment_reference"], "Owner 1", "TX-P")], acct_svcr_ref="E-P"),
+                 Entry([Tx("3.00", None, "Anonymous", "TX-N")], acct_svcr_ref="E-N")], kind="054", version="08")
+    url = "data:text/xml;base64," + base64.b64encode(stmt).decode()
+    alert = upload_bank_files(c, [url, "data:text/xml;base64,!!", "data:text/xml;base64,"
+                                  + base64.b64encode(b"<x/>").decode()], ["bank.xml", "bad.xml", "other.xml"], "web")
+    text = [d.children for d in alert.children]
+    assert alert.color == "warning" and text[0].startswith("bank.xml: ") and "1 applied" in text[0]
+    assert text[1] == "bad.xml: refused: the upload could not be read (an empty or damaged file)"
+    assert text[2].startswith("other.xml: refused: ")
+    late, items = payments_view(c)
+    assert late == [] and [(t["amount_chf"], t["what"]) for t in items] == [("3.00", "no invoice has this reference")]
+    assert assign_payment(c, [], "INV-2026-001").color == "warning"
+    assert assign_payment(c, items, "INV-2099-001").color == "danger"
+    ok = assign_payment(c, items, inv["1"]["invoice_id"].lower())
+    assert ok.color == "success" and "partially paid" in ok.children
+    assert payments_view(c)[1] == [] and c.ledger.paid_amounts()[inv["1"]["invoice_id"]] == Decimal("15.00")
