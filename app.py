@@ -55,7 +55,7 @@ def _config(config_path):
 
 
 # commands that need no more than the ledger, and so work while the app runs
-BESIDE_THE_APP = "backup, export-readings, simulate, user and token commands"
+BESIDE_THE_APP = "backup, export-readings, simulate, user, token and payment commands"
 
 
 def _refuse_if_running(cfg, what: str = "this command") -> None:
