@@ -185,9 +185,7 @@ def run(config_path, once, debug, no_ingest, threads):
         if cfg.is_demo:
             click.echo(f"demo: {len(community.houses())} simulated houses publishing every 10 s; "
                        f"history in {cfg.data_dir}")
-        now = pd.Timestamp.now(tz=community.tz)
-        last = (now.replace(day=1) - pd.Timedelta(days=1)).strftime("%Y-%m")
-        for period_id in (last, now.strftime("%Y-%m")):
+        for period_id in reversed(community.recent_periods(2)):
             _print_settlement(community.settle(period_id, allow_incomplete=True))
         if once:
             return
@@ -531,7 +529,7 @@ def assign_payment(tx_id, invoice_id, config_path):
 
 
 @cli.command()
-@click.option("--period", required=True, help="a closed period, YYYY-MM")
+@click.option("--period", required=True, help="a closed period: YYYY-MM, YYYY-Qn or YYYY")
 @click.option("--out", type=click.Path(file_okay=False), default=".", show_default=True, help="folder for the files")
 @config_option
 def payouts(period, out, config_path):
@@ -655,7 +653,7 @@ def tariffs_add(p_pv, p_grid_del, p_grid_con, mode, effective_from, config_path)
 
 
 @cli.command()
-@click.option("--period", required=True, help="calendar month YYYY-MM in the community time zone")
+@click.option("--period", required=True, help="the billing period in the community time zone: YYYY-MM (month), YYYY-Qn (quarter) or YYYY (year), as community.billing_period says")
 @click.option("--out", type=click.Path(file_okay=False), default=".", show_default=True,
               help="directory for invoices.csv")
 @click.option("--close", is_flag=True, help="issue the invoices (numbered, immutable) and close the period")

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from billing.intervals import boundaries, ceil_boundary, floor_boundary, meter_intervals
-from billing.settlement import (Settlement, SettlementError, compute_settlement, parse_period,
-                                price_frame)
+from billing.settlement import (Settlement, SettlementError, compute_settlement, draft_candidates, parse_period,
+                                price_frame, recent_periods)
 from config import Config
 from storage.duckdb_store import DuckDBStore
 from storage.ledger import House, Ledger, LedgerError, Meter
@@ -360,8 +360,11 @@ class Community:
                closed_by: str = "cli") -> Settlement:
         """Draft invoices of an open period, or the issued ones of a closed period (unchanged);
         with ``close``, issue them and close the period."""
+        kind = self.cfg.community.billing_period
         period = parse_period(period_id, self.tz)
         stored = self.ledger.period(period_id)
+        if not (stored and stored["status"] == "closed"):      # closed periods of any kind stay readable
+            parse_period(period_id, self.tz, kind)
         if stored and stored["status"] == "closed":
             if close:
                 raise SettlementError(f"period {period_id} is already closed (at {stored['closed_at'][:16]} "
@@ -381,6 +384,11 @@ class Community:
                 inv["details"]["leg"] = {k: str(v) if not isinstance(v, int) else v
                                          for k, v in leg[inv["house_id"]].items()}
         if close:
+            overlap = [p["period_id"] for p in self.ledger.periods() if p["status"] == "closed"
+                       and pd.Timestamp(p["start_utc"]) < period.end and pd.Timestamp(p["end_utc"]) > period.start]
+            if overlap:
+                raise SettlementError(f"period {period_id} overlaps the closed period {', '.join(overlap)}: "
+                                      "its energy is billed already")
             drafts = sorted(s.invoices, key=lambda inv: _house_order(inv["house_id"]))
             issue_year = now.tz_convert(self.tz).year
             issued = self.ledger.close_period(period_id, period.start.isoformat(), period.end.isoformat(),
@@ -399,12 +407,16 @@ class Community:
         return invoices
 
 
-    def periods(self, months: int = 12) -> list[dict]:
-        """The last ``months`` calendar months (the running one first) and any older closed
-        period: status, invoice count, and the intervals still missing (data completeness)."""
+    def recent_periods(self, count: int | None = None) -> list[str]:
+        """The running billing period and those before it, newest first (community.billing_period)."""
+        return recent_periods(pd.Timestamp(self.clock()), self.tz, self.cfg.community.billing_period, count)
+
+    def periods(self, count: int | None = None) -> list[dict]:
+        """The recent billing periods (a year of months, eight quarters or three years; the running
+        one first) and any older closed period: status, invoice count, and the intervals still
+        missing (data completeness)."""
         now = pd.Timestamp(self.clock())
-        first = now.tz_convert(self.tz).normalize().replace(day=1)
-        ids = [(first - pd.DateOffset(months=k)).strftime("%Y-%m") for k in range(months)]
+        ids = self.recent_periods(count)
         stored = {p["period_id"]: p for p in self.ledger.periods()}
         ids += sorted(set(stored) - set(ids), reverse=True)
         out = []
@@ -423,12 +435,15 @@ class Community:
         inv = self.ledger.invoice(invoice_id)
         if inv is not None or not invoice_id.startswith("DRAFT-"):
             return self.with_references([inv])[0] if inv is not None else None
-        period_id = invoice_id[len("DRAFT-"):len("DRAFT-YYYY-MM")]
-        try:
-            s = self.settle(period_id, allow_incomplete=True)
-        except SettlementError:
-            return None
-        return next((i for i in s.invoices if i["invoice_id"] == invoice_id), None)
+        for period_id, _house in draft_candidates(invoice_id):
+            try:
+                s = self.settle(period_id, allow_incomplete=True)
+            except SettlementError:
+                continue
+            found = next((i for i in s.invoices if i["invoice_id"] == invoice_id), None)
+            if found is not None:
+                return found
+        return None
 
 
 def _meter_span(m: Meter, window: pd.DataFrame, bounds_s: np.ndarray, interval_s: int):

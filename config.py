@@ -240,6 +240,8 @@ class CommunityConfig(_Strict):
     # the account that receives payments: with it (and the address), invoices carry a Swiss QR-bill
     iban: str | None = None
     payment_days: int = Field(30, ge=0, le=365)
+    # what one invoice covers: a calendar month, quarter or year in the community's time zone
+    billing_period: Literal["month", "quarter", "year"] = "month"
 
     @field_validator("timezone")
     @classmethod

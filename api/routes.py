@@ -23,7 +23,7 @@ from pricing.tariffs import Tariff, TariffConflict, TariffError, tariff_errors, 
 api = flask.Blueprint("api", __name__)
 VERSION = "0.1.0"
 log = logging.getLogger("leg.api")
-_INVOICE_ID = re.compile(r"^(INV-\d{4}-\d{3,}|CN-\d{4}-\d{3,}|DRAFT-\d{4}-\d{2}-[A-Za-z0-9_.-]{1,64})$")
+_INVOICE_ID = re.compile(r"^(INV-\d{4}-\d{3,}|CN-\d{4}-\d{3,}|DRAFT-\d{4}(?:-\d{2}|-Q[1-4])?-[A-Za-z0-9_.-]{1,64})$")
 
 
 def _svc():
@@ -263,7 +263,7 @@ def periods():
 
 def _one_invoice(invoice_id: str):
     if not _INVOICE_ID.match(invoice_id):
-        return None, _bad("invoice_id: expected INV-YYYY-NNN or DRAFT-YYYY-MM-<house>", "invoice_id")
+        return None, _bad("invoice_id: expected INV-YYYY-NNN or DRAFT-<period>-<house>", "invoice_id")
     inv = _svc().community.invoice(invoice_id)
     if inv is None or not can_see_house(current_principal(), inv["house_id"]):   # others' invoices: not found
         return None, _bad(f"no invoice {invoice_id}", "invoice_id", 404)
@@ -276,7 +276,7 @@ def invoice(invoice_id: str):
     if invoice_id.endswith(".pdf"):
         doc_id = invoice_id.removesuffix(".pdf")
         if not _INVOICE_ID.match(doc_id):
-            return _bad("invoice_id: expected INV-YYYY-NNN, CN-YYYY-NNN or DRAFT-YYYY-MM-<house>", "invoice_id")
+            return _bad("invoice_id: expected INV-YYYY-NNN, CN-YYYY-NNN or DRAFT-<period>-<house>", "invoice_id")
         c = _svc().community
         note = c.ledger.credit_note(doc_id)
         owner = c.invoice(note["invoice_id"] if note else doc_id)

@@ -5,16 +5,14 @@ and when (``Ledger.events``)."""
 from __future__ import annotations
 
 import logging
-import re
 
 import pandas as pd
 
 from billing.invoice_documents import credit_note_document, invoice_documents
-from billing.settlement import Settlement, SettlementError
+from billing.settlement import Settlement, SettlementError, draft_candidates
 from storage.ledger import LedgerError
 
 log = logging.getLogger(__name__)
-_DRAFT = re.compile(r"^DRAFT-(\d{4}-\d{2})-(.+)$")
 
 
 def _render_many(docs, progress=None, workers=None) -> list[bytes]:
@@ -58,15 +56,16 @@ def document_pdf(c, document_id: str) -> bytes | None:
     if stored is not None:
         return stored
     from documents.render import render_pdf
-    if (m := _DRAFT.match(document_id)):
-        try:
-            s = c.settle(m.group(1), allow_incomplete=True)
-        except SettlementError:
-            return None
-        inv = [i for i in s.invoices if i["invoice_id"] == document_id]
-        if not inv or s.status == "closed":
-            return None
-        return render_pdf(invoice_documents(c, s, inv)[0])
+    if document_id.startswith("DRAFT-"):
+        for period_id, _house in draft_candidates(document_id):
+            try:
+                s = c.settle(period_id, allow_incomplete=True)
+            except SettlementError:
+                continue
+            inv = [i for i in s.invoices if i["invoice_id"] == document_id]
+            if inv and s.status != "closed":
+                return render_pdf(invoice_documents(c, s, inv)[0])
+        return None
     note = c.ledger.credit_note(document_id)
     inv = c.ledger.invoice(note["invoice_id"] if note else document_id)
     if inv is None:

@@ -1,4 +1,8 @@
-"""Settlement periods (calendar months in the community time zone) and invoice figures.
+"""Settlement periods (calendar months, quarters or years in the community time zone) and invoice
+figures.
+
+Period ids: ``YYYY-MM`` (a month), ``YYYY-Qn`` (a quarter), ``YYYY`` (a year); a community bills
+by one kind (``community.billing_period``). Draft invoices are ``DRAFT-<period>-<house>``.
 
 Money is computed from the unrounded interval values and rounded once, at the invoice line:
 energies to 0.001 kWh, the ct amounts to 0.01 ct (the seed's invoice shows half Rappen, e.g.
@@ -31,7 +35,10 @@ LEG_CSV_FIELDS = ["grid_share_consumed_kwh", "grid_share_fed_in_kwh", "grid_fee_
 _KWH = Decimal("0.001")
 _CT = Decimal("0.01")
 _CHF = Decimal("0.01")
-_PERIOD_RE = re.compile(r"^(\d{4})-(\d{2})$")
+_PERIOD_RE = re.compile(r"^(\d{4})(?:-(\d{2})|-Q(\d))?$")
+PERIOD_KINDS = ("month", "quarter", "year")
+_EXPECTED = {"month": "a month as YYYY-MM, e.g. 2026-01", "quarter": "a quarter as YYYY-Qn, e.g. 2026-Q1",
+             "year": "a year as YYYY, e.g. 2026"}
 
 
 class SettlementError(Exception):
@@ -73,18 +80,69 @@ class Period:
         return (self.end - pd.Timedelta(seconds=1)).tz_convert(self.tz)
 
 
-def parse_period(period_id: str, tz: ZoneInfo) -> Period:
+def period_kind(period_id: str) -> str | None:
+    """``month``, ``quarter`` or ``year`` for a well-formed period id, else None."""
     m = _PERIOD_RE.match(period_id or "")
-    if not m or not 1 <= int(m.group(2)) <= 12:
-        raise SettlementError(f"period {period_id!r}: expected a month as YYYY-MM, e.g. 2026-01")
-    y, mo = int(m.group(1)), int(m.group(2))
-    start = pd.Timestamp(datetime(y, mo, 1), tz=tz)
-    end = pd.Timestamp(datetime(y + (mo == 12), mo % 12 + 1, 1), tz=tz)
+    if not m:
+        return None
+    if m.group(2) is not None:
+        return "month" if 1 <= int(m.group(2)) <= 12 else None
+    if m.group(3) is not None:
+        return "quarter" if 1 <= int(m.group(3)) <= 4 else None
+    return "year"
+
+
+def parse_period(period_id: str, tz: ZoneInfo, kind: str | None = None) -> Period:
+    """The period ``period_id`` in ``tz`` (local midnights, DST included); with ``kind``, a period
+    of another kind is refused."""
+    found = period_kind(period_id)
+    if found is None or (kind and found != kind):
+        wanted = _EXPECTED[kind] if kind else "a month as YYYY-MM, a quarter as YYYY-Qn or a year as YYYY"
+        why = f" (the community bills by {kind}: community.billing_period)" if found and kind else ""
+        raise SettlementError(f"period {str(period_id)[:40]!r}: expected {wanted}{why}")
+    y = int(period_id[:4])
+    first = {"month": int(period_id[5:7] or 1) if found == "month" else 1,
+             "quarter": (int(period_id[-1]) - 1) * 3 + 1 if found == "quarter" else 1, "year": 1}[found]
+    months = {"month": 1, "quarter": 3, "year": 12}[found]
+    start = pd.Timestamp(datetime(y, first, 1), tz=tz)
+    after = first - 1 + months                       # months after January of the first month's year
+    end = pd.Timestamp(datetime(y + after // 12, after % 12 + 1, 1), tz=tz)
     return Period(period_id, start.tz_convert("UTC"), end.tz_convert("UTC"), tz)
 
 
-def period_of(ts: pd.Timestamp, tz: ZoneInfo) -> str:
-    return ts.tz_convert(tz).strftime("%Y-%m")
+def period_of(ts: pd.Timestamp, tz: ZoneInfo, kind: str = "month") -> str:
+    """The id of the period of ``kind`` that contains ``ts``."""
+    local = ts.tz_convert(tz)
+    return {"month": f"{local:%Y-%m}", "quarter": f"{local.year}-Q{(local.month - 1) // 3 + 1}",
+            "year": f"{local.year}"}[kind]
+
+
+def recent_periods(now: pd.Timestamp, tz: ZoneInfo, kind: str = "month", count: int | None = None) -> list[str]:
+    """The ids of the running period of ``kind`` and those before it, newest first (a year of
+    months, eight quarters or three years unless ``count`` says otherwise)."""
+    count = count or {"month": 12, "quarter": 8, "year": 3}[kind]
+    local = now.tz_convert(tz)
+    step = {"month": 1, "quarter": 3, "year": 12}[kind]
+    first = pd.Timestamp(datetime(local.year, local.month, 1), tz=tz)
+    return [period_of(first - pd.DateOffset(months=k * step), tz, kind) for k in range(count)]
+
+
+def draft_id(period_id: str, house_id: str) -> str:
+    return f"DRAFT-{period_id}-{house_id}"
+
+
+def draft_candidates(document_id: str) -> list[tuple[str, str]]:
+    """(period id, house id) readings of a draft's id, most specific first: ``DRAFT-2026-12-5`` is
+    house 5 of December 2026, or house ``12-5`` of the year 2026; the caller looks each up."""
+    if not document_id.startswith("DRAFT-"):
+        return []
+    rest = document_id[len("DRAFT-"):]
+    out = []
+    for n in (7, 4):                                 # YYYY-MM / YYYY-Qn, then YYYY
+        pid, sep, house = rest[:n], rest[n:n + 1], rest[n + 1:]
+        if sep == "-" and house and period_kind(pid):
+            out.append((pid, house))
+    return out
 
 
 def _dec(x: float, q: Decimal) -> Decimal:
@@ -248,7 +306,7 @@ def compute_settlement(store, houses: list[House], tariffs: list[Tariff], period
         export_ct, import_ct = _dec(revenue, _CT), _dec(cost, _CT)
         net_ct = export_ct - import_ct
         invoices.append({
-            "invoice_id": f"DRAFT-{period.period_id}-{h.house_id}",
+            "invoice_id": draft_id(period.period_id, h.house_id),
             "house_id": h.house_id,
             "period_start": period_start,
             "period_end": period_end,

@@ -10,7 +10,7 @@ from dash import html, no_update
 from dash.exceptions import PreventUpdate
 
 import analytics
-from billing.settlement import SettlementError, invoice_rows
+from billing.settlement import SettlementError, invoice_rows, period_of
 from components.charts import energy_figure, grid_figures, price_figure, value_figure
 from components.controls import kpi_cards
 from ingest.csv_files import parse_timestamp
@@ -40,7 +40,7 @@ def grid_view(community, rng: analytics.Range):
 def house_view(community, house_id: str, rng: analytics.Range, now: pd.Timestamp):
     """(energy figure, value figure, draft invoice card, live power card) of one house."""
     flows = analytics.house_flows(community, house_id, rng)
-    s = community.settle(now.tz_convert(community.tz).strftime("%Y-%m"), allow_incomplete=True)
+    s = community.settle(period_of(now, community.tz, community.cfg.community.billing_period), allow_incomplete=True)
     inv = next((i for i in s.invoices if i["house_id"] == house_id), None)
     return (energy_figure(flows, house=True), value_figure(flows), draft_invoice_card(inv),
             live_power_card(community, house_id, now))
@@ -83,6 +83,7 @@ def live_power_card(community, house_id: str, now: pd.Timestamp):
 
 
 def period_options(c, now: pd.Timestamp, months: int = 12) -> list[dict]:
+    """Calendar months (the data quality page looks at months whatever the billing period)."""
     local = now.tz_convert(c.tz)
     first = local.normalize().replace(day=1)
     return [{"label": (first - pd.DateOffset(months=k)).strftime("%B %Y"),
@@ -352,13 +353,12 @@ def adopt(services, meter_id: str | None, name: str | None, first_day: str | Non
 
 def my_invoice_rows(c, house_ids: list[str], base: str) -> list[dict]:
     """A member's invoices: issued ones (with their status) and the drafts of the running and
-    the last month."""
+    the last billing period."""
     names = {h.house_id: h.name for h in c.ledger.houses(active_only=False)}
     rows = []
-    now = pd.Timestamp(c.clock())
-    for period in period_options(c, now, months=2):
+    for period in c.recent_periods(2):
         try:
-            s = c.settle(period["value"], allow_incomplete=True)
+            s = c.settle(period, allow_incomplete=True)
         except SettlementError:
             continue
         if s.status == "closed":
