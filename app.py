@@ -32,15 +32,30 @@ def _config_file(ctx, param, value):
     return ctx.meta.get("leg.config")
 
 
+def _community_slug(ctx, param, value):
+    """``--community`` like ``--config``: wherever it is given, the one nearest the command wins."""
+    if value is not None:
+        ctx.meta["leg.community"] = value
+    return ctx.meta.get("leg.community")
+
+
 # $LEG_CONFIG is read by config.load_config when no --config is given
-config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="FILE",
-                             callback=_config_file, expose_value=True,
-                             help="the configuration file (default: $LEG_CONFIG, ./config.yaml, else the demo)")
+_config_file_option = click.option("--config", "config_path", type=click.Path(dir_okay=False), metavar="FILE",
+                                   callback=_config_file, expose_value=True,
+                                   help="the configuration file (default: $LEG_CONFIG, ./config.yaml, else the demo)")
+_community_option = click.option("--community", "community_slug", metavar="SLUG", callback=_community_slug,
+                                 expose_value=False, help="the community (a slug under communities: of the file)")
+
+
+def config_option(f):
+    """``--config FILE`` and ``--community SLUG`` on a command or group."""
+    return _config_file_option(_community_option(f))
 
 
 def _config(config_path):
+    ctx = click.get_current_context(silent=True)
     try:
-        cfg = load_config(config_path)
+        cfg = load_config(config_path, ctx.meta.get("leg.community") if ctx else None)
     except ConfigError as exc:
         raise click.ClickException(str(exc))
     logging.basicConfig(level=cfg.logging.level, filename=cfg.logging.file,
@@ -56,6 +71,24 @@ def _config(config_path):
 
 # commands that need no more than the ledger, and so work while the app runs
 BESIDE_THE_APP = "backup, export-readings, simulate, user, token and payment commands"
+
+
+def _all_configs(config_path) -> dict:
+    """Every community of the configuration (slug -> its configuration; one with slug None for a
+    file without communities:), each data folder made ready."""
+    from config import load_communities
+    try:
+        configs = load_communities(config_path)
+        first = next(iter(configs.values()))
+        logging.basicConfig(level=first.logging.level, filename=first.logging.file,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        for cfg in configs.values():
+            if cfg.is_demo:
+                cfg.storage.data_dir = str(Path(cfg.storage.data_dir) / "demo")
+            prepare_data_dir(cfg)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc))
+    return configs
 
 
 def _refuse_if_running(cfg, what: str = "this command") -> None:
@@ -410,29 +443,33 @@ def _control_routes(app, community) -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @config_option
 def import_readings(file, config_path):
-    """Import meter readings from FILE (CSV: meter_id,timestamp,import_kwh,export_kwh)."""
-    community = _open(config_path, what="importing")
-    try:
-        parsed = parse_readings_csv(file, community.tz, {m.meter_id for m in community.meters()})
-    except CsvFileError as exc:
-        community.close()
-        raise click.ClickException(str(exc))
-    try:
-        summary = ImportSummary(rows=parsed.rows, errors=[str(e) for e in parsed.errors])
-        result = community.store_readings(parsed.readings)
-        summary.inserted, summary.duplicates = result.inserted, result.duplicates
-        if result.inserted:
-            meters = set(parsed.readings["meter_id"])
-            for q in community.store.read_quarantine().itertuples(index=False):
-                line = parsed.lines.get((q.meter_id, pd.Timestamp(q.ts)))
-                if q.meter_id in meters and line is not None:
-                    summary.quarantined.append(f"line {line}: quarantined, not billed: {q.reason}")
-        for c in result.conflicts.itertuples(index=False):
-            line = parsed.lines.get((c.meter_id, pd.Timestamp(c.ts)), "?")
-            summary.errors.append(f"line {line}: meter {c.meter_id} at {c.ts.isoformat()} is already "
-                                  f"stored with other counter values; kept the stored reading")
-    finally:
-        community.close()
+    """Import meter readings from FILE (CSV: meter_id,timestamp,import_kwh,export_kwh). With several
+    communities and no --community, each row goes to the community of its meter."""
+    ctx = click.get_current_context()
+    configs = None if ctx.meta.get("leg.community") else _all_configs(config_path)
+    targets = list(configs.values()) if configs and len(configs) > 1 else [None]
+    known: set[str] = set()
+    if targets != [None]:                            # every community's meters, to route each row
+        for cfg in targets:
+            ledger = _ledger(config_path, cfg)
+            try:
+                known |= {m.meter_id for m in ledger.meters()}
+            finally:
+                ledger.close()
+    summary = ImportSummary()
+    for i, cfg in enumerate(targets):
+        community = _open(config_path, cfg, what="importing")
+        try:
+            own = {m.meter_id for m in community.meters()}
+            try:
+                parsed = parse_readings_csv(file, community.tz, known or own)
+            except CsvFileError as exc:
+                raise click.ClickException(str(exc))
+            if i == 0:                               # the file's own faults, reported once
+                summary.rows, summary.errors = parsed.rows, [str(e) for e in parsed.errors]
+            _import_rows(community, parsed, parsed.readings[parsed.readings["meter_id"].isin(own)], summary)
+        finally:
+            community.close()
     for e in sorted(summary.errors + summary.quarantined, key=_line_key):
         click.echo(f"{file}: {e}", err=True)
     click.echo(f"{file}: {summary.rows} rows: {summary.inserted} imported, {summary.duplicates} already "
@@ -440,6 +477,24 @@ def import_readings(file, config_path):
                + (f", {len(summary.quarantined)} quarantined" if summary.quarantined else ""))
     if summary.inserted + summary.duplicates == 0:
         sys.exit(1)
+
+
+def _import_rows(community, parsed, readings, summary: ImportSummary) -> None:
+    """Store ``readings`` (rows of ``parsed``) in ``community``; quarantined rows and conflicts go
+    into ``summary`` with their line numbers."""
+    result = community.store_readings(readings)
+    summary.inserted += result.inserted
+    summary.duplicates += result.duplicates
+    if result.inserted:
+        meters = set(readings["meter_id"])
+        for q in community.store.read_quarantine().itertuples(index=False):
+            line = parsed.lines.get((q.meter_id, pd.Timestamp(q.ts)))
+            if q.meter_id in meters and line is not None:
+                summary.quarantined.append(f"line {line}: quarantined, not billed: {q.reason}")
+    for c in result.conflicts.itertuples(index=False):
+        line = parsed.lines.get((c.meter_id, pd.Timestamp(c.ts)), "?")
+        summary.errors.append(f"line {line}: meter {c.meter_id} at {c.ts.isoformat()} is already "
+                              f"stored with other counter values; kept the stored reading")
 
 
 @cli.command("import-sdat")

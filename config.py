@@ -307,6 +307,8 @@ class Config(_Strict):
 
     # Not a key of the file: where the configuration came from ("demo" when there is none).
     source: str = Field("demo", exclude=True)
+    # Not a key of the file: the community's slug under ``communities:`` (None: a file of one community)
+    slug: str | None = Field(None, exclude=True)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -405,6 +407,80 @@ def parse_config(data: dict | None, source: str = "config") -> Config:
         raise ConfigError(source, list(dict.fromkeys(errors)))
     cfg.source = source
     return cfg
+
+
+# -- several communities in one file --------------------------------------------------------------
+# ``communities:`` maps a slug to the sections that belong to one community; the other sections
+# are shared by all. Each community keeps its data in ``storage.data_dir/<slug>/``.
+COMMUNITY_SECTIONS = ("community", "pricing", "tariffs", "houses", "meters", "leg", "sdat")
+SLUG_RE = re.compile(r"^[a-z0-9-]{1,40}$")
+MAX_COMMUNITIES = 1000
+
+
+def parse_communities(data: dict, source: str = "config") -> dict[str, Config]:
+    """slug -> the configuration of that community, for a file with ``communities:``; one
+    ConfigError lists every problem, each with its path (``communities.<slug>.houses...``). A meter
+    id or metering point belongs to one community."""
+    if not isinstance(data, dict):
+        raise ConfigError(source, ["(top level): must be a mapping of sections"])
+    blocks = data.get("communities")
+    errors: list[str] = []
+    if not isinstance(blocks, dict) or not blocks:
+        raise ConfigError(source, ["communities: must map each community's slug to its sections "
+                                   "(community, pricing, tariffs, houses, meters, leg, sdat)"])
+    if len(blocks) > MAX_COMMUNITIES:
+        raise ConfigError(source, [f"communities: {len(blocks)} communities, at most {MAX_COMMUNITIES} in one file"])
+    shared = {k: v for k, v in data.items() if k != "communities"}
+    errors += [f"{k}: belongs under communities.<slug> when the file has communities:" for k in COMMUNITY_SECTIONS
+               if k in shared]
+    configs: dict[str, Config] = {}
+    for slug, block in blocks.items():
+        where = f"communities.{slug}"
+        if not isinstance(slug, str) or not SLUG_RE.match(slug):
+            errors.append(f"communities.{str(slug)[:50]}: a slug is 1 to 40 characters a-z, 0-9 and -")
+            continue
+        if not isinstance(block, dict):
+            errors.append(f"{where}: must be a mapping of the community's sections")
+            continue
+        errors += [f"{where}.{k}: is shared by all communities: put it at the top of the file" for k in block
+                   if k not in COMMUNITY_SECTIONS]
+        merged = {**{k: v for k, v in shared.items() if k not in COMMUNITY_SECTIONS},
+                  **{k: v for k, v in block.items() if k in COMMUNITY_SECTIONS}}
+        storage = dict(merged.get("storage") or {}) if isinstance(merged.get("storage") or {}, dict) else {}
+        storage["data_dir"] = str(Path(storage.get("data_dir", StorageConfig().data_dir)) / slug)
+        merged["storage"] = storage
+        try:
+            cfg = parse_config(merged, source)
+        except ConfigError as exc:
+            errors += [e if e.split(".")[0].split(":")[0].split("[")[0] not in COMMUNITY_SECTIONS else f"{where}.{e}"
+                       for e in exc.errors]
+            continue
+        cfg.slug = slug
+        configs[slug] = cfg
+    owner: dict[str, str] = {}
+    for slug, cfg in configs.items():
+        ids = [*cfg.houses, *(m.id for m in cfg.meters), *metering_points(cfg)]
+        for meter_id in dict.fromkeys(ids):
+            if meter_id in owner:
+                errors.append(f"communities.{slug}: meter or metering point {meter_id!r} belongs to "
+                              f"communities.{owner[meter_id]} already (one community per meter)")
+            else:
+                owner[meter_id] = slug
+    if errors:
+        raise ConfigError(source, list(dict.fromkeys(errors)))
+    return configs
+
+
+def choose_community(configs: dict[str, Config], slug: str | None, source: str) -> Config:
+    """The configuration of community ``slug``; the only one when the file has one."""
+    if slug is None:
+        if len(configs) == 1:
+            return next(iter(configs.values()))
+        raise ConfigError(source, [f"--community: the file configures {len(configs)} communities "
+                                   f"({', '.join(configs)}): name one with --community SLUG"])
+    if slug not in configs:
+        raise ConfigError(source, [f"--community: no community {slug[:50]!r} (the file has {', '.join(configs)})"])
+    return configs[slug]
 
 
 def _duplicate_house_ids(houses) -> list[str]:
@@ -620,14 +696,43 @@ def _read_yaml(text: str, source: str):
         loader.dispose()
 
 
-def load_config(path: str | os.PathLike | None = None) -> Config:
-    """Load ``path``, else ``$LEG_CONFIG``, else ``./config.yaml``; without any, the demo config."""
+def load_config(path: str | os.PathLike | None = None, community: str | None = None) -> Config:
+    """Load ``path``, else ``$LEG_CONFIG``, else ``./config.yaml``; without any, the demo config.
+    A file with ``communities:`` gives the community ``community`` (the only one when it has one)."""
+    data, source = load_data(path)
+    if data is None:
+        if community is not None:
+            raise ConfigError("demo", ["--community: the demo is one community; give a configuration file "
+                                       "with communities:"])
+        return demo_config()
+    if isinstance(data, dict) and "communities" in data:
+        return choose_community(parse_communities(data, source), community, source)
+    if community is not None:
+        raise ConfigError(source, [f"--community: the file configures one community (no communities: section); "
+                                   f"leave --community out"])
+    return parse_config(data, source=source)
+
+
+def load_communities(path: str | os.PathLike | None = None) -> dict[str, Config]:
+    """Every community of the file (slug -> configuration); a file without ``communities:`` (or
+    the demo) is one community with the slug None."""
+    data, source = load_data(path)
+    if data is None:
+        return {None: demo_config()}
+    if isinstance(data, dict) and "communities" in data:
+        return parse_communities(data, source)
+    return {None: parse_config(data, source=source)}
+
+
+def load_data(path: str | os.PathLike | None = None) -> tuple[object, str]:
+    """The parsed YAML of ``path`` (else ``$LEG_CONFIG``, else ``./config.yaml``) and its name;
+    (None, "demo") when there is no file."""
     explicit = path or os.environ.get(CONFIG_ENV)
     candidate = Path(explicit) if explicit else Path(DEFAULT_CONFIG_FILE)
     if not candidate.exists():
         if explicit:
             raise ConfigError(str(candidate), ["file not found"])
-        return demo_config()
+        return None, "demo"
     try:
         with open(candidate, "rb") as fh:
             raw = fh.read(MAX_FILE_BYTES + 1)
@@ -655,7 +760,7 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
     if data is None:
         raise ConfigError(str(candidate), ["(top level): the file is empty: it needs at least one section, such as "
                                            "houses: (see config.example.yaml)"])
-    return parse_config(data, source=str(candidate))
+    return data, str(candidate)
 
 
 def prepare_data_dir(cfg: Config) -> Path:
