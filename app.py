@@ -194,8 +194,13 @@ def _print_status(runtime) -> None:
 @click.option("--no-ingest", is_flag=True, help="only the web app (InfluxDB deployments with a collector of their own)")
 @click.option("--threads", type=int, default=8, show_default=True, help="web server worker threads")
 def run(config_path, once, debug, no_ingest, threads):
-    """Run the app: the web app on web.host:web.port, ingest (MQTT; the in-process simulator in the demo)."""
+    """Run the app: the web app on web.host:web.port, ingest (MQTT; the in-process simulator in the demo).
+    With several communities and no --community: all of them in one app."""
     from ingest.runtime import IngestRuntime
+    if not click.get_current_context().meta.get("leg.community"):
+        configs = _all_configs(config_path)
+        if len(configs) > 1:
+            return _run_many(configs, config_path, once, debug, no_ingest, threads)
     community = _open(config_path, what="starting it again")
     cfg = community.cfg
     read_only = cfg.storage.backend == "influxdb" and cfg.influxdb.mode == "read_only"
@@ -231,19 +236,7 @@ def run(config_path, once, debug, no_ingest, threads):
         app.server.config["LEG_CONTROL_SECRET"] = write_control(
             cfg.data_dir, f"http://{local}:{cfg.web.port}{app.config.url_base_pathname}api/backup",
             f"http://{local}:{cfg.web.port}{app.config.url_base_pathname}")
-        url = f"http://{cfg.web.host}:{cfg.web.port}{app.config.url_base_pathname}"
-        click.echo(f"web app on {url}; stop with Ctrl-C")
-        if debug:
-            app.run(host=cfg.web.host, port=cfg.web.port, debug=True, use_reloader=False)
-        else:
-            import waitress
-            try:
-                proxy = ({"trusted_proxy": cfg.web.trusted_proxy, "trusted_proxy_headers":
-                          {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}}
-                         if cfg.web.trusted_proxy else {})
-                waitress.serve(app.server, host=cfg.web.host, port=cfg.web.port, threads=threads, **proxy)
-            except KeyboardInterrupt:
-                pass
+        _serve(app, cfg, debug, threads)
     except KeyboardInterrupt:
         pass
     finally:
@@ -253,6 +246,84 @@ def run(config_path, once, debug, no_ingest, threads):
         if runtime:
             runtime.stop()
         community.close()
+
+
+def _serve(app, cfg, debug: bool, threads: int) -> None:
+    """Serve the web app on web.host:web.port until Ctrl-C or SIGTERM."""
+    url = f"http://{cfg.web.host}:{cfg.web.port}{app.config.url_base_pathname}"
+    click.echo(f"web app on {url}; stop with Ctrl-C")
+    if debug:
+        app.run(host=cfg.web.host, port=cfg.web.port, debug=True, use_reloader=False)
+        return
+    import waitress
+    proxy = ({"trusted_proxy": cfg.web.trusted_proxy, "trusted_proxy_headers":
+              {"x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"}} if cfg.web.trusted_proxy else {})
+    try:
+        waitress.serve(app.server, host=cfg.web.host, port=cfg.web.port, threads=threads, **proxy)
+    except KeyboardInterrupt:
+        pass
+
+
+def _run_many(configs: dict, config_path, once: bool, debug: bool, no_ingest: bool, threads: int) -> None:
+    """Every community of the file in one process (instance.py): a community each, one MQTT
+    subscription routed by meter id, one web app with a community switcher, instance accounts."""
+    from ingest.runtime import IngestRuntime
+    from instance import PipelineRouter, instance_dir, open_accounts
+    from web import Services, create_app
+    first = next(iter(configs.values()))
+    if no_ingest and first.storage.backend != "influxdb":
+        raise click.ClickException("--no-ingest needs storage.backend: influxdb (the embedded store has one "
+                                   "writing process: run the app with its ingest)")
+    read_only = first.storage.backend == "influxdb" and first.influxdb.mode == "read_only"
+    communities, runtimes, mqtt = {}, {}, None
+    accounts_ledger = None
+
+    def terminate(*_):
+        raise KeyboardInterrupt()
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        for slug, cfg in configs.items():
+            communities[slug] = _open(config_path, cfg, what="starting it again")
+            if not (read_only or no_ingest):
+                runtimes[slug] = IngestRuntime(communities[slug], mqtt=False).start()
+        if runtimes and first.mqtt.enabled:
+            from ingest.mqtt_process import MqttProcessSource
+            router = PipelineRouter(runtimes).start()
+            mqtt = MqttProcessSource(first.mqtt, router, anchors_path=instance_dir(configs) / "sensor_clock.json").start()
+            for rt in runtimes.values():
+                rt.mqtt = mqtt                       # health and the Meters page show the one connection
+        click.echo(f"{len(communities)} communities: {', '.join(communities)}")
+        for slug, c in communities.items():
+            for period_id in reversed(c.recent_periods(2)):
+                click.echo(f"[{slug}]", nl=False)
+                _print_settlement(c.settle(period_id, allow_incomplete=True))
+        if once:
+            return
+        accounts_ledger, accounts = open_accounts(configs)
+        import os
+
+        from auth.accounts import bootstrap_manager
+        made = bootstrap_manager(accounts, os.environ)
+        if made:
+            click.echo(f"first start: manager account {made[0]!r} with password {made[1]} "
+                       "(shown only now; change it under your name in the menu)")
+        services = {slug: Services(c, runtimes.get(slug), slug=slug) for slug, c in communities.items()}
+        app = create_app(next(iter(communities.values())), None, accounts, instance=services,
+                         secret_dir=instance_dir(configs))
+        _serve(app, first, debug, threads)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        click.echo("stopping: writing buffered readings" if runtimes else "stopping")
+        if mqtt:
+            mqtt.stop()
+        for rt in runtimes.values():
+            rt.mqtt = None
+            rt.stop()
+        for c in communities.values():
+            c.close()
+        if accounts_ledger is not None:
+            accounts_ledger.close()
 
 
 @cli.command()
@@ -768,10 +839,25 @@ def _first_accounts(community):
 
 def _accounts(config_path):
     """The ledger and its accounts: user and token commands need no more, so they work while the
-    app runs."""
+    app runs. With several communities, the instance's accounts (instance.py)."""
     from auth.accounts import Accounts
+    configs = _all_configs(config_path)
+    if len(configs) > 1:
+        from instance import open_accounts
+        return open_accounts(configs)
     ledger = _ledger(config_path)
     return ledger, Accounts(ledger)
+
+
+def _qualified(config_path, houses: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(houses, communities) of a new account: with several communities, a member's houses are
+    those of --community (``<slug>:<id>``) and a manager given --community is kept to it."""
+    slug = click.get_current_context().meta.get("leg.community")
+    if len(_all_configs(config_path)) <= 1:
+        return list(houses), []
+    if houses and not slug:
+        raise click.ClickException("--community: name the community of the member's houses")
+    return [f"{slug}:{h}" for h in houses], ([slug] if slug and not houses else [])
 
 
 @cli.command()
@@ -863,8 +949,12 @@ def user(config_path):
 @click.option("--password-stdin", is_flag=True, help="read the password from standard input (else a random one is printed)")
 @config_option
 def user_add(username, role, houses, password_stdin, config_path):
+    """Add an account (with several communities: a member's houses are in --community; a manager
+    given --community manages that one only)."""
+    qualified, communities = _qualified(config_path, houses)
     password = _with_password(config_path, password_stdin,
-                              lambda a, pw: a.add_user(username, pw, role, list(houses), by="cli"))
+                              lambda a, pw: a.add_user(username, pw, role, qualified, by="cli",
+                                                       communities=communities))
     click.echo(f"user {username} ({role}) added" + ("" if password_stdin else f"; password: {password}"))
 
 
@@ -897,7 +987,8 @@ def user_list(config_path):
     ledger, accounts = _accounts(config_path)
     try:
         for u in accounts.users():
-            click.echo(f"{u['username']:<24} {u['role']:<8} houses: {', '.join(u['houses']) or '-'}")
+            click.echo(f"{u['username']:<24} {u['role']:<8} houses: {', '.join(u['houses']) or '-'}"
+                       + (f"  communities: {', '.join(u['communities'])}" if u["communities"] else ""))
     finally:
         ledger.close()
 

@@ -45,10 +45,28 @@ class Services:
     community: object              # community.Community
     runtime: object | None = None  # ingest.runtime.IngestRuntime, when ingest runs in this process
     jobs: Jobs = field(default_factory=Jobs)   # background work started from pages (closing a period, …)
+    slug: str | None = None        # the community's slug when the instance has several
 
 
 def current() -> Services:
-    return flask.current_app.config["LEG"]
+    """The services of the request's community (``auth.web`` chooses it when the instance has
+    several communities), else the app's one community."""
+    chosen = flask.g.get("leg_services") if flask.has_request_context() else None
+    return chosen if chosen is not None else flask.current_app.config["LEG"]
+
+
+def _community_paths(wsgi, base: str):
+    """``{base}api/c/<slug>/...`` is ``{base}api/...`` of community ``slug``."""
+    prefix = base + "api/c/"
+
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(prefix):
+            slug, _, rest = path[len(prefix):].partition("/")
+            environ["leg.community"] = slug
+            environ["PATH_INFO"] = base + "api/" + rest
+        return wsgi(environ, start_response)
+    return app
 
 
 def current_accounts():
@@ -61,9 +79,11 @@ def normalise_base_path(path: str) -> str:
     return "/" if path == "//" else path
 
 
-def create_app(community, runtime=None, accounts=None) -> dash.Dash:
+def create_app(community, runtime=None, accounts=None, instance: dict[str, Services] | None = None,
+               secret_dir: Path | None = None) -> dash.Dash:
     """The Dash app on its Flask server, with access control (``auth.web``); ``accounts``
-    defaults to the community ledger's."""
+    defaults to the community ledger's. ``instance`` (slug -> Services) serves several
+    communities from one app (see instance.py); ``community`` is then the first of them."""
     from auth import web as auth_web
     from auth.accounts import Accounts
     cfg = community.cfg
@@ -71,7 +91,10 @@ def create_app(community, runtime=None, accounts=None) -> dash.Dash:
     server = flask.Flask(__name__, static_folder=None)
     server.json = _JSON(server)
     server.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
-    server.config["LEG"] = Services(community, runtime)
+    server.config["LEG"] = next(iter(instance.values())) if instance else Services(community, runtime)
+    if instance:
+        server.config["LEG_INSTANCE"] = instance
+        server.wsgi_app = _community_paths(server.wsgi_app, base)
     _error_handlers(server, base)
     from api.routes import api
     server.register_blueprint(api, url_prefix=base + "api")
@@ -79,9 +102,9 @@ def create_app(community, runtime=None, accounts=None) -> dash.Dash:
                     url_base_pathname=base, assets_folder=str(ROOT / "assets"),
                     suppress_callback_exceptions=True, title=cfg.community.name)
     auth_web.install(app, accounts or Accounts(community.ledger), base, cfg.community.name,
-                     cfg.web.frame_ancestors, cfg.data_dir)
+                     cfg.web.frame_ancestors, secret_dir or cfg.data_dir)
     _metrics_route(server, base, "public" if cfg.web.metrics_public else "read")
-    app.layout = lambda: _layout(cfg.community.name, base)
+    app.layout = lambda: _layout(current().community.cfg.community.name, base)
     return app
 
 
@@ -139,6 +162,14 @@ def _layout(name: str, base: str):
     pages = [pg for pg in dash.page_registry.values() if pg.get("nav", True)
              and (p is not None and (p.is_manager or pg.get("members", False)))]
     nav = [dbc.NavItem(dbc.NavLink(pg["name"], href=pg["relative_path"], active="exact")) for pg in pages]
+    instance = flask.current_app.config.get("LEG_INSTANCE")
+    if instance and p is not None and flask.g.get("leg_principal_all") is not None:
+        slugs = flask.g.leg_principal_all.community_slugs(list(instance))
+        if len(slugs) > 1:                      # the community switcher
+            nav.insert(0, dbc.DropdownMenu(
+                [dbc.DropdownMenuItem(instance[s].community.cfg.community.name, href=f"{base}community/{s}",
+                                      external_link=True, active=s == current().slug) for s in slugs],
+                label="Community", nav=True, in_navbar=True, id="community-switcher"))
     if p is not None:
         nav += [dbc.NavItem(dbc.NavLink(f"{p.name} ({p.role})", href=base + "account", external_link=True)),
                 dbc.NavItem(html.Form([dcc.Input(type="hidden", name="csrf_token", value=flask.session.get("csrf", "")),

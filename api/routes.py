@@ -27,7 +27,8 @@ _INVOICE_ID = re.compile(r"^(INV-\d{4}-\d{3,}|CN-\d{4}-\d{3,}|DRAFT-\d{4}(?:-\d{
 
 
 def _svc():
-    return flask.current_app.config["LEG"]
+    from web import current
+    return current()
 
 
 def _bad(message: str, field: str, status: int = 400):

@@ -76,15 +76,20 @@ def login_input_error(username: str, password: str) -> AccountError | None:
 
 
 class Accounts:
-    def __init__(self, ledger, clock=time.time):
+    def __init__(self, ledger, clock=time.time, known_houses=None, communities=None):
+        """``known_houses()`` (default: the ledger's houses) are the ids a member may be given; an
+        instance of several communities names them ``<slug>:<house id>`` and passes its slugs as
+        ``communities`` (a manager may be kept to some of them)."""
         self.ledger = ledger
         self.clock = clock
+        self._known_houses = known_houses or (lambda: {h.house_id for h in self.ledger.houses(active_only=False)})
+        self.communities = list(communities or [])
         self._hasher = PasswordHasher()
         self._dummy = self._hasher.hash(secrets.token_hex(8))   # equal work for unknown users
 
     # -- users -----------------------------------------------------------------------------
     def add_user(self, username: str, password: str, role: str, houses: list[str] | None = None,
-                 by: str = "system") -> None:
+                 by: str = "system", communities: list[str] | None = None) -> None:
         if not _USERNAME.match(username or ""):
             raise AccountError("username: 1–64 letters, digits or . _ @ -")
         if role not in ROLES:
@@ -92,18 +97,26 @@ class Accounts:
         houses = [str(h) for h in (houses or [])]
         if role == "member" and not houses:
             raise AccountError("a member needs at least one house (--house)")
-        known = {h.house_id for h in self.ledger.houses(active_only=False)}
+        known = self._known_houses()
         unknown = [h for h in houses if h not in known]
         if unknown:
             raise AccountError(f"house(s) {', '.join(unknown)} not in the registry")
+        communities = list(dict.fromkeys(communities or []))
+        if communities and role != "manager":
+            raise AccountError("communities: a member belongs to the communities of their houses")
+        if [c for c in communities if c not in self.communities]:
+            raise AccountError(f"communities: {', '.join(c for c in communities if c not in self.communities)} "
+                               f"not configured (the instance has {', '.join(self.communities) or 'one community'})")
         self._check_password(password)
         with self.ledger.transaction() as con:
             if con.execute("SELECT 1 FROM users WHERE username = ?", (username,)).fetchone():
                 raise AccountError(f"user {username} exists already")
-            con.execute("INSERT INTO users (username, password_hash, role, houses, created_at, password_changed_at) "
-                        "VALUES (?, ?, ?, ?, ?, ?)",
-                        (username, self._hasher.hash(password), role, ",".join(houses), _now(), _now()))
-        self.audit(by, "user.add", f"{username} ({role}{': houses ' + ', '.join(houses) if houses else ''})")
+            con.execute("INSERT INTO users (username, password_hash, role, houses, created_at, password_changed_at, "
+                        "communities) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (username, self._hasher.hash(password), role, ",".join(houses), _now(), _now(),
+                         ",".join(communities)))
+        self.audit(by, "user.add", f"{username} ({role}{': houses ' + ', '.join(houses) if houses else ''}"
+                                   f"{': communities ' + ', '.join(communities) if communities else ''})")
 
     def set_password(self, username: str, password: str, by: str) -> int:
         """Set a password; every session of the user ends. Returns the new session generation
@@ -139,9 +152,10 @@ class Accounts:
 
     def users(self) -> list[dict]:
         with self.ledger.transaction() as con:
-            rows = con.execute("SELECT username, role, houses, active, created_at, password_changed_at "
+            rows = con.execute("SELECT username, role, houses, active, created_at, password_changed_at, communities "
                                "FROM users ORDER BY username").fetchall()
-        return [{**dict(r), "houses": [h for h in r["houses"].split(",") if h]} for r in rows]
+        return [{**dict(r), "houses": [h for h in r["houses"].split(",") if h],
+                 "communities": [c for c in r["communities"].split(",") if c]} for r in rows]
 
     def has_users(self) -> bool:
         with self.ledger.transaction() as con:
@@ -149,7 +163,7 @@ class Accounts:
 
     def principal(self, username: str) -> Principal | None:
         with self.ledger.transaction() as con:
-            r = con.execute("SELECT role, houses, session_epoch FROM users WHERE username = ? AND active = 1",
+            r = con.execute("SELECT role, houses, session_epoch, communities FROM users WHERE username = ? AND active = 1",
                             (username,)).fetchone()
         return _principal(username, r) if r is not None else None
 
@@ -179,7 +193,7 @@ class Accounts:
                 r = con.execute("SELECT locked_until FROM login_failures WHERE key = ?", (k,)).fetchone()
                 if r and r["locked_until"] > now:
                     raise Throttled(r["locked_until"] - now)
-            row = con.execute("SELECT password_hash, role, houses, session_epoch FROM users "
+            row = con.execute("SELECT password_hash, role, houses, session_epoch, communities FROM users "
                               "WHERE username = ? AND active = 1", (username,)).fetchone()
         ok = False
         try:
@@ -298,7 +312,8 @@ class Accounts:
 
 def _principal(username: str, row) -> Principal:
     return Principal(username, row["role"], frozenset(h for h in row["houses"].split(",") if h),
-                     session_epoch=row["session_epoch"])
+                     session_epoch=row["session_epoch"],
+                     communities=frozenset(c for c in row["communities"].split(",") if c))
 
 
 def bootstrap_manager(accounts: Accounts, env: dict) -> tuple[str, str] | None:

@@ -5,7 +5,7 @@ Every read of member data in pages, callbacks and the API goes through ``can_see
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,21 @@ class Principal:
     via: str = "session"                        # session | token
     scope: str = "write"                        # a token's scope: read | write
     session_epoch: int = field(default=0, compare=False)   # the user's session generation when read
+    # several communities in one instance: the communities a manager is kept to (empty: all); a
+    # member's houses are named <slug>:<house id> until ``within`` narrows them to one community
+    communities: frozenset[str] = field(default_factory=frozenset)
+
+    def within(self, slug: str) -> "Principal | None":
+        """This principal inside community ``slug`` (a member's houses there, unqualified), or
+        None when it has nothing there."""
+        if self.is_manager:
+            return self if not self.communities or slug in self.communities else None
+        own = frozenset(h.split(":", 1)[1] for h in self.houses if h.startswith(slug + ":"))
+        return replace(self, houses=own, communities=frozenset({slug})) if own else None
+
+    def community_slugs(self, configured: list[str]) -> list[str]:
+        """The configured communities this principal may enter, in configured order."""
+        return [s for s in configured if self.within(s) is not None]
 
     @property
     def is_manager(self) -> bool:

@@ -171,6 +171,31 @@ def callback_allowed(p: Principal, output: str) -> bool:
     return all(i in allowed for i in output_ids(output))
 
 
+def _enter_community(instance: dict, p: Principal) -> tuple[int, str, str] | None:
+    """Choose the request's community (several in one instance) and narrow the principal to it:
+    the path ``api/c/<slug>/``, ``?community=``, or the switcher's link name it explicitly (an
+    unknown or forbidden one is refused); else the session's choice, else the first one the
+    principal may enter. None when the request may go on, else (status, message, field)."""
+    args = flask.request.view_args or {}
+    explicit = (flask.request.environ.get("leg.community") or flask.request.args.get("community")
+                or (args.get("slug") if flask.request.endpoint == "switch_community" else None))
+    allowed = p.community_slugs(list(instance))
+    if explicit is not None:
+        if explicit not in instance:
+            return 404, f"no community {explicit[:50]!r}", "community"
+        slug = explicit
+    else:
+        chosen = flask.session.get("community") if p.via == "session" else None
+        slug = chosen if chosen in allowed else (allowed[0] if allowed else None)
+    narrowed = p.within(slug) if slug else None
+    if narrowed is None:
+        return 403, "your account has no access to this community", "community"
+    flask.g.leg_principal_all = p
+    flask.g.principal = narrowed
+    flask.g.leg_services = instance[slug]
+    return None
+
+
 def page_denied(level: str = "manager"):
     """For a page's layout: None when the visitor may see it, else what to show instead."""
     from dash import html
@@ -320,6 +345,14 @@ def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: li
         flask.session["epoch"] = epoch          # this session goes on; every other one has ended
         return form("account", PASSWORD_FIELDS, "Change password", "Password changed.", level="success", back=True)
 
+    @access("user")
+    def switch_community(slug: str):
+        """The community switcher's links: the chosen community is kept in the session."""
+        flask.session["community"] = slug
+        return flask.redirect(base, 303)
+    if server.config.get("LEG_INSTANCE"):
+        server.add_url_rule(base + "community/<slug>", "switch_community", switch_community, methods=["GET"])
+
     server.add_url_rule(base + "login", "login", login, methods=["GET", "POST"])
     server.add_url_rule(base + "logout", "logout", logout, methods=["POST"])
     server.add_url_rule(base + "account", "account", account, methods=["GET", "POST"])
@@ -339,6 +372,12 @@ def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: li
             return flask.jsonify({"error": f"no API route {flask.request.path}", "field": "path"}), 404
         level = route_level(server, flask.request.endpoint, base)
         if level == "public":
+            instance = server.config.get("LEG_INSTANCE")
+            slug = flask.request.environ.get("leg.community") or flask.request.args.get("community")
+            if instance and slug is not None:            # e.g. api/c/<slug>/health
+                if slug not in instance:
+                    return deny(404, f"no community {slug[:50]!r}", "community")
+                flask.g.leg_services = instance[slug]
             return None
         if level == "control":
             secret = server.config.get("LEG_CONTROL_SECRET")
@@ -361,6 +400,12 @@ def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: li
         flask.g.principal = p
         if p is None:
             return deny(401, "log in first (or send an API token: Authorization: Bearer …)")
+        instance = server.config.get("LEG_INSTANCE")
+        if instance:
+            refused = _enter_community(instance, p)
+            if refused is not None:
+                return deny(*refused)
+            p = flask.g.principal
         if flask.request.method not in ("GET", "HEAD", "OPTIONS") and p.via == "session":
             sent = flask.request.headers.get(CSRF_HEADER) or flask.request.form.get("csrf_token", "")
             if not sent or not secrets.compare_digest(sent, flask.session.get("csrf", "")):

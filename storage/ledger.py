@@ -314,6 +314,11 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX bank_transactions_invoice ON bank_transactions (invoice_id);
     """,
+    # 12: several communities in one instance: a manager may be kept to some communities (empty:
+    # all); a member's houses are then named <slug>:<house id>
+    """
+    ALTER TABLE users ADD COLUMN communities TEXT NOT NULL DEFAULT '';
+    """,
 ]
 
 INVOICE_STATUSES = ("issued", "partially_paid", "paid", "cancelled")

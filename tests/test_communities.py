@@ -109,3 +109,131 @@ def test_configuration_errors_name_the_communities(tmp_path):
     with pytest.raises(ConfigError, match="leave --community out"):
         load_config(single, "a")
     assert load_config(single).slug is None
+
+
+def open_instance(tmp_path):
+    """Both communities open in this process, February 2026 closed in each, instance accounts."""
+    import pandas as pd
+
+    from community import Community
+    from instance import open_accounts
+    from web import Services
+    cfg_file = two_communities(tmp_path)
+    configs = parse_communities(yaml.safe_load(cfg_file.read_text()), str(cfg_file))
+    communities = {}
+    for slug, cfg in configs.items():
+        c = Community.open(cfg)
+        meters = list(cfg.houses)
+        df = pd.DataFrame({"meter_id": [m for m in meters for _ in range(2)],
+                           "ts": pd.to_datetime(["2026-02-01T00:00+01:00", "2026-03-01T00:00+01:00"] * 2, utc=True),
+                           "import_kwh": [0.0, 100.0, 0.0, 0.0], "export_kwh": [0.0, 0.0, 0.0, 50.0]})
+        df["ts"] = df["ts"].astype("datetime64[us, UTC]")
+        c.store_readings(df)
+        c.settle("2026-02", close=True, closed_by="test")
+        communities[slug] = c
+    ledger, accounts = open_accounts(configs)
+    return configs, communities, ledger, accounts, {s: Services(c, slug=s) for s, c in communities.items()}
+
+
+def test_nothing_of_one_community_is_reachable_from_another(tmp_path):
+    from auth.accounts import AccountError
+    from web import create_app
+    from webauth import login
+    from instance import instance_dir
+    configs, communities, ledger, accounts, services = open_instance(tmp_path)
+    try:
+        accounts.add_user("provider", "provider-secret-1", "manager")                       # every community
+        accounts.add_user("berg-admin", "berg-secret-12", "manager", communities=["bergblick"])
+        accounts.add_user("meier", "meier-secret-12", "member", ["sonnenhalde:1"])
+        with pytest.raises(AccountError, match="not in the registry"):
+            accounts.add_user("x", "x-secret-1234", "member", ["elsewhere:1"])
+        with pytest.raises(AccountError, match="not configured"):
+            accounts.add_user("y", "y-secret-1234", "manager", communities=["elsewhere"])
+        app = create_app(communities["bergblick"], None, accounts, instance=services,
+                         secret_dir=instance_dir(configs)).server
+        provider = login(app.test_client(), "/", "provider", "provider-secret-1")
+        berg = login(app.test_client(), "/", "berg-admin", "berg-secret-12")
+        meier = login(app.test_client(), "/", "meier", "meier-secret-12")
+        names = lambda client, path: [h["name"] for h in client.get(path).get_json()]
+        # the path, ?community= and the switcher choose; each community numbers its own invoices
+        assert names(provider, "/api/c/sonnenhalde/houses") == ["Meier", "Keller"]
+        assert names(provider, "/api/houses?community=bergblick") == ["Huber", "Brunner"]
+        # house 2 delivered 50 kWh in each: at p_pv 20 ct in Sonnenhalde, at 15 ct in Bergblick
+        assert provider.get("/api/c/sonnenhalde/invoices/INV-2026-002").get_json()["export_revenue_ct"] == "1000.00"
+        assert provider.get("/api/c/bergblick/invoices/INV-2026-002").get_json()["export_revenue_ct"] == "750.00"
+        assert provider.get("/community/sonnenhalde").status_code == 303
+        assert names(provider, "/api/houses") == ["Meier", "Keller"]                         # kept in the session
+        assert provider.get("/api/c/nowhere/houses").status_code == 404
+        # a manager kept to one community, a member of the other: refused everywhere else
+        assert names(berg, "/api/houses") == ["Huber", "Brunner"]
+        for path in ("/api/c/sonnenhalde/houses", "/api/c/sonnenhalde/invoices?period=2026-02",
+                     "/api/c/sonnenhalde/invoices/INV-2026-001.pdf", "/api/c/sonnenhalde/payments",
+                     "/api/houses?community=sonnenhalde"):
+            assert berg.get(path).status_code == 403, path
+        assert berg.get("/community/sonnenhalde").status_code == 403                        # the switcher too
+        assert names(berg, "/api/houses") == ["Huber", "Brunner"]                             # still its own
+        mine = meier.get("/api/c/sonnenhalde/invoices?period=2026-02").get_json()["invoices"]
+        assert [i["house_id"] for i in mine] == ["1"] and mine[0]["import_cost_ct"] == "2500.00"
+        assert meier.get("/api/c/bergblick/invoices?period=2026-02").status_code == 403
+        assert meier.get("/api/c/bergblick/invoices/INV-2026-001.pdf").status_code == 403
+        # pages and callbacks of the chosen community: the brand names it
+        page = provider.get("/")
+        assert page.status_code == 200
+    finally:
+        ledger.close()
+        for c in communities.values():
+            c.close()
+
+
+@pytest.mark.skipif(__import__("peers").mosquitto_binary() is None, reason="mosquitto is not installed")
+def test_one_app_runs_both_communities_over_one_mqtt_subscription(tmp_path):
+    import json
+    import os
+    import time
+
+    import paho.mqtt.client as mqtt
+    import requests
+
+    from peers import Mosquitto, free_port, wait_port
+    broker = Mosquitto(tmp_path / "broker").start()
+    cfg = two_communities(tmp_path)
+    data = yaml.safe_load(cfg.read_text())
+    port = free_port()
+    data["mqtt"] = {"broker": "127.0.0.1", "port": broker.port, "client_id": "leg-many"}
+    data["web"] = {"host": "127.0.0.1", "port": port}
+    data["collector"] = {"interval": 1}
+    cfg.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "LEG_ADMIN_PASSWORD": "instance-secret-1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "run", "--config", str(cfg)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_port(port, timeout=60)
+        token = app("token", "create", "--scope", "read", "--config", str(cfg)).stdout.strip().splitlines()[-1]
+        bearer = {"Authorization": f"Bearer {token}"}
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="meters")
+        pub.connect("127.0.0.1", broker.port)
+        pub.loop_start()
+        base = time.time()
+        for k in range(5):
+            for mac, ei in (("M1", 10.0), ("M3", 20.0), ("M9", 1.0)):
+                pub.publish(f"{mac}/SENSOR", json.dumps({"Ei": ei + k * 0.01, "Eo": 0.0, "ts": 100 + 2 * k}),
+                            qos=1).wait_for_publish(10)
+        accepted = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            accepted = {slug: {m["meter_id"]: m["accepted"] for m in requests.get(
+                f"http://127.0.0.1:{port}/api/c/{slug}/meters", headers=bearer, timeout=30).json()}
+                for slug in ("sonnenhalde", "bergblick")}
+            if accepted["sonnenhalde"].get("M1") == 5 and accepted["bergblick"].get("M3") == 5:
+                break
+            time.sleep(0.5)
+        assert accepted["sonnenhalde"] == {"M1": 5, "M2": 0}, accepted
+        assert accepted["bergblick"] == {"M3": 5, "M4": 0}, accepted      # nothing of M9, nothing crossed over
+        assert time.time() - base < 60
+        pub.loop_stop()
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=60)[0]
+        broker.stop()
+    assert "2 communities: bergblick, sonnenhalde" in out, out[-3000:]
+    assert "meter M9 belongs to no community" in out, out[-3000:]
