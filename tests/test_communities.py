@@ -170,6 +170,19 @@ def test_nothing_of_one_community_is_reachable_from_another(tmp_path):
                      "/api/c/sonnenhalde/invoices/INV-2026-001.pdf", "/api/c/sonnenhalde/payments",
                      "/api/houses?community=sonnenhalde"):
             assert berg.get(path).status_code == 403, path
+        # every API route of the other community, whatever its parameters: refused before the view
+        from auth.web import route_level
+        from test_access import concrete
+        checked = 0
+        for rule in app.url_map.iter_rules():
+            if not rule.rule.startswith("/api/") or route_level(app, rule.endpoint, "/") in ("public", "control"):
+                continue
+            path = concrete(rule, None).replace("/api/", "/api/c/sonnenhalde/", 1)
+            for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+                r = berg.open(path, method=method, json={})
+                assert r.status_code == 403, (method, path, r.status_code)
+                checked += 1
+        assert checked >= 15
         assert berg.get("/community/sonnenhalde").status_code == 403                        # the switcher too
         assert names(berg, "/api/houses") == ["Huber", "Brunner"]                             # still its own
         mine = meier.get("/api/c/sonnenhalde/invoices?period=2026-02").get_json()["invoices"]
