@@ -755,8 +755,9 @@ def tariffs_list(config_path):
 @click.option("--mode", type=click.Choice(["break_even", "static", "zev_proportional", "leg"]), default=None,
               help="pricing mode (default: the current version's)")
 @click.option("--effective-from", help="ISO 8601 time (local without an offset); default now")
+@click.option("--p-con", type=float, default=None, help="mode leg: what consumers pay for their LEG share (default p_pv)")
 @config_option
-def tariffs_add(p_pv, p_grid_del, p_grid_con, mode, effective_from, config_path):
+def tariffs_add(p_pv, p_grid_del, p_grid_con, mode, effective_from, p_con, config_path):
     """Add a tariff version, in force from --effective-from."""
     from ingest.csv_files import parse_timestamp
     from ingest.readings import ReadingError
@@ -769,7 +770,7 @@ def tariffs_add(p_pv, p_grid_del, p_grid_con, mode, effective_from, config_path)
             raise click.ClickException(str(exc).replace("timestamp", "--effective-from", 1))
         mode = mode or community.ledger.tariff_versions()[-1].mode
         try:
-            tariff = Tariff(p_pv, p_grid_del, p_grid_con, mode, eff)
+            tariff = Tariff(p_pv, p_grid_del, p_grid_con, mode, eff, p_con)
             community.add_tariff(tariff, created_by="cli")
         except (TariffError, SettlementError) as exc:
             raise click.ClickException(str(exc))

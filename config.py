@@ -129,6 +129,7 @@ class TariffConfig(_Strict):
     p_pv: Number = 20.0
     p_grid_del: Number = 6.0
     p_grid_con: Number = 30.0
+    p_con: Number | None = None              # pricing.mode leg: the consumers' price (default p_pv)
 
 
 class LegConfig(_Strict):

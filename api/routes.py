@@ -50,7 +50,8 @@ def _time_param(name: str, tz, default=None):
 
 def _tariff_json(t: Tariff, tz) -> dict:
     return {"p_pv": t.p_pv, "p_grid_del": t.p_grid_del, "p_grid_con": t.p_grid_con,
-            "p_con": t.p_con_static if t.mode == "static" else None, "mode": t.mode,
+            "p_con": t.p_con_static if t.mode == "static" else (t.p_con if t.p_con is not None else t.p_pv)
+            if t.mode == "leg" else None, "mode": t.mode,
             "effective_from": t.effective_from.astimezone(tz).isoformat()}
 
 
@@ -98,11 +99,11 @@ def tariffs_post():
         return _bad(f"the body is not valid JSON: {str(exc)[:200]}", "body")
     if not isinstance(data, dict):
         return _bad("the body must be a JSON object with p_pv, p_grid_del, p_grid_con", "body")
-    unknown = sorted(set(data) - {"p_pv", "p_grid_del", "p_grid_con", "mode", "effective_from"})
+    unknown = sorted(set(data) - {"p_pv", "p_grid_del", "p_grid_con", "p_con", "mode", "effective_from"})
     if unknown:
         return _bad(f"unknown field {unknown[0]!r}", unknown[0])
     current = c.ledger.tariff_versions()[-1]
-    values = {"mode": data.get("mode", current.mode), **{k: data.get(k) for k in ("p_pv", "p_grid_del", "p_grid_con")}}
+    values = {"mode": data.get("mode", current.mode), **{k: data.get(k) for k in ("p_pv", "p_grid_del", "p_grid_con", "p_con")}}
     errors = tariff_errors(values)
     if errors:
         return _bad(errors[0].message, errors[0].field)
@@ -113,7 +114,7 @@ def tariffs_post():
     try:
         eff = parse_timestamp(given, c.tz) if given else datetime.now(timezone.utc)
         tariff = Tariff(float(values["p_pv"]), float(values["p_grid_del"]), float(values["p_grid_con"]),
-                        values["mode"], eff)
+                        values["mode"], eff, None if values["p_con"] is None else float(values["p_con"]))
     except ReadingError as exc:
         return _bad(str(exc).replace("timestamp: ", ""), "effective_from")
     except TariffError as exc:

@@ -130,9 +130,25 @@ def settlement_view(c, period: str, base: str = "/"):
         alert = dbc.Alert("Running: drafts so far; the period can be closed after its last day.", color="info")
     else:
         alert = dbc.Alert("Open: drafts, recomputed on every view; complete data, ready to close.", color="info")
+    margin = leg_margin_text(c, s.invoices)
+    if margin:
+        notes = [margin] + notes
     if notes:
         alert = html.Div([alert] + [dbc.Alert(n, color="secondary", className="small py-2") for n in notes])
     return alert, rows, closable
+
+
+def leg_margin_text(c, invoices: list[dict]) -> str | None:
+    """For a LEG (pricing.mode leg): what the community keeps of the period, consumers' payments for
+    their LEG shares minus the producers' credits (p_con - p_pv per kWh exchanged); None otherwise."""
+    if c.cfg.pricing.mode != "leg" or not invoices:
+        return None
+    from decimal import Decimal
+    paid = sum((Decimal(str(i["import_cost_ct"])) for i in invoices), Decimal("0"))
+    credited = sum((Decimal(str(i["export_revenue_ct"])) for i in invoices), Decimal("0"))
+    margin_chf = ((paid - credited) / 100).quantize(Decimal("0.01"))
+    return (f"Community margin: CHF {margin_chf} (members pay CHF {(paid / 100).quantize(Decimal('0.01'))} for "
+            f"their LEG shares, producers are credited CHF {(credited / 100).quantize(Decimal('0.01'))}).")
 
 
 def invoice_setup_notes(cfg) -> list[str]:
@@ -317,8 +333,9 @@ def submit(c, values: dict, effective_text: str | None, now: datetime, by: str =
             errors["effective_from"] = str(exc).replace("timestamp: ", "")
     if errors:
         return errors, None
+    p_con = values.get("p_con")
     tariff = Tariff(float(values["p_pv"]), float(values["p_grid_del"]), float(values["p_grid_con"]),
-                    values["mode"], eff)
+                    values["mode"], eff, None if p_con is None else float(p_con))
     try:
         c.add_tariff(tariff, created_by=by)
     except TariffError as exc:                    # e.g. a version at that time exists already

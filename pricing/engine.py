@@ -23,8 +23,9 @@ consumption price ``p_con`` and the PV delivery price ``p_pv`` actually paid, in
     houses buy: p_pv = p_pv_policy).
 
 ``leg`` (a Swiss LEG, StromVG Art. 17d): I and E are the LEG shares the grid operator allocated
-    (SDAT-CH), the energy exchanged inside the community; both sides trade it at p_pv:
-    p_con = p_pv = p_pv_policy. The grid shares are billed by the grid operator, not here.
+    (SDAT-CH), the energy exchanged inside the community: producers are credited p_pv, consumers
+    pay the version's p_con (default p_pv); p_con - p_pv per kWh is the LEG's margin. The grid
+    shares are billed by the grid operator, not here.
 
 "Nobody buys" (I = 0) means I <= MIN_KWH, likewise for E.
 
@@ -54,6 +55,7 @@ class TariffArrays:
     p_grid_con: np.ndarray
     mode: np.ndarray
     version: np.ndarray  # index into the sorted tariff list
+    p_con: np.ndarray | None = None   # mode leg: the consumers' price (NaN: p_pv)
 
 
 def tariffs_in_force(tariffs: list[Tariff], starts_s: np.ndarray) -> TariffArrays:
@@ -68,7 +70,8 @@ def tariffs_in_force(tariffs: list[Tariff], starts_s: np.ndarray) -> TariffArray
         raise ValueError(f"no tariff version is in force before {first}")
     take = lambda attr: np.array([getattr(t, attr) for t in ordered], dtype=np.float64)[idx]
     modes = np.array([MODE_CODES[t.mode] for t in ordered], dtype=np.int8)[idx]
-    return TariffArrays(take("p_pv"), take("p_grid_del"), take("p_grid_con"), modes, idx)
+    p_con = np.array([np.nan if t.p_con is None else t.p_con for t in ordered], dtype=np.float64)[idx]
+    return TariffArrays(take("p_pv"), take("p_grid_del"), take("p_grid_con"), modes, idx, p_con)
 
 
 def interval_prices(I, E, t: TariffArrays) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +104,8 @@ def interval_prices(I, E, t: TariffArrays) -> tuple[np.ndarray, np.ndarray]:
                       np.where(buyers, t.p_pv, t.p_grid_del))
 
     conds = [t.mode == MODE_CODES["break_even"], t.mode == MODE_CODES["static"], t.mode == MODE_CODES["leg"]]
-    p_con = np.select(conds, [be_con, st_con, t.p_pv], zev_con)
+    leg_con = t.p_pv if t.p_con is None else np.where(np.isnan(t.p_con), t.p_pv, t.p_con)
+    p_con = np.select(conds, [be_con, st_con, leg_con], zev_con)
     p_pv = np.select(conds, [be_pv, st_pv, t.p_pv], zev_pv)
     return p_con, p_pv
 

@@ -40,10 +40,13 @@ class Tariff:
     p_grid_con: float
     mode: str = "break_even"
     effective_from: datetime = EPOCH
+    # mode leg: what a consumer pays for its LEG share (None: p_pv); p_con - p_pv is the LEG's margin
+    p_con: float | None = None
 
     def __post_init__(self):
         errors = tariff_errors(
-            {"p_pv": self.p_pv, "p_grid_del": self.p_grid_del, "p_grid_con": self.p_grid_con, "mode": self.mode}
+            {"p_pv": self.p_pv, "p_grid_del": self.p_grid_del, "p_grid_con": self.p_grid_con, "mode": self.mode,
+             "p_con": self.p_con}
         )
         if errors:
             raise errors[0]
@@ -82,6 +85,17 @@ def tariff_errors(values: dict) -> list[TariffError]:
     mode = values.get("mode", "break_even")
     if mode not in PRICING_MODES:
         errors.append(TariffError("mode", f"must be one of {', '.join(PRICING_MODES)}, got {mode!r}"))
+    p_con = values.get("p_con")
+    if p_con is not None:
+        if mode != "leg":
+            errors.append(TariffError("p_con", "is set only with mode leg (the other modes derive it per interval)"))
+        elif isinstance(p_con, bool) or not isinstance(p_con, (int, float)) or (
+                isinstance(p_con, float) and not math.isfinite(p_con)):
+            errors.append(TariffError("p_con", f"must be a finite number (ct/kWh), got {_short(p_con)}"))
+        elif not errors and not clean["p_pv"] <= p_con <= clean["p_grid_con"]:
+            errors.append(TariffError("p_con", f"must lie between p_pv and p_grid_con ({clean['p_pv']:g} to "
+                                               f"{clean['p_grid_con']:g}: a member never pays more than the grid), "
+                                               f"got {_short(p_con)}"))
     if not errors:
         if clean["p_grid_del"] > clean["p_pv"]:
             errors.append(TariffError(

@@ -319,6 +319,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE users ADD COLUMN communities TEXT NOT NULL DEFAULT '';
     """,
+    # 13: pricing.mode leg: what consumers pay for their LEG share (NULL: p_pv)
+    """
+    ALTER TABLE tariff_versions ADD COLUMN p_con REAL;
+    """,
 ]
 
 INVOICE_STATUSES = ("issued", "partially_paid", "paid", "cancelled")
@@ -474,8 +478,8 @@ class Ledger:
                 t = cfg.tariffs
                 con.execute(
                     "INSERT INTO tariff_versions (effective_from, mode, p_pv, p_grid_del, p_grid_con, "
-                    "created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, 'config')",
-                    (EPOCH.isoformat(), cfg.pricing.mode, t.p_pv, t.p_grid_del, t.p_grid_con, _now()))
+                    "created_at, created_by, p_con) VALUES (?, ?, ?, ?, ?, ?, 'config', ?)",
+                    (EPOCH.isoformat(), cfg.pricing.mode, t.p_pv, t.p_grid_del, t.p_grid_con, _now(), t.p_con))
 
     def adopt_meter(self, meter_id: str, house_id: str, name: str, created_by: str,
                     active_from: str | None = None) -> None:
@@ -553,15 +557,15 @@ class Ledger:
     def tariff_versions(self) -> list[Tariff]:
         rows = self._rows("SELECT * FROM tariff_versions ORDER BY effective_from, id")
         return [Tariff(r["p_pv"], r["p_grid_del"], r["p_grid_con"], r["mode"],
-                       datetime.fromisoformat(r["effective_from"])) for r in rows]
+                       datetime.fromisoformat(r["effective_from"]), r["p_con"]) for r in rows]
 
     def add_tariff(self, tariff: Tariff, created_by: str) -> None:
         with self.transaction() as con:
             con.execute(
                 "INSERT INTO tariff_versions (effective_from, mode, p_pv, p_grid_del, p_grid_con, "
-                "created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "created_at, created_by, p_con) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (tariff.effective_from.isoformat(), tariff.mode, tariff.p_pv, tariff.p_grid_del,
-                 tariff.p_grid_con, _now(), created_by))
+                 tariff.p_grid_con, _now(), created_by, tariff.p_con))
 
     # -- periods and invoices -----------------------------------------------------------------
     def period(self, period_id: str) -> dict | None:

@@ -207,3 +207,37 @@ def test_metering_points_are_validated_and_belong_to_one_house(tmp_path):
     data["houses"]["solar-3"]["metering_points"] = ["CH42"]
     with pytest.raises(ConfigError, match="has 4 characters, a Swiss metering point ID has 33"):
         parse_config(data, source="test")
+
+
+def test_consumers_pay_p_con_and_the_margin_is_the_communitys(tmp_path):
+    """tariffs.p_con above p_pv: consumers pay it for their LEG share, producers get p_pv, the
+    settlement page shows the difference as the community's margin."""
+    from components.views import leg_margin_text, settlement_view
+    from pricing.tariffs import Tariff, TariffError
+    data = config_data(tmp_path / "data")
+    data["tariffs"]["p_con"] = 18.0
+    c = Community.open(parse_config(data, source="test"))
+    try:
+        start, end = local_day(2026, 3, 1, days=31)
+        doc = leg_document("DOC-M", datetime(2026, 4, 2, tzinfo=timezone.utc), start, end,
+                           {p: (d, [leg] * MARCH_QH, [0.0] * MARCH_QH) for p, (d, leg, _g) in SHARES.items()})
+        assert c.import_sdat_file("march.xml", doc).error is None
+        inv = {i["house_id"]: i for i in c.settle("2026-03").invoices}
+        q = Decimal("0.01")
+        leg1 = Decimal(repr(0.1 * MARCH_QH)).quantize(Decimal("0.001"))
+        assert inv["1"]["import_cost_ct"] == (leg1 * 18).quantize(q)                 # 297.2 kWh x 18 ct
+        assert inv["3"]["export_revenue_ct"] == (Decimal(repr(0.3 * MARCH_QH)) * 15).quantize(q)
+        # consumers 0.3 kWh per quarter hour at 18 ct, the producer 0.3 at 15 ct: 3 ct x 891.6 kWh
+        assert leg_margin_text(c, list(inv.values())).startswith("Community margin: CHF 26.75 ")
+        alert, _rows, _ = settlement_view(c, "2026-03")
+        assert "Community margin: CHF 26.75" in str(alert)
+        assert c.ledger.tariff_versions()[-1].p_con == 18.0
+    finally:
+        c.close()
+    with pytest.raises(TariffError, match="p_con: must lie between p_pv and p_grid_con"):
+        Tariff(15, 6, 30, "leg", p_con=31)
+    with pytest.raises(TariffError, match="p_con: is set only with mode leg"):
+        Tariff(15, 6, 30, "static", p_con=20)
+    with pytest.raises(ConfigError, match="tariffs.p_con: must lie between"):
+        parse_config({**data, "tariffs": {"p_pv": 15.0, "p_grid_del": 6.0, "p_grid_con": 30.0, "p_con": 10.0}},
+                     source="test")
