@@ -64,7 +64,7 @@ class Community:
         ledger.sync_from_config(cfg)
         if cfg.storage.backend == "influxdb":
             from storage.influx_store import InfluxStore
-            store = InfluxStore(cfg.influxdb, data_dir)
+            store = InfluxStore(cfg.influxdb, data_dir, community=cfg.slug)
             store.set_registry({m.meter_id: m.house_id for m in ledger.meters()})
         else:
             store = DuckDBStore(data_dir / "timeseries.duckdb", cfg.storage.memory_limit_mb,

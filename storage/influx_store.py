@@ -14,6 +14,11 @@ Measurements (tags; fields):
   tariff_p_grid_del): section 9.3
 * ``quarantine`` (meter_id; import_kwh, export_kwh, reason)
 
+A community of a file with ``communities:`` adds the tag ``community`` (its slug) to every point
+of every measurement, and every query of its store selects that tag: several communities share one
+database, and their house ids (1, 2, ... in each) or community rows never meet. A file of one
+community writes the section 9.3 schema as it is, without the tag.
+
 Writes are idempotent: a point is its measurement, tags and time, so writing it again replaces it
 (a replay never doubles energy). Replacing intervals therefore overwrites; an interval that stops
 being valid is not deleted (InfluxDB 2.x has no DELETE over the v1 API) but readings only ever add
@@ -143,8 +148,12 @@ class Spool:
 class InfluxStore(TimeSeriesStore):
     stores_priced_intervals = True
 
-    def __init__(self, cfg, data_dir: Path, timeout_s: float = 10.0, replay_every_s: float = 2.0):
+    def __init__(self, cfg, data_dir: Path, timeout_s: float = 10.0, replay_every_s: float = 2.0,
+                 community: str | None = None):
         self.cfg = cfg                       # config.InfluxConfig
+        self.community = community           # the slug: the ``community`` tag of every point, or None
+        self._ctag = f",community={_esc_tag(community)}" if community else ""
+        self._cwhere = f"community = {_quote(community)} AND " if community else ""
         self.read_only = cfg.mode == "read_only"
         if self.read_only:
             self.stores_priced_intervals = False
@@ -301,7 +310,7 @@ class InfluxStore(TimeSeriesStore):
                 (f",house_id={_esc_tag(house)}" if house else "")
             fields = _fields({"import_kwh": r.import_kwh, "export_kwh": r.export_kwh,
                               "power_in_kw": r.power_in_kw, "power_out_kw": r.power_out_kw})
-            lines.append(f"readings,{tags} {fields} {_us(r.ts)}")
+            lines.append(f"readings,{tags}{self._ctag} {fields} {_us(r.ts)}")
         return lines
 
     def write_readings(self, readings: pd.DataFrame) -> WriteResult:
@@ -345,6 +354,8 @@ class InfluxStore(TimeSeriesStore):
 
     def read_readings_between(self, meter_ids, start, end, inclusive=False) -> pd.DataFrame:
         where = [f"time >= {_q_time(start)}", f"time {'<=' if inclusive else '<'} {_q_time(end)}"]
+        if self.community:
+            where.append(f"community = {_quote(self.community)}")
         if meter_ids is not None:
             where.append(f"meter_id =~ {_regex(meter_ids)}")
         q = ("SELECT import_kwh, export_kwh, power_in_kw, power_out_kw FROM readings WHERE "
@@ -365,7 +376,7 @@ class InfluxStore(TimeSeriesStore):
         stmts = []
         cols = "SELECT import_kwh, export_kwh, power_in_kw, power_out_kw FROM readings"
         for m, (lo, hi) in spans.items():
-            tag = f"meter_id = {_quote(m)}"
+            tag = f"{self._cwhere}meter_id = {_quote(m)}"
             stmts.append(f"{cols} WHERE {tag} AND time < {_q_time(lo)} GROUP BY meter_id "
                          f"ORDER BY time DESC LIMIT {int(context)}")
             stmts.append(f"{cols} WHERE {tag} AND time >= {_q_time(lo)} AND time <= {_q_time(hi)} GROUP BY meter_id")
@@ -399,21 +410,22 @@ class InfluxStore(TimeSeriesStore):
         if not meter_ids:
             return empty_readings()
         q = (f"SELECT import_kwh, export_kwh, power_in_kw, power_out_kw FROM readings "
-             f"WHERE meter_id =~ {_regex(meter_ids)} GROUP BY meter_id ORDER BY time DESC LIMIT 1")
+             f"WHERE {self._cwhere}meter_id =~ {_regex(meter_ids)} GROUP BY meter_id ORDER BY time DESC LIMIT 1")
         return self._readings_frame(self._frames(q)[0])
 
     def reported_counters(self, meter_ids) -> dict[str, tuple[bool, bool]]:
         if not meter_ids:
             return {}
         df = self._frames(f"SELECT count(import_kwh), count(export_kwh) FROM readings "
-                          f"WHERE meter_id =~ {_regex(meter_ids)} GROUP BY meter_id")[0]
+                          f"WHERE {self._cwhere}meter_id =~ {_regex(meter_ids)} GROUP BY meter_id")[0]
         got = {}
         for r in df.to_dict("records"):
             got[r["meter_id"]] = (bool(r.get("count") or 0), bool(r.get("count_1") or 0))
         return {m: got.get(m, (False, False)) for m in meter_ids}
 
     def meter_ids(self) -> list[str]:
-        res = self._query("SHOW TAG VALUES FROM readings WITH KEY = meter_id")
+        scope = f" WHERE community = {_quote(self.community)}" if self.community else ""
+        res = self._query(f"SHOW TAG VALUES FROM readings WITH KEY = meter_id{scope}")
         vals = [v[1] for s in res[0].get("series", []) for v in s["values"]]
         return sorted(vals)
 
@@ -423,13 +435,16 @@ class InfluxStore(TimeSeriesStore):
         macs: dict[str, str] = {}
         for m, h in self._house_of.items():
             macs.setdefault(h, m)
-        return {h: f"house_id={_esc_tag(h)},mac={_esc_tag(m)}" for h, m in macs.items()}
+        return {h: f"house_id={_esc_tag(h)},mac={_esc_tag(m)}{self._ctag}" for h, m in macs.items()}
+
+    def _house_tag(self, house_tags: dict[str, str], house_id) -> str:
+        return house_tags.get(house_id, f"house_id={_esc_tag(house_id)}{self._ctag}")
 
     def _interval_lines(self, df: pd.DataFrame) -> list[str]:
         house_tags = self._house_tags()
         lines = []
         for r in df.itertuples(index=False):
-            tags = house_tags.get(r.house_id, f"house_id={_esc_tag(r.house_id)}")
+            tags = self._house_tag(house_tags, r.house_id)
             fields = _fields({"delta_ei_kwh": float(r.delta_ei_kwh), "delta_eo_kwh": float(r.delta_eo_kwh),
                               "flags": int(r.flags)})
             lines.append(f"house_energy,{tags} {fields} {_us(r.start)}")
@@ -444,7 +459,7 @@ class InfluxStore(TimeSeriesStore):
         self._write_lines(self._interval_lines(intervals.reindex(columns=INTERVAL_COLUMNS)))
 
     def read_intervals(self, start, end, house_ids=None) -> pd.DataFrame:
-        where = f"time >= {_q_time(start)} AND time < {_q_time(end)}"
+        where = f"{self._cwhere}time >= {_q_time(start)} AND time < {_q_time(end)}"
         if house_ids is not None:
             if not len(house_ids):
                 return pd.DataFrame(columns=INTERVAL_COLUMNS)
@@ -481,7 +496,8 @@ class InfluxStore(TimeSeriesStore):
                                  "total_production_kwh": g["delta_eo_kwh"].sum(),
                                  "houses": g.size().astype("int64")}).reset_index()[cols]
         q = (f"SELECT sum(delta_ei_kwh), sum(delta_eo_kwh), count(delta_ei_kwh) FROM house_energy "
-             f"WHERE time >= {_q_time(start)} AND time < {_q_time(end)} AND house_id =~ {_regex(house_ids)} "
+             f"WHERE {self._cwhere}time >= {_q_time(start)} AND time < {_q_time(end)} "
+             f"AND house_id =~ {_regex(house_ids)} "
              f"GROUP BY time(15m) fill(none)")
         df = self._frames(q)[0]
         if df.empty:
@@ -499,7 +515,8 @@ class InfluxStore(TimeSeriesStore):
         if self.read_only or not len(house_ids):
             return super().community_buckets(start, end, bucket_s, house_ids)
         df = self._frames(
-            f"SELECT sum(delta_ei_kwh), sum(delta_eo_kwh) FROM house_energy WHERE time >= {_q_time(start)} "
+            f"SELECT sum(delta_ei_kwh), sum(delta_eo_kwh) FROM house_energy WHERE {self._cwhere}"
+            f"time >= {_q_time(start)} "
             f"AND time < {_q_time(end)} AND house_id =~ {_regex(house_ids)} "
             f"GROUP BY time({int(bucket_s)}s) fill(none)")[0]
         cols = ["start", "total_consumption_kwh", "total_production_kwh"]
@@ -534,12 +551,12 @@ class InfluxStore(TimeSeriesStore):
         house_tags = self._house_tags()
         lines = []
         for r in house_values.itertuples(index=False):
-            tags = house_tags.get(r.house_id, f"house_id={_esc_tag(r.house_id)}")
+            tags = self._house_tag(house_tags, r.house_id)
             lines.append(f"house_energy,{tags} " + _fields({
                 "value_consumption_ct": r.value_consumption_ct, "value_pv_delivery_ct": r.value_pv_delivery_ct,
                 "tariff_p_con": r.tariff_p_con, "tariff_p_pv": r.tariff_p_pv}) + f" {_us(r.start)}")
         for r in community.itertuples(index=False):
-            lines.append("community_energy " + _fields({
+            lines.append(f"community_energy{self._ctag} " + _fields({
                 "total_consumption_kwh": r.total_consumption_kwh, "total_production_kwh": r.total_production_kwh,
                 "grid_import_kwh": r.grid_import_kwh, "grid_export_kwh": r.grid_export_kwh,
                 "value_grid_import_ct": r.value_grid_import_ct, "value_grid_export_ct": r.value_grid_export_ct,
@@ -552,13 +569,15 @@ class InfluxStore(TimeSeriesStore):
         self.replace_quarantine_many({meter_id: (start, end)}, rows.assign(meter_id=meter_id))
 
     def replace_quarantine_many(self, spans, rows) -> None:
-        lines = [f"quarantine,meter_id={_esc_tag(r.meter_id)} "
+        lines = [f"quarantine,meter_id={_esc_tag(r.meter_id)}{self._ctag} "
                  + _fields({"import_kwh": r.import_kwh, "export_kwh": r.export_kwh, "reason": r.reason})
                  + f" {_us(r.ts)}" for r in rows.reindex(columns=QUARANTINE_COLUMNS).itertuples(index=False)]
         self._write_lines(lines)
 
     def read_quarantine(self, meter_id=None) -> pd.DataFrame:
-        where = f" WHERE meter_id = {_quote(meter_id)}" if meter_id else ""
+        conds = ([f"community = {_quote(self.community)}"] if self.community else []) + \
+            ([f"meter_id = {_quote(meter_id)}"] if meter_id else [])
+        where = " WHERE " + " AND ".join(conds) if conds else ""
         df = self._frames(f"SELECT import_kwh, export_kwh, reason FROM quarantine{where} GROUP BY meter_id")[0]
         if df.empty:
             return pd.DataFrame(columns=QUARANTINE_COLUMNS)

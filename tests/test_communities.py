@@ -12,14 +12,16 @@ import pytest
 import yaml
 
 from config import ConfigError, load_config, parse_communities
+from test_store_contract import influxd  # noqa: F401  (fixture: a real influxd)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def two_communities(tmp_path) -> Path:
+def two_communities(tmp_path, influx_url: str | None = None) -> Path:
     cfg = tmp_path / "config.yaml"
     cfg.write_text(yaml.safe_dump({
-        "storage": {"data_dir": str(tmp_path / "data")},
+        "storage": {"data_dir": str(tmp_path / "data"), "backend": "influxdb" if influx_url else "embedded"},
+        **({"influxdb": {"url": influx_url, "database": "shared"}} if influx_url else {}),
         "mqtt": {"enabled": False},
         "communities": {
             "sonnenhalde": {
@@ -47,8 +49,12 @@ def app(*args, check=True):
     return r
 
 
-def test_one_csv_two_communities_settled_apart(tmp_path):
-    cfg = two_communities(tmp_path)
+@pytest.mark.parametrize("backend", ["embedded", "influxdb"])
+def test_one_csv_two_communities_settled_apart(tmp_path, request, backend):
+    """Both communities number their houses 1 and 2; with InfluxDB they share one database, told
+    apart by the community tag (a real influxd)."""
+    influx = request.getfixturevalue("influxd") if backend == "influxdb" else None
+    cfg = two_communities(tmp_path, influx.url if influx else None)
     readings = tmp_path / "readings.csv"
     rows = [("M1", 0, 0, 100, 0), ("M2", 0, 0, 0, 50), ("M3", 0, 0, 80, 0), ("M4", 0, 0, 0, 40)]
     with readings.open("w", newline="") as fh:
@@ -80,6 +86,18 @@ def test_one_csv_two_communities_settled_apart(tmp_path):
     assert sorted(r["invoice_id"][-3:] for r in berg.values()) == ["001", "002"]
     assert (tmp_path / "data" / "sonnenhalde" / "ledger.sqlite").exists()
     assert (tmp_path / "data" / "bergblick" / "ledger.sqlite").exists()
+    if influx:
+        # one database, every point tagged with its community; house 1 is two series
+        import requests
+        q = lambda text: requests.get(f"{influx.url}/query", params={"db": "shared", "q": text},
+                                      timeout=10).json()["results"][0]
+        tags = q("SHOW TAG VALUES FROM house_energy WITH KEY = community")["series"][0]["values"]
+        assert sorted(v[1] for v in tags) == ["bergblick", "sonnenhalde"]
+        series = q("SHOW SERIES FROM house_energy WHERE house_id = '1'")["series"][0]["values"]
+        assert sorted(v[0] for v in series) == ["house_energy,community=bergblick,house_id=1,mac=M3",
+                                                "house_energy,community=sonnenhalde,house_id=1,mac=M1"]
+        for m in ("readings", "community_energy"):
+            assert "series" not in q(f"SELECT count(*) FROM {m} WHERE community = ''"), m
     # the commands that work on one community say which ones there are
     r = app("settle", "--period", "2026-02", "--config", str(cfg), check=False)
     assert r.returncode != 0 and "configures 2 communities (bergblick, sonnenhalde)" in r.stderr
