@@ -680,6 +680,34 @@ def payouts(period, out, config_path):
                    f"(houses.<key>.iban)", err=True)
 
 
+@cli.command()
+@click.option("--year", type=int, required=True, help="a calendar year with closed billing periods")
+@click.option("--house", "houses", multiple=True, help="only this house id (repeatable; default: every house)")
+@click.option("--language", type=click.Choice(["de", "fr", "it", "en"]),
+              help="the PDFs' language (default: each house's, else the community's)")
+@click.option("--out", type=click.Path(file_okay=False), default=".", show_default=True, help="folder for the files")
+@config_option
+def statements(year, houses, language, out, config_path):
+    """Annual statements: per house, the year's invoices and credit notes and its energy by month,
+    as statement-YEAR-house-H.pdf and .csv."""
+    from billing import statements as st_mod
+    community = _open(config_path, what="making statements")
+    try:
+        try:
+            made = st_mod.statements(community, year, list(houses) or None)
+        except ValueError as exc:
+            raise click.ClickException(str(exc))
+        folder = Path(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        for st in made:
+            (folder / st_mod.csv_name(st)).write_bytes(st_mod.statement_csv(st))
+            (folder / st_mod.pdf_name(st)).write_bytes(st_mod.statement_pdf(community, st, language))
+            click.echo(f"house {st.house_id} ({st.house_name}): {len(st.months)} months, "
+                       f"{len(st.invoices)} invoices -> {folder / st_mod.pdf_name(st)}")
+    finally:
+        community.close()
+
+
 def _line_key(msg: str):
     try:
         return int(msg.split(":", 1)[0].split()[1])

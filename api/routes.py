@@ -300,6 +300,42 @@ def invoice(invoice_id: str):
     return flask.jsonify(body)
 
 
+@api.get("/statements")
+@access("user")
+def statements_index():
+    """The years with closed periods, and the houses the caller may see (their statements' links)."""
+    from billing.statements import years_with_closed_periods
+    c = _svc().community
+    p = current_principal()
+    houses = [h.house_id for h in c.ledger.houses(active_only=False) if can_see_house(p, h.house_id)]
+    years = years_with_closed_periods(c)
+    return flask.jsonify({"years": years, "houses": houses,
+                          "statements": [f"statements/{h}/{y}.pdf" for y in years for h in houses]})
+
+
+@api.get("/statements/<house_id>/<name>")
+@access("user")
+def statement_file(house_id: str, name: str):
+    """The annual statement of a house: ``<year>.pdf`` (``?language=de|fr|it|en``) or ``<year>.csv``."""
+    from billing import statements as st_mod
+    year, dot, kind = name.partition(".")
+    if not (dot and kind in ("pdf", "csv") and year.isdigit() and len(year) == 4):
+        return _bad("expected <year>.pdf or <year>.csv, e.g. 2026.pdf", "name")
+    c = _svc().community
+    if not can_see_house(current_principal(), house_id):          # others' houses: not found
+        return _bad(f"no house {house_id[:40]}", "house_id", 404)
+    language = flask.request.args.get("language")
+    if language is not None and language not in ("de", "fr", "it", "en"):
+        return _bad("language: one of de, fr, it, en", "language")
+    try:
+        st = st_mod.statement(c, house_id, int(year))
+    except ValueError as exc:
+        return _bad(str(exc), "year", 404)
+    if kind == "csv":
+        return _download(st_mod.statement_csv(st), st_mod.csv_name(st), "text/csv; charset=utf-8")
+    return _download(st_mod.statement_pdf(c, st, language), st_mod.pdf_name(st), "application/pdf")
+
+
 @api.get("/audit")
 @access("manager")
 def audit():

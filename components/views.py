@@ -387,6 +387,20 @@ def my_invoice_rows(c, house_ids: list[str], base: str) -> list[dict]:
     return rows
 
 
+def statement_links(c, houses, base: str):
+    """The annual statements (PDF, CSV) of ``houses`` for every year with closed periods, newest
+    first; a sentence when there is none yet."""
+    from billing.statements import years_with_closed_periods
+    years = years_with_closed_periods(c)
+    if not years or not houses:
+        return html.P("No statement yet: a statement covers a year once one of its billing periods is closed.",
+                      className="text-muted")
+    return html.Ul([html.Li([f"{y} · {h.name}: ",
+                             html.A("PDF", href=f"{base}api/statements/{h.house_id}/{y}.pdf", className="me-2"),
+                             html.A("CSV", href=f"{base}api/statements/{h.house_id}/{y}.csv")])
+                    for y in years for h in houses])
+
+
 def _my_row(inv: dict, names: dict, base: str) -> dict:
     net = float(inv["net_amount_chf"])
     words = "credit to you" if net >= 0 else "amount due"

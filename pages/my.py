@@ -7,7 +7,7 @@ from dash import html
 
 from auth.principal import visible_houses
 from auth.web import current_principal
-from components.views import my_invoice_rows
+from components.views import my_invoice_rows, statement_links
 from web import current
 
 dash.register_page(__name__, path="/my", name="My invoices", order=7, members=True)
@@ -29,4 +29,6 @@ def layout(**_):
                    columnSize="autoSize", style={"height": "420px"}),
         dbc.FormText("Drafts change until their month is settled; issued invoices never change (a correction "
                      "comes as a credit note)."),
+        html.H5("Annual statements", className="mt-4"),
+        html.Div(statement_links(c, houses, base), id="my-statements"),
     ])

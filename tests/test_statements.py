@@ -228,3 +228,65 @@ def pages(c, st) -> int:
     from documents.render import TEMPLATES, _font_config, _html_class, _stylesheet, url_fetcher
     doc = _html_class()(string=statement_html(c, st), base_url=str(TEMPLATES) + os.sep, url_fetcher=url_fetcher())
     return len(doc.render(stylesheets=[_stylesheet()], font_config=_font_config()).pages)
+
+
+def test_statements_through_the_api_the_page_and_the_command(make, tmp_path):
+    """A member downloads their own house's statement (PDF and CSV) and no other's; the manager
+    every house's; My invoices links them; ``app.py statements`` writes the files."""
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from components.views import statement_links
+    from web import create_app
+    from webauth import MANAGER, add_users, login, member
+    c = make()
+    for month in MONTHS[:3]:
+        c.settle(month, close=True, closed_by="test")
+    add_users(c)
+    app = create_app(c).server
+    base = "/" if c.cfg.web.base_path in ("", "/") else c.cfg.web.base_path
+    api = base + "api/"
+    boss = login(app.test_client(), base, *MANAGER)
+    owner = login(app.test_client(), base, *member("1"))
+
+    idx = owner.get(api + "statements").get_json()
+    assert idx == {"years": [2026], "houses": ["1"], "statements": ["statements/1/2026.pdf"]}
+    assert boss.get(api + "statements").get_json()["houses"] == ["1", "2"]
+    r = owner.get(api + "statements/1/2026.csv")
+    assert r.status_code == 200 and r.headers["Content-Disposition"].endswith('statement-2026-house-1.csv"')
+    rows = list(csv.DictReader(io.StringIO(r.data.decode("utf-8"))))
+    assert rows == list(csv.DictReader(io.StringIO(statement_csv(statement(c, "1", 2026)).decode("utf-8"))))
+    jan = next(row for row in rows if row["kind"] == "month" and row["month"] == "2026-01")
+    assert (jan["cost_chf"], jan["credit_chf"], jan["net_chf"]) == ("25.03", "2.04", "-22.99")
+    pdf = owner.get(api + "statements/1/2026.pdf?language=fr")
+    assert pdf.status_code == 200 and pdf.data.startswith(b"%PDF") and pdf.mimetype == "application/pdf"
+    assert owner.get(api + "statements/2/2026.pdf").status_code == 404           # another member's house
+    assert boss.get(api + "statements/2/2026.csv").status_code == 200
+    assert boss.get(api + "statements/9/2026.csv").status_code == 404             # no such house
+    r = boss.get(api + "statements/1/2025.pdf")
+    assert r.status_code == 404 and "statements exist for 2026" in r.get_json()["error"]
+    assert boss.get(api + "statements/1/2026.txt").status_code == 400
+    assert boss.get(api + "statements/1/2026.pdf?language=xx").status_code == 400
+
+    links = statement_links(c, c.ledger.houses(), "/")
+    hrefs = [a.href for li in links.children for a in li.children[1:]]
+    assert hrefs == ["/api/statements/1/2026.pdf", "/api/statements/1/2026.csv",
+                     "/api/statements/2/2026.pdf", "/api/statements/2/2026.csv"]
+    c.close()
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(yaml.safe_dump({"houses": HOUSES, "pricing": {"mode": "static"},
+                                   "community": {"name": "LEG Sonnenhalde", "timezone": TZ},
+                                   "storage": {"data_dir": str(tmp_path / "c")}, "mqtt": {"enabled": False}}))
+    root = Path(__file__).resolve().parent.parent
+    run = lambda *a: subprocess.run([sys.executable, str(root / "app.py"), *a, "--config", str(cfg)],
+                                    capture_output=True, text=True, timeout=300, cwd=root)
+    r = run("statements", "--year", "2026", "--house", "2", "--out", str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr
+    assert "house 2 (Casa Rossi): 12 months, 3 invoices" in r.stdout
+    assert (tmp_path / "out" / "statement-2026-house-2.pdf").read_bytes().startswith(b"%PDF")
+    assert (tmp_path / "out" / "statement-2026-house-2.csv").read_bytes().startswith(b"kind,")
+    r = run("statements", "--year", "2024", "--out", str(tmp_path / "out"))
+    assert r.returncode == 1 and "year 2024 has no closed billing period" in r.stderr
