@@ -161,6 +161,16 @@ class Accounts:
         with self.ledger.transaction() as con:
             return con.execute("SELECT 1 FROM users LIMIT 1").fetchone() is not None
 
+    def language(self, username: str) -> str | None:
+        """The web app's language the user chose, or None."""
+        with self.ledger.transaction() as con:
+            r = con.execute("SELECT language FROM users WHERE username = ?", (username,)).fetchone()
+        return r[0] if r else None
+
+    def set_language(self, username: str, language: str | None) -> None:
+        with self.ledger.transaction() as con:
+            con.execute("UPDATE users SET language = ? WHERE username = ?", (language, username))
+
     def principal(self, username: str) -> Principal | None:
         with self.ledger.transaction() as con:
             r = con.execute("SELECT role, houses, session_epoch, communities FROM users WHERE username = ? AND active = 1",

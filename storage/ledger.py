@@ -323,6 +323,10 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE tariff_versions ADD COLUMN p_con REAL;
     """,
+    # 14: the web app's language a user chose (NULL: the browser's, else the community's)
+    """
+    ALTER TABLE users ADD COLUMN language TEXT;
+    """,
 ]
 
 INVOICE_STATUSES = ("issued", "partially_paid", "paid", "cancelled")
