@@ -281,13 +281,29 @@ class StorageConfig(_Strict):
     reopen_every_rows: int = Field(100_000, ge=0)
 
 
+def _demo_owner(name: str, number: str) -> dict:
+    return {"name": name, "street": "Sonnenweg", "number": number, "postcode": "3000", "town": "Bern"}
+
+
+# Demo payment accounts: the QR-IBAN and IBAN of SIX's QR-bill examples (valid check digits, nobody's
+# account), so every demo invoice that asks for money carries a QR-bill and credits can be paid out.
+DEMO_QR_IBAN = "CH4431999123000889012"
+DEMO_IBAN = "CH9300762011623852957"
 DEMO_HOUSES: dict[str, dict] = {
-    "B0-81-84-25-22-5C": {"id": 1, "name": "House 1", "type": "real", "pv_kwp": 6.0},  # PV: yes (size not in the seed)
-    "AA-11-BB-22-CC-01": {"id": 2, "name": "House 2", "type": "simulated", "pv_kwp": 10.0},
-    "AA-11-BB-22-CC-02": {"id": 3, "name": "House 3", "type": "simulated", "pv_kwp": 20.0},
-    "AA-11-BB-22-CC-03": {"id": 4, "name": "House 4", "type": "simulated"},
-    "AA-11-BB-22-CC-04": {"id": 5, "name": "House 5", "type": "simulated"},
+    "B0-81-84-25-22-5C": {"id": 1, "name": "House 1", "type": "real", "pv_kwp": 6.0,  # PV: yes (size not in the seed)
+                          "owner": _demo_owner("Anna Meier", "1"), "iban": DEMO_IBAN},
+    "AA-11-BB-22-CC-01": {"id": 2, "name": "House 2", "type": "simulated", "pv_kwp": 10.0,
+                          "owner": _demo_owner("Beat Keller", "3"), "iban": DEMO_IBAN},
+    "AA-11-BB-22-CC-02": {"id": 3, "name": "House 3", "type": "simulated", "pv_kwp": 20.0,
+                          "owner": _demo_owner("Chiara Rossi", "5"), "iban": DEMO_IBAN, "language": "it"},
+    "AA-11-BB-22-CC-03": {"id": 4, "name": "House 4", "type": "simulated",
+                          "owner": _demo_owner("Daniel Huber", "7")},
+    "AA-11-BB-22-CC-04": {"id": 5, "name": "House 5", "type": "simulated",
+                          "owner": _demo_owner("Élise Dubois", "9"), "language": "fr"},
 }
+DEMO_COMMUNITY = {"name": "LEG Demo Community", "iban": DEMO_QR_IBAN,
+                  "address": {"name": "LEG Demo Community", "street": "Sonnenweg", "number": "2", "postcode": "3000",
+                              "town": "Bern"}}
 
 
 class Config(_Strict):
@@ -589,9 +605,9 @@ def creditor_errors(community: CommunityConfig) -> list[str]:
 
 
 def demo_config(data_dir: str | None = None) -> Config:
-    """The embedded demo: the seed's five houses, default tariffs, embedded store."""
-    cfg = parse_config({"houses": DEMO_HOUSES}, source="demo")
-    cfg.community.name = "LEG Demo Community"
+    """The embedded demo: the seed's five houses (with owners' addresses and, for the producers, an
+    IBAN for payouts), the community's address and QR-IBAN, default tariffs, embedded store."""
+    cfg = parse_config({"houses": DEMO_HOUSES, "community": DEMO_COMMUNITY}, source="demo")
     cfg.mqtt.enabled = False
     if data_dir:
         cfg.storage.data_dir = data_dir

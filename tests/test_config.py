@@ -484,6 +484,39 @@ def test_no_file_at_all_gives_the_demo_with_the_seeds_five_houses(tmp_path):
     assert set(DEMO_HOUSES) == set(SEED_HOUSES)
 
 
+def test_the_demo_invoices_carry_a_qr_bill_and_the_page_warns_of_nothing(tmp_path):
+    """The demo's community has an address and a QR-IBAN, every house an owner's address: an
+    invoice that asks for money has its QR-bill (with a QR reference), and the settlement page's
+    setup notes are empty."""
+    from datetime import datetime, timezone
+
+    import pandas as pd
+
+    from billing.invoice_documents import invoice_documents
+    from community import Community
+    from components.views import invoice_setup_notes
+    from config import demo_config
+    from documents.qr import has_qr_bill, payment_reference
+    cfg = demo_config(str(tmp_path))
+    assert invoice_setup_notes(cfg) == []
+    c = Community.open(cfg, clock=lambda: datetime(2026, 4, 2, tzinfo=timezone.utc))
+    try:
+        meters = list(cfg.houses)
+        ts = pd.to_datetime(["2026-03-01T00:00+01:00", "2026-04-01T00:00+02:00"], utc=True).astype("datetime64[us, UTC]")
+        df = pd.DataFrame({"meter_id": [m for m in meters for _ in ts], "ts": list(ts) * len(meters),
+                           "import_kwh": [v for _ in meters for v in (0.0, 300.0)],
+                           "export_kwh": [v for m in meters for v in ((0.0, 900.0) if m.endswith("02") else (0.0, 0.0))]})
+        df["power_in_kw"] = df["power_out_kw"] = float("nan")
+        c.store_readings(df)
+        s = c.settle("2026-03", allow_incomplete=True, close=True, closed_by="test")   # drafts carry none
+        docs = {d.house_id: d for d in invoice_documents(c, s)}
+        owing = [h for h, d in docs.items() if d.net_amount_chf < 0]
+        assert owing and all(has_qr_bill(docs[h]) and payment_reference(docs[h]) for h in owing)
+        assert docs["5"].recipient.name == "Élise Dubois" and docs["5"].language == "fr"
+    finally:
+        c.close()
+
+
 def test_demo_config_is_not_shared_between_loads():
     a = load_config()
     a.community.name = "changed"
