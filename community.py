@@ -413,8 +413,9 @@ class Community:
 
     def periods(self, count: int | None = None) -> list[dict]:
         """The recent billing periods (a year of months, eight quarters or three years; the running
-        one first) and any older closed period: status, invoice count, and the intervals still
-        missing (data completeness)."""
+        one first) and any older closed period: status, invoice count, the intervals stored and
+        those still missing (data completeness). Open periods older than the first with any
+        stored interval are left out."""
         now = pd.Timestamp(self.clock())
         ids = self.recent_periods(count)
         stored = {p["period_id"]: p for p in self.ledger.periods()}
@@ -425,9 +426,14 @@ class Community:
             st = stored.get(pid, {})
             status = s.status if s.status == "closed" else ("running" if s.period.end > now else "open")
             out.append({"period_id": pid, "status": status, "invoices": len(s.invoices),
+                        "intervals": sum(int((i.get("details") or {}).get("intervals") or 0) for i in s.invoices),
                         "missing_intervals": sum(s.missing.values()), "houses_missing": sorted(s.missing),
                         "closed_at": st.get("closed_at"), "closed_by": st.get("closed_by"),
                         "start": s.period.start_local.isoformat(), "end": s.period.end_local_inclusive.isoformat()})
+        # the periods before the community's first data are no work to do: not listed (the running
+        # period always is, and every closed one)
+        while len(out) > 1 and out[-1]["status"] == "open" and out[-1]["intervals"] == 0:
+            out.pop()
         return out
 
     def invoice(self, invoice_id: str) -> dict | None:

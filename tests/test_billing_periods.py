@@ -113,3 +113,22 @@ def test_a_yearly_community_numbers_on_its_own_and_a_changed_kind_never_bills_tw
         assert quarterly.settle("2026-Q2", close=True, closed_by="test").invoices[0]["invoice_id"] == "INV-2027-003"
     finally:
         quarterly.close()
+
+
+def test_periods_are_listed_from_the_first_month_with_data(tmp_path):
+    """Data from 15 March 2026 (local), today 10 June: June (running), May, April, March; nothing
+    before March, although a year of months is recent."""
+    cfg = parse_config({"houses": HOUSES, "community": {"timezone": "Europe/Zurich"},
+                        "storage": {"data_dir": str(tmp_path)}, "mqtt": {"enabled": False}}, source="test")
+    c = Community.open(cfg, clock=lambda: datetime(2026, 6, 10, tzinfo=timezone.utc))
+    try:
+        assert [p["period_id"] for p in c.periods()] == ["2026-06"]          # no data: only the running month
+        c.store_readings(frame([("M1", "2026-03-15T00:00", 0.0, 0.0), ("M1", "2026-03-20T00:00", 120.0, 0.0),
+                                ("M1", "2026-05-01T00:00", 130.0, 0.0), ("M1", "2026-05-03T00:00", 140.0, 0.0)]))
+        listed = c.periods()
+        assert [p["period_id"] for p in listed] == ["2026-06", "2026-05", "2026-04", "2026-03"]
+        assert [p["status"] for p in listed] == ["running", "open", "open", "open"]
+        # March from the 15th: 17 local days, the 29th has 23 hours (DST): 17 x 96 - 4 quarter hours
+        assert (listed[-1]["intervals"], listed[-1]["missing_intervals"] > 0) == (17 * 96 - 4, True)
+    finally:
+        c.close()
