@@ -40,10 +40,10 @@ def choose(chosen: str | None, accept_languages=None, community_language: str | 
     """The language by the rule of the module docstring."""
     if chosen in LANGUAGES:
         return chosen
-    if accept_languages is not None:
-        best = accept_languages.best_match(LANGUAGES)
-        if best:
-            return best
+    for tag, _quality in accept_languages or ():      # werkzeug's LanguageAccept: best first
+        primary = str(tag).split("-")[0].split("_")[0].lower()
+        if primary in LANGUAGES:
+            return primary
     return community_language if community_language in LANGUAGES else "en"
 
 

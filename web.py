@@ -21,10 +21,12 @@ import flask
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
+from i18n import N_
 from jobs import Jobs
 
 ROOT = Path(__file__).resolve().parent
 MAX_REQUEST_BYTES = 20 * 1024 * 1024       # a request body larger than this gets 413
+ROLE_NAMES = {"manager": N_("manager"), "member": N_("member")}
 log = logging.getLogger("leg.web")
 
 
@@ -104,6 +106,7 @@ def create_app(community, runtime=None, accounts=None, instance: dict[str, Servi
     auth_web.install(app, accounts or Accounts(community.ledger), base, cfg.community.name,
                      cfg.web.frame_ancestors, secret_dir or cfg.data_dir)
     _metrics_route(server, base, "public" if cfg.web.metrics_public else "read")
+    _language_route(server, base)
     app.layout = lambda: _layout(current().community.cfg.community.name, base)
     return app
 
@@ -122,6 +125,10 @@ def _error_handlers(server: flask.Flask, base: str) -> None:
             log.warning("%s %s: body over %d bytes refused", flask.request.method, flask.request.path,
                         MAX_REQUEST_BYTES)
             message = f"the request is larger than {MAX_REQUEST_BYTES // (1024 * 1024)} MB"
+            if not wants_json():
+                from i18n import tr
+                return flask.Response(tr("The request is larger than {mb} MB.", mb=MAX_REQUEST_BYTES // (1024 * 1024))
+                                      + "\n", 413, mimetype="text/plain")
         else:
             message = exc.description
             if exc.code == 400:
@@ -129,8 +136,6 @@ def _error_handlers(server: flask.Flask, base: str) -> None:
         if wants_json():
             field = "body" if exc.code in (400, 413) else "path" if exc.code in (404, 405) else None
             return flask.jsonify({"error": message, "field": field}), exc.code
-        if exc.code == 413:
-            return flask.Response(message[0].upper() + message[1:] + ".\n", 413, mimetype="text/plain")
         return exc
 
     @server.errorhandler(Exception)
@@ -138,7 +143,37 @@ def _error_handlers(server: flask.Flask, base: str) -> None:
         log.exception("%s %s failed", flask.request.method, flask.request.path)
         if wants_json():
             return flask.jsonify({"error": "internal error; the server's log has the details", "field": None}), 500
-        return flask.Response("Internal error; the server's log has the details.\n", 500, mimetype="text/plain")
+        from i18n import tr
+        return flask.Response(tr("Internal error; the server's log has the details.") + "\n", 500,
+                              mimetype="text/plain")
+
+
+def _language_route(server: flask.Flask, base: str) -> None:
+    """GET {base}language/<lang>: the visitor's language, as a cookie (a year) and, for a logged-in
+    user, in the account; then back to the page it came from (its Referer, when that is a page of
+    this app)."""
+    from urllib.parse import urlsplit
+
+    import i18n
+    from auth.web import access, current_principal, safe_next
+
+    @access("public")
+    def choose(lang: str):
+        if lang not in i18n.LANGUAGES:
+            return flask.Response(f"Unknown language {lang[:20]!r}: one of {', '.join(i18n.LANGUAGES)}.\n", 404,
+                                  mimetype="text/plain")
+        accounts = current_accounts()           # a public route: the session's user, if any
+        p = current_principal() or accounts.session_principal(flask.session.get("user"), flask.session.get("epoch"))
+        if p is not None and p.via == "session":
+            accounts.set_language(p.name, lang)
+        ref = urlsplit(flask.request.headers.get("Referer", ""))
+        same_host = not ref.netloc or ref.netloc == flask.request.host
+        back = safe_next(ref.path + (f"?{ref.query}" if ref.query else ""), base) if same_host else None
+        resp = flask.redirect(back or base, 303)
+        resp.set_cookie(i18n.COOKIE, lang, max_age=365 * 24 * 3600, path=base, samesite="Lax", httponly=True,
+                        secure=flask.request.is_secure)
+        return resp
+    server.add_url_rule(base + "language/<lang>", "language", choose)
 
 
 def _metrics_route(server: flask.Flask, base: str, level: str) -> None:
@@ -157,11 +192,13 @@ def _layout(name: str, base: str):
     """The frame of every page: navigation for the visitor's role, who is logged in, log out."""
     from dash import dcc, html
 
+    import i18n
     from auth.web import current_principal
+    from i18n import tr
     p = current_principal()
     pages = [pg for pg in dash.page_registry.values() if pg.get("nav", True)
              and (p is not None and (p.is_manager or pg.get("members", False)))]
-    nav = [dbc.NavItem(dbc.NavLink(pg["name"], href=pg["relative_path"], active="exact")) for pg in pages]
+    nav = [dbc.NavItem(dbc.NavLink(tr(pg["name"]), href=pg["relative_path"], active="exact")) for pg in pages]
     instance = flask.current_app.config.get("LEG_INSTANCE")
     if instance and p is not None and flask.g.get("leg_principal_all") is not None:
         slugs = flask.g.leg_principal_all.community_slugs(list(instance))
@@ -169,11 +206,17 @@ def _layout(name: str, base: str):
             nav.insert(0, dbc.DropdownMenu(
                 [dbc.DropdownMenuItem(instance[s].community.cfg.community.name, href=f"{base}community/{s}",
                                       external_link=True, active=s == current().slug) for s in slugs],
-                label="Community", nav=True, in_navbar=True, id="community-switcher"))
+                label=tr("Community"), nav=True, in_navbar=True, id="community-switcher"))
+    lang = i18n.language()
+    nav.append(dbc.DropdownMenu(
+        [dbc.DropdownMenuItem(i18n.NAMES[code], href=f"{base}language/{code}", external_link=True,
+                              active=code == lang, id=f"language-{code}") for code in i18n.LANGUAGES],
+        label=i18n.NAMES[lang], nav=True, in_navbar=True, id="language-menu"))
     if p is not None:
-        nav += [dbc.NavItem(dbc.NavLink(f"{p.name} ({p.role})", href=base + "account", external_link=True)),
+        role = tr(ROLE_NAMES.get(p.role, p.role))
+        nav += [dbc.NavItem(dbc.NavLink(f"{p.name} ({role})", href=base + "account", external_link=True)),
                 dbc.NavItem(html.Form([dcc.Input(type="hidden", name="csrf_token", value=flask.session.get("csrf", "")),
-                                       html.Button("Log out", type="submit", className="btn btn-link nav-link")],
+                                       html.Button(tr("Log out"), type="submit", className="btn btn-link nav-link")],
                                       method="POST", action=base + "logout"))]
     return dbc.Container([
         dbc.NavbarSimple(nav, brand=name, color="dark", dark=True, className="mb-3"),

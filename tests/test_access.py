@@ -74,7 +74,7 @@ def allowed(level: str, who: str, method: str, path: str) -> bool:
 def concrete(rule, app) -> str:
     """A URL for a rule, with real values for its parameters."""
     values = {"filename": "app.css", "path": "settlement", "invoice_id": "INV-2026-001.pdf", "meter_id": "MTR-A",
-              "tx_id": "TX-1", "house_id": "1", "name": "2026.csv", "package_name": "dash", "fingerprinted_path": "dash-renderer/build/dash_renderer.min.js"}
+              "tx_id": "TX-1", "house_id": "1", "name": "2026.csv", "lang": "fr", "package_name": "dash", "fingerprinted_path": "dash-renderer/build/dash_renderer.min.js"}
     url = rule.rule
     for name in rule.arguments:
         url = re.sub(rf"<(?:[a-z]+:)?{name}>", values[name], url)
