@@ -13,9 +13,27 @@ import analytics
 from billing.settlement import SettlementError, invoice_rows, period_of
 from components.charts import energy_figure, grid_figures, price_figure, value_figure
 from components.controls import kpi_cards
+from i18n import LOCALES, N_, language, tr
 from ingest.csv_files import parse_timestamp
 from ingest.readings import ReadingError
 from pricing.tariffs import Tariff, TariffError, tariff_errors
+
+
+class Later:
+    """A text translated when it is shown, not when it is made: a background job's label and
+    result are made in a worker thread, where there is no request and so no language (logs get
+    the English text)."""
+    def __init__(self, msgid: str, **values):
+        self.msgid, self.values = msgid, values
+
+    def __str__(self) -> str:
+        return tr(self.msgid, **{k: str(v) for k, v in self.values.items()})
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+    def __repr__(self) -> str:
+        return f"Later({self.msgid!r}, {self.values!r})"
 
 
 def page_range(community, range_name: str, bucket: str | None, first_day, last_day,
@@ -48,12 +66,14 @@ def house_view(community, house_id: str, rng: analytics.Range, now: pd.Timestamp
 
 def draft_invoice_card(invoice: dict | None):
     if invoice is None:
-        return dbc.Alert("No invoice for this house in the current period.", color="secondary")
+        return dbc.Alert(tr("No invoice for this house in the current period."), color="secondary")
     net = float(invoice["net_amount_chf"])
-    words = "credit to you" if net >= 0 else "amount due"
-    return dbc.Alert([html.Strong(f"Current period {invoice['period_start'][:7]} (draft): "),
-                      f"bought {invoice['energy_imported_kwh']} kWh, delivered {invoice['energy_exported_kwh']} kWh; "
-                      f"{words} {abs(net):,.2f} CHF"], color="info")
+    values = dict(imported=invoice["energy_imported_kwh"], exported=invoice["energy_exported_kwh"],
+                  amount=f"{abs(net):,.2f}")
+    text = (tr("bought {imported} kWh, delivered {exported} kWh; credit to you {amount} CHF", **values) if net >= 0
+            else tr("bought {imported} kWh, delivered {exported} kWh; amount due {amount} CHF", **values))
+    return dbc.Alert([html.Strong(tr("Current period {period} (draft): ", period=invoice["period_start"][:7])),
+                      text], color="info")
 
 
 def live_power_card(community, house_id: str, now: pd.Timestamp):
@@ -65,28 +85,32 @@ def live_power_card(community, house_id: str, now: pd.Timestamp):
     for m in meters:
         r = last.get(m.meter_id)
         if r is None:
-            items.append(f"{m.meter_id}: no reading yet")
+            items.append(tr("{meter}: no reading yet", meter=m.meter_id))
             continue
         age = now - pd.Timestamp(r.ts_utc)
         when = pd.Timestamp(r.ts_utc).tz_convert(community.tz).strftime("%Y-%m-%d %H:%M:%S")
         if r.power_in_kw is None and r.power_out_kw is None:
-            items.append(f"{m.meter_id}: this meter reports no power (last counters {when})")
+            items.append(tr("{meter}: this meter reports no power (last counters {when})", meter=m.meter_id, when=when))
             continue
         fmt = lambda x: "–" if x is None else f"{x:.2f} kW"
-        stale = " (stale)" if age > pd.Timedelta(minutes=15) else ""
-        items.append(f"{m.meter_id}: drawing {fmt(r.power_in_kw)}, feeding in {fmt(r.power_out_kw)} "
-                     f"at {when}{stale}")
+        values = dict(meter=m.meter_id, power_in=fmt(r.power_in_kw), power_out=fmt(r.power_out_kw), when=when)
+        items.append(tr("{meter}: drawing {power_in}, feeding in {power_out} at {when} (stale)", **values)
+                     if age > pd.Timedelta(minutes=15)
+                     else tr("{meter}: drawing {power_in}, feeding in {power_out} at {when}", **values))
     if not items:
-        items = ["No meter registered for this house."]
-    return dbc.Card(dbc.CardBody([html.Div("Live power", className="text-muted small")]
+        items = [tr("No meter registered for this house.")]
+    return dbc.Card(dbc.CardBody([html.Div(tr("Live power"), className="text-muted small")]
                                  + [html.Div(t) for t in items]), className="mb-2")
 
 
 def period_options(c, now: pd.Timestamp, months: int = 12) -> list[dict]:
-    """Calendar months (the data quality page looks at months whatever the billing period)."""
+    """Calendar months (the data quality page looks at months whatever the billing period), named
+    in the page's language."""
+    from babel.dates import format_date
     local = now.tz_convert(c.tz)
     first = local.normalize().replace(day=1)
-    return [{"label": (first - pd.DateOffset(months=k)).strftime("%B %Y"),
+    locale = LOCALES[language()]
+    return [{"label": format_date((first - pd.DateOffset(months=k)).date(), "LLLL y", locale=locale),
              "value": (first - pd.DateOffset(months=k)).strftime("%Y-%m")} for k in range(months)]
 
 
@@ -113,23 +137,24 @@ def settlement_view(c, period: str, base: str = "/"):
         rows.append(row)
     if s.status == "closed":
         for n in c.ledger.credit_notes(period):
-            rows.append({"invoice_id": n["credit_note_id"], "status": f"credit note for {n['invoice_id']}",
+            rows.append({"invoice_id": n["credit_note_id"],
+                         "status": tr("credit note for {invoice}", invoice=n["invoice_id"]),
                          "net_amount_chf": n["net_amount_chf"], "flags": n["reason"],
                          "download": link(n["credit_note_id"]), "mail": _mail_text(mails.get(n["credit_note_id"]))})
     over = s.period.end <= pd.Timestamp(c.clock())
     closable = s.status != "closed" and over and not s.missing
     notes = invoice_setup_notes(c.cfg)
     if s.status == "closed":
-        alert = dbc.Alert(f"Closed: {len(s.invoices)} invoices issued. Their PDFs are stored and served as issued.",
-                          color="success")
+        alert = dbc.Alert(tr("Closed: {n} invoices issued. Their PDFs are stored and served as issued.",
+                             n=len(s.invoices)), color="success")
     elif s.missing:
-        alert = dbc.Alert("Provisional: intervals missing for house(s) "
-                          + ", ".join(f"{h} ({n})" for h, n in s.missing.items())
-                          + ". The period can be closed once the readings are complete.", color="warning")
+        alert = dbc.Alert(tr("Provisional: intervals missing for house(s) {houses}. The period can be closed once "
+                             "the readings are complete.",
+                             houses=", ".join(f"{h} ({n})" for h, n in s.missing.items())), color="warning")
     elif not over:
-        alert = dbc.Alert("Running: drafts so far; the period can be closed after its last day.", color="info")
+        alert = dbc.Alert(tr("Running: drafts so far; the period can be closed after its last day."), color="info")
     else:
-        alert = dbc.Alert("Open: drafts, recomputed on every view; complete data, ready to close.", color="info")
+        alert = dbc.Alert(tr("Open: drafts, recomputed on every view; complete data, ready to close."), color="info")
     margin = leg_margin_text(c, s.invoices)
     if margin:
         notes = [margin] + notes
@@ -147,21 +172,23 @@ def leg_margin_text(c, invoices: list[dict]) -> str | None:
     paid = sum((Decimal(str(i["import_cost_ct"])) for i in invoices), Decimal("0"))
     credited = sum((Decimal(str(i["export_revenue_ct"])) for i in invoices), Decimal("0"))
     margin_chf = ((paid - credited) / 100).quantize(Decimal("0.01"))
-    return (f"Community margin: CHF {margin_chf} (members pay CHF {(paid / 100).quantize(Decimal('0.01'))} for "
-            f"their LEG shares, producers are credited CHF {(credited / 100).quantize(Decimal('0.01'))}).")
+    return tr("Community margin: CHF {margin} (members pay CHF {paid} for their LEG shares, producers are "
+              "credited CHF {credited}).", margin=margin_chf, paid=(paid / 100).quantize(Decimal("0.01")),
+              credited=(credited / 100).quantize(Decimal("0.01")))
 
 
 def invoice_setup_notes(cfg) -> list[str]:
     """What the invoices will lack because of the configuration (shown before a period is closed)."""
     notes = []
     if cfg.community.iban is None:
-        notes.append("No QR-bill on the invoices: community.iban and community.address are not set in config.yaml.")
+        notes.append(tr("No QR-bill on the invoices: community.iban and community.address are not set in "
+                        "config.yaml."))
     if cfg.community.address is None:
-        notes.append("The invoices name the community without an address: set community.address in config.yaml.")
+        notes.append(tr("The invoices name the community without an address: set community.address in config.yaml."))
     missing = [h.name for h in cfg.houses.values() if h.owner is None]
     if missing:
-        notes.append(f"{len(missing)} house(s) without an owner address (the invoice shows the house's name only): "
-                     + ", ".join(missing[:5]) + ("…" if len(missing) > 5 else ""))
+        notes.append(tr("{n} house(s) without an owner address (the invoice shows the house's name only): {houses}",
+                        n=len(missing), houses=", ".join(missing[:5]) + ("…" if len(missing) > 5 else "")))
     return notes
 
 
@@ -169,30 +196,33 @@ def _mail_text(m: dict | None) -> str:
     if m is None:
         return ""
     if m["status"] == "sent":
-        return f"sent to {m['recipient']} {m['at'][:16]}"
+        return tr("sent to {recipient} {at}", recipient=m["recipient"], at=m["at"][:16])
     if m["status"] == "sending":
-        return f"interrupted while sending to {m['recipient']} ({m['at'][:16]}): check, then release"
-    return f"failed: {m['error']}"
+        return tr("interrupted while sending to {recipient} ({at}): check, then release", recipient=m["recipient"],
+                  at=m["at"][:16])
+    return tr("failed: {error}", error=m["error"])
 
 
 def close_job(services, period: str, by: str = "web") -> tuple[dict | None, str]:
     """Start closing ``period`` in the background (issue, then render and store every PDF):
-    (job for the page's store, or None, and a message)."""
+    (job for the page's store, or None, and a message). Label and result are ``Later`` texts:
+    translated when the page shows them."""
     from billing import lifecycle
     c = services.community
 
     def run(progress):
         s = lifecycle.close_period(c, period, by, progress)
-        return f"{period} closed: {len(s.invoices)} invoices issued, their PDFs stored"
-    return _start(services, f"close:{period}", f"Closing {period}", run)
+        return Later(N_("{period} closed: {n} invoices issued, their PDFs stored"), period=period, n=len(s.invoices))
+    return _start(services, f"close:{period}", Later(N_("Closing {period}"), period=period), run)
 
 
 def mail_job(services, period: str, by: str = "web") -> tuple[dict | None, str]:
     """Start mailing a closed period's documents in the background."""
     from billing import mail
     c = services.community
-    return _start(services, f"mail:{period}", f"Mailing {period}",
-                  lambda progress: f"Mailing {period}: " + mail.send_period(c, period, by, progress).summary())
+    return _start(services, f"mail:{period}", Later(N_("Mailing {period}"), period=period),
+                  lambda progress: Later(N_("Mailing {period}: {summary}"), period=period,
+                                         summary=mail.send_period(c, period, by, progress).summary()))
 
 
 def _start(services, key: str, label: str, run):
@@ -200,7 +230,8 @@ def _start(services, key: str, label: str, run):
     try:
         job = services.jobs.start(key, label, run, errors=(SettlementError, ValueError))
     except JobBusy as exc:
-        return None, dbc.Alert(str(exc), color="warning")
+        return None, dbc.Alert(tr("{label} is already running ({percent}%)", label=str(exc.job.label),
+                                  percent=exc.job.percent), color="warning")
     return {"id": job.job_id, "status": job.status}, ""
 
 
@@ -209,23 +240,24 @@ def invoice_action(c, action: str, selected: list[dict] | None, reason: str | No
     from billing import lifecycle, mail
     doc_id = ((selected or [{}])[0] or {}).get("invoice_id")
     if not doc_id:
-        return dbc.Alert("Select an invoice in the table first.", color="warning")
+        return dbc.Alert(tr("Select an invoice in the table first."), color="warning")
     if doc_id.startswith("DRAFT-"):
-        return dbc.Alert(f"{doc_id} is a draft: invoices can be paid or cancelled once the period is closed.",
-                         color="warning")
+        return dbc.Alert(tr("{invoice} is a draft: invoices can be paid or cancelled once the period is closed.",
+                            invoice=doc_id), color="warning")
     try:
         if action == "paid":
             lifecycle.mark_paid(c, doc_id, by, reason or None)
-            return dbc.Alert(f"{doc_id} marked paid.", color="success")
+            return dbc.Alert(tr("{invoice} marked paid.", invoice=doc_id), color="success")
         if action == "cancel":
             if not (reason or "").strip():
-                return dbc.Alert("Give the reason for the cancellation (it is recorded with the credit note).",
+                return dbc.Alert(tr("Give the reason for the cancellation (it is recorded with the credit note)."),
                                  color="warning")
             note = lifecycle.cancel(c, doc_id, by, reason)
-            return dbc.Alert(f"{doc_id} cancelled: credit note {note['credit_note_id']} issued.", color="success")
+            return dbc.Alert(tr("{invoice} cancelled: credit note {credit_note} issued.", invoice=doc_id,
+                                credit_note=note["credit_note_id"]), color="success")
         if action == "release":
             mail.release(c, doc_id, by)
-            return dbc.Alert(f"{doc_id} may be mailed again.", color="success")
+            return dbc.Alert(tr("{invoice} may be mailed again.", invoice=doc_id), color="success")
     except (SettlementError, ValueError) as exc:
         return dbc.Alert(str(exc), color="danger")
     raise ValueError(f"unknown action {action!r}")
@@ -249,12 +281,12 @@ def upload_bank_files(c, contents: list[str] | None, names: list[str] | None, by
         except (binascii.Error, ValueError):
             raw = None
         if raw is None or not raw:
-            lines.append(f"{name}: refused: the upload could not be read (an empty or damaged file)")
+            lines.append(tr("{name}: refused: the upload could not be read (an empty or damaged file)", name=name))
             failed += 1
             continue
         if len(raw) > MAX_BANK_FILE_BYTES:
-            lines.append(f"{name}: refused: {len(raw):,} bytes, more than a bank file of "
-                         f"{MAX_BANK_FILE_BYTES // 2**20} MB")
+            lines.append(tr("{name}: refused: {size} bytes, more than a bank file of {limit} MB", name=name,
+                            size=f"{len(raw):,}", limit=MAX_BANK_FILE_BYTES // 2**20))
             failed += 1
             continue
         result = import_payments(c, name, raw, by)
@@ -266,14 +298,22 @@ def upload_bank_files(c, contents: list[str] | None, names: list[str] | None, by
     return dbc.Alert([html.Div(line) for line in lines], color=color)
 
 
+TRANSACTION_STATES = {"unmatched": N_("no invoice has this reference"),
+                      "reversal": N_("reversal (returned by the bank)"), "debit": N_("debit"),
+                      "cancelled_invoice": N_("paid to a cancelled invoice")}
+
+
+def _state_text(state: str) -> str:
+    text = TRANSACTION_STATES.get(state)
+    return tr(text) if text else state
+
+
 def payments_view(c) -> tuple[list[dict], list[dict]]:
     """(overdue invoices, bank transactions to assign by hand) as table rows."""
     from billing.payments import open_items, overdue
     names = {h.house_id: h.name for h in c.houses()}
     late = [{**x, "house_name": names.get(x["house_id"], "")} for x in overdue(c)]
-    states = {"unmatched": "no invoice has this reference", "reversal": "reversal (returned by the bank)",
-              "debit": "debit", "cancelled_invoice": "paid to a cancelled invoice"}
-    items = [{**t, "what": states.get(t["state"], t["state"])} for t in open_items(c)]
+    items = [{**t, "what": _state_text(t["state"])} for t in open_items(c)]
     return late, items
 
 
@@ -282,15 +322,21 @@ def assign_payment(c, selected: list[dict] | None, invoice_id: str | None, by: s
     from storage.ledger import LedgerError
     tx = ((selected or [{}])[0] or {}).get("tx_id")
     if not tx:
-        return dbc.Alert("Select a bank transaction in the table first.", color="warning")
+        return dbc.Alert(tr("Select a bank transaction in the table first."), color="warning")
     invoice_id = (invoice_id or "").strip().upper()
     if not invoice_id:
-        return dbc.Alert("Type the number of the invoice it pays (e.g. INV-2026-004).", color="warning")
+        return dbc.Alert(tr("Type the number of the invoice it pays (e.g. INV-2026-004)."), color="warning")
     try:
         status = c.ledger.assign_bank_transaction(tx, invoice_id, by)
     except LedgerError as exc:
         return dbc.Alert(str(exc), color="danger")
-    return dbc.Alert(f"Payment assigned: {invoice_id} is now {status.replace('_', ' ')}.", color="success")
+    if status == "paid":
+        text = tr("Payment assigned: {invoice} is now paid.", invoice=invoice_id)
+    elif status == "partially_paid":
+        text = tr("Payment assigned: {invoice} is now partially paid.", invoice=invoice_id)
+    else:
+        text = tr("Payment assigned: {invoice} is now {status}.", invoice=invoice_id, status=status.replace("_", " "))
+    return dbc.Alert(text, color="success")
 
 
 def job_progress(jobs, job: dict | None):
@@ -299,9 +345,9 @@ def job_progress(jobs, job: dict | None):
     if j is None:
         return None, True, 0, {"display": "none"}, ""
     if j.status == "running":
-        return no_update, False, j.percent, {}, f"{j.label}: {j.message}"
-    alert = (dbc.Alert(j.result, color="success") if j.status == "done"
-             else dbc.Alert(f"{j.label} failed: {j.error}", color="danger"))
+        return no_update, False, j.percent, {}, tr("{label}: {message}", label=str(j.label), message=j.message)
+    alert = (dbc.Alert(str(j.result), color="success") if j.status == "done"
+             else dbc.Alert(tr("{label} failed: {error}", label=str(j.label), error=j.error), color="danger"))
     return {"id": j.job_id, "status": j.status}, True, 100, {"display": "none"}, alert
 
 
@@ -317,9 +363,10 @@ def p_con_text(values: dict) -> str:
     if errors:
         return "—"
     if values["mode"] == "static":
-        return f"{(values['p_pv'] + values['p_grid_con']) / 2:.2f} ct/kWh (the mean of p_pv and p_grid_con)"
-    return (f"per 15 minutes between {values['p_pv']:.2f} (all local) and {values['p_grid_con']:.2f} ct/kWh "
-            f"(all from the grid), never above the grid price")
+        return tr("{p_con} ct/kWh (the mean of p_pv and p_grid_con)",
+                  p_con=f"{(values['p_pv'] + values['p_grid_con']) / 2:.2f}")
+    return tr("per 15 minutes between {p_pv} (all local) and {p_grid_con} ct/kWh (all from the grid), never above "
+              "the grid price", p_pv=f"{values['p_pv']:.2f}", p_grid_con=f"{values['p_grid_con']:.2f}")
 
 
 def submit(c, values: dict, effective_text: str | None, now: datetime, by: str = "web"):
@@ -342,7 +389,7 @@ def submit(c, values: dict, effective_text: str | None, now: datetime, by: str =
         return {exc.field: exc.message}, None
     except SettlementError as exc:
         return {"effective_from": str(exc)}, None
-    return {}, f"Saved: in force from {eff.astimezone(c.tz):%Y-%m-%d %H:%M}"
+    return {}, tr("Saved: in force from {when}", when=f"{eff.astimezone(c.tz):%Y-%m-%d %H:%M}")
 
 
 
@@ -351,21 +398,22 @@ def adopt(services, meter_id: str | None, name: str | None, first_day: str | Non
     """Adopt an unknown meter as a new house: (alert, whether it worked)."""
     c = services.community
     if not meter_id:
-        return dbc.Alert("Select a meter in the table of unknown meters first.", color="warning"), False
+        return dbc.Alert(tr("Select a meter in the table of unknown meters first."), color="warning"), False
     try:
         active_from = date.fromisoformat(first_day) if first_day else pd.Timestamp(c.clock()).tz_convert(c.tz).date()
     except ValueError:
-        return dbc.Alert(f"Billed from: {first_day!r} is not a date (YYYY-MM-DD)", color="danger"), False
+        return dbc.Alert(tr("Billed from: {value} is not a date (YYYY-MM-DD)", value=repr(first_day)),
+                         color="danger"), False
     try:
         house_id = c.adopt_meter(meter_id, name, active_from, created_by)
     except ValueError as exc:
         return dbc.Alert(str(exc), color="danger"), False
     if services.runtime is not None:
         services.runtime.registry_changed()
-    return dbc.Alert([f"Meter {meter_id} is now house {house_id} ({name.strip()}), billed from {active_from}. "
-                      "Readings it sent before today's adoption were not stored; its intervals before the "
-                      "first new reading are shown as missing. ",
-                      html.A("Open the house page", href=f"houses/{house_id}")], color="success"), True
+    return dbc.Alert([tr("Meter {meter} is now house {house} ({name}), billed from {day}. Readings it sent before "
+                         "today's adoption were not stored; its intervals before the first new reading are shown as "
+                         "missing.", meter=meter_id, house=house_id, name=name.strip(), day=active_from), " ",
+                      html.A(tr("Open the house page"), href=f"houses/{house_id}")], color="success"), True
 
 
 def my_invoice_rows(c, house_ids: list[str], base: str) -> list[dict]:
@@ -393,7 +441,7 @@ def statement_links(c, houses, base: str):
     from billing.statements import years_with_closed_periods
     years = years_with_closed_periods(c)
     if not years or not houses:
-        return html.P("No statement yet: a statement covers a year once one of its billing periods is closed.",
+        return html.P(tr("No statement yet: a statement covers a year once one of its billing periods is closed."),
                       className="text-muted")
     return html.Ul([html.Li([f"{y} · {h.name}: ",
                              html.A("PDF", href=f"{base}api/statements/{h.house_id}/{y}.pdf", className="me-2"),
@@ -403,7 +451,9 @@ def statement_links(c, houses, base: str):
 
 def _my_row(inv: dict, names: dict, base: str) -> dict:
     net = float(inv["net_amount_chf"])
-    words = "credit to you" if net >= 0 else "amount due"
+    amount = f"{abs(net):,.2f}"
     return {"period": inv["period_start"][:7], "invoice_id": inv["invoice_id"],
             "house": names.get(inv["house_id"], inv["house_id"]), "status": inv["status"],
-            "net": f"{abs(net):,.2f} CHF {words}", "download": f"[PDF]({base}api/invoices/{inv['invoice_id']}.pdf)"}
+            "net": tr("{amount} CHF credit to you", amount=amount) if net >= 0
+            else tr("{amount} CHF amount due", amount=amount),
+            "download": f"[PDF]({base}api/invoices/{inv['invoice_id']}.pdf)"}

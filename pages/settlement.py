@@ -9,38 +9,63 @@ from billing.mail import configured as mail_configured
 from components.views import (assign_payment, close_job, invoice_action, job_progress, mail_job, payments_view,
                               period_rows, settlement_view, upload_bank_files)
 from auth.web import actor, page_denied
+from i18n import N_, tr
 from web import current
 
-dash.register_page(__name__, path="/settlement", name="Settlement", order=4)
+dash.register_page(__name__, path="/settlement", name=N_("Settlement"), order=4)
 
-INVOICE_COLUMNS = [("invoice_id", "Invoice"), ("house_id", "House"), ("house_name", "Name"),
-                   ("energy_imported_kwh", "Bought kWh"), ("energy_exported_kwh", "Delivered kWh"),
-                   ("import_cost_ct", "Cost ct"), ("export_revenue_ct", "Credit ct"), ("net_amount_chf", "Net CHF"),
-                   ("status", "Status"), ("missing_intervals", "Missing intervals"), ("flags", "Flags")]
-OVERDUE_COLUMNS = [("invoice_id", "Invoice"), ("house_id", "House"), ("house_name", "Name"), ("due_on", "Due on"),
-                   ("amount_due_chf", "Amount due CHF"), ("paid_chf", "Paid CHF"), ("status", "Status")]
-OPEN_COLUMNS = [("booking_date", "Booked"), ("amount_chf", "Amount CHF"), ("reference", "Reference"),
-                ("debtor", "Paid by"), ("what", "What"), ("invoice_id", "Invoice"), ("file_name", "Bank file")]
-PERIOD_COLUMNS = [("period_id", "Period"), ("status", "Status"), ("invoices", "Invoices"),
-                  ("missing_intervals", "Missing intervals"), ("houses_missing", "Houses with gaps"),
-                  ("closed_at", "Closed at"), ("closed_by", "Closed by")]
+INVOICE_COLUMNS = [("invoice_id", N_("Invoice")), ("house_id", N_("House")), ("house_name", N_("Name")),
+                   ("energy_imported_kwh", N_("Bought kWh")), ("energy_exported_kwh", N_("Delivered kWh")),
+                   ("import_cost_ct", N_("Cost ct")), ("export_revenue_ct", N_("Credit ct")),
+                   ("net_amount_chf", N_("Net CHF")), ("status", N_("Status")),
+                   ("missing_intervals", N_("Missing intervals")), ("flags", N_("Flags")),
+                   ("download", N_("Download")), ("mail", N_("E-mail"))]
+OVERDUE_COLUMNS = [("invoice_id", N_("Invoice")), ("house_id", N_("House")), ("house_name", N_("Name")),
+                   ("due_on", N_("Due on")), ("amount_due_chf", N_("Amount due CHF")), ("paid_chf", N_("Paid CHF")),
+                   ("status", N_("Status"))]
+OPEN_COLUMNS = [("booking_date", N_("Booked")), ("amount_chf", N_("Amount CHF")), ("reference", N_("Reference")),
+                ("debtor", N_("Paid by")), ("what", N_("What")), ("invoice_id", N_("Invoice")),
+                ("file_name", N_("Bank file"))]
+PERIOD_COLUMNS = [("period_id", N_("Period")), ("status", N_("Status")), ("invoices", N_("Invoices")),
+                  ("missing_intervals", N_("Missing intervals")), ("houses_missing", N_("Houses with gaps")),
+                  ("closed_at", N_("Closed at")), ("closed_by", N_("Closed by"))]
+# a period in the dropdown, by its status (the periods table shows the status code itself)
+PERIOD_LABELS = {"running": N_("{period} (running)"), "open": N_("{period} (open)"),
+                 "closed": N_("{period} (closed)")}
+
+
+def columns(spec, **extra) -> list[dict]:
+    """AG Grid column definitions with the headers in the request's language; ``extra``: more
+    settings of a column by its field."""
+    return [{"field": f, "headerName": tr(h), **extra.get(f, {})} for f, h in spec]
+
+
+def period_label(row: dict) -> str:
+    label = PERIOD_LABELS.get(row["status"])
+    return tr(label, period=row["period_id"]) if label else f"{row['period_id']} ({row['status']})"
+
+
+def upload_text() -> list:
+    """The bank file drop zone's sentence, its "choose files" a link wherever the language puts it."""
+    before, _, after = tr("Bank files (camt.054 or camt.053): drop them here or {link}", link="\0").partition("\0")
+    return [part for part in (before, html.A(tr("choose files"), href="#"), after) if not isinstance(part, str) or part]
 
 
 def layout(**_):
     if (denied := page_denied()) is not None:
         return denied
     rows = period_rows(current().community)
-    opts = [{"label": f"{r['period_id']} ({r['status']})", "value": r["period_id"]} for r in rows]
+    opts = [{"label": period_label(r), "value": r["period_id"]} for r in rows]
     default = next((r["period_id"] for r in rows if r["status"] != "running"), rows[0]["period_id"])
     return html.Div([
-        html.H3("Settlement"),
+        html.H3(tr("Settlement")),
         dbc.Row([
-            dbc.Col([dbc.Label("Period"), dcc.Dropdown(id="settle-period", options=opts, value=default,
+            dbc.Col([dbc.Label(tr("Period")), dcc.Dropdown(id="settle-period", options=opts, value=default,
                                                        clearable=False)], md=3),
             dbc.Col(dbc.ButtonGroup([
-                html.A(dbc.Button("Download CSV", color="secondary"), id="settle-csv", href=""),
-                html.A(dbc.Button("Download all (ZIP)", color="secondary"), id="settle-zip", href=""),
-                dbc.Button("Close period…", id="settle-close", color="danger"),
+                html.A(dbc.Button(tr("Download CSV"), color="secondary"), id="settle-csv", href=""),
+                html.A(dbc.Button(tr("Download all (ZIP)"), color="secondary"), id="settle-zip", href=""),
+                dbc.Button(tr("Close period…"), id="settle-close", color="danger"),
             ]), md=6, className="align-self-end"),
         ], className="mb-3"),
         html.Div(id="settle-status"),
@@ -48,58 +73,56 @@ def layout(**_):
                      style={"display": "none"}),
         html.Div(id="settle-job-message"),
         dcc.Store(id="settle-job"), dcc.Interval(id="settle-poll", interval=500, disabled=True),
-        dag.AgGrid(id="settle-grid", columnDefs=[{"field": f, "headerName": h} for f, h in INVOICE_COLUMNS]
-                   + [{"field": "download", "headerName": "Download", "cellRenderer": "markdown"}, {"field": "mail", "headerName": "E-mail"}],
+        dag.AgGrid(id="settle-grid", columnDefs=columns(INVOICE_COLUMNS, download={"cellRenderer": "markdown"}),
                    columnSize="autoSize", style={"height": "420px"}, getRowId="params.data.invoice_id",
                    dashGridOptions={"rowSelection": {"mode": "singleRow"}}),
         dbc.Row([
-            dbc.Col(dbc.Input(id="settle-reason", placeholder="Note or reason (required to cancel)", maxLength=200),
+            dbc.Col(dbc.Input(id="settle-reason", placeholder=tr("Note or reason (required to cancel)"), maxLength=200),
                     md=4),
             dbc.Col(dbc.ButtonGroup([
-                dbc.Button("Mark paid", id="settle-paid", color="success", outline=True),
-                dbc.Button("Cancel with a credit note", id="settle-cancel-invoice", color="danger", outline=True),
-                dbc.Button("Release interrupted e-mail", id="settle-release", color="secondary", outline=True),
-                dbc.Button("E-mail issued invoices", id="settle-mail", color="primary",
+                dbc.Button(tr("Mark paid"), id="settle-paid", color="success", outline=True),
+                dbc.Button(tr("Cancel with a credit note"), id="settle-cancel-invoice", color="danger", outline=True),
+                dbc.Button(tr("Release interrupted e-mail"), id="settle-release", color="secondary", outline=True),
+                dbc.Button(tr("E-mail issued invoices"), id="settle-mail", color="primary",
                            disabled=not mail_configured(current().community.cfg),
-                           title="needs smtp.host in config.yaml"),
+                           title=tr("needs smtp.host in config.yaml")),
             ]), md=8),
         ], className="mt-2"),
         html.Div(id="settle-action-result", className="mt-2"),
-        html.H5("Payments", className="mt-4"),
+        html.H5(tr("Payments"), className="mt-4"),
         dbc.Row([
             dbc.Col(dcc.Upload(id="settle-camt", multiple=True, accept=".xml,application/xml,text/xml",
-                               children=html.Div(["Bank files (camt.054 or camt.053): drop them here or ",
-                                                  html.A("choose files", href="#")]),
+                               children=html.Div(upload_text()),
                                className="border border-secondary rounded p-3 text-center"), md=6),
             dbc.Col([dbc.ButtonGroup([
-                html.A(dbc.Button("Payouts (CSV)", color="secondary"), id="settle-payouts-csv", href=""),
-                html.A(dbc.Button("Payouts for the bank (pain.001)", color="secondary"), id="settle-payouts-xml",
+                html.A(dbc.Button(tr("Payouts (CSV)"), color="secondary"), id="settle-payouts-csv", href=""),
+                html.A(dbc.Button(tr("Payouts for the bank (pain.001)"), color="secondary"), id="settle-payouts-xml",
                        href=""),
             ], id="settle-payouts"), html.Div(id="settle-payouts-note", className="form-text")],
                 md=6, className="align-self-center"),
         ]),
         dcc.Loading(html.Div(id="settle-camt-result", className="mt-2")),
-        html.H6("Overdue invoices", className="mt-3"),
-        dag.AgGrid(id="settle-overdue", columnDefs=[{"field": f, "headerName": h} for f, h in OVERDUE_COLUMNS],
+        html.H6(tr("Overdue invoices"), className="mt-3"),
+        dag.AgGrid(id="settle-overdue", columnDefs=columns(OVERDUE_COLUMNS),
                    columnSize="autoSize", style={"height": "220px"}),
-        html.H6("Bank transactions to assign by hand", className="mt-3"),
-        dag.AgGrid(id="settle-open", columnDefs=[{"field": f, "headerName": h} for f, h in OPEN_COLUMNS],
+        html.H6(tr("Bank transactions to assign by hand"), className="mt-3"),
+        dag.AgGrid(id="settle-open", columnDefs=columns(OPEN_COLUMNS),
                    columnSize="autoSize", style={"height": "220px"}, getRowId="params.data.tx_id",
                    dashGridOptions={"rowSelection": {"mode": "singleRow"}}),
         dbc.Row([
-            dbc.Col(dbc.Input(id="settle-assign-invoice", placeholder="Invoice it pays, e.g. INV-2026-004",
+            dbc.Col(dbc.Input(id="settle-assign-invoice", placeholder=tr("Invoice it pays, e.g. INV-2026-004"),
                               maxLength=40), md=4),
-            dbc.Col(dbc.Button("Assign to this invoice", id="settle-assign", color="success", outline=True), md=4),
+            dbc.Col(dbc.Button(tr("Assign to this invoice"), id="settle-assign", color="success", outline=True), md=4),
         ], className="mt-2"),
         html.Div(id="settle-assign-result", className="mt-2"),
-        html.H5("Periods", className="mt-3"),
-        dag.AgGrid(id="settle-periods", rowData=rows, columnDefs=[{"field": f, "headerName": h} for f, h in PERIOD_COLUMNS],
+        html.H5(tr("Periods"), className="mt-3"),
+        dag.AgGrid(id="settle-periods", rowData=rows, columnDefs=columns(PERIOD_COLUMNS),
                    columnSize="autoSize", style={"height": "300px"}),
         dbc.Modal([
-            dbc.ModalHeader(dbc.ModalTitle("Close this period?")),
+            dbc.ModalHeader(dbc.ModalTitle(tr("Close this period?"))),
             dbc.ModalBody(id="settle-confirm-text"),
-            dbc.ModalFooter([dbc.Button("Cancel", id="settle-cancel", color="secondary"),
-                             dbc.Button("Issue the invoices and close", id="settle-confirm", color="danger")]),
+            dbc.ModalFooter([dbc.Button(tr("Cancel"), id="settle-cancel", color="secondary"),
+                             dbc.Button(tr("Issue the invoices and close"), id="settle-confirm", color="danger")]),
         ], id="settle-modal", is_open=False),
     ])
 
@@ -122,8 +145,8 @@ def _confirm(_open, _cancel, _confirm, period):
     if dash.ctx.triggered_id != "settle-close":
         return False, no_update
     n = len(current().community.settle(period, allow_incomplete=True).invoices)
-    return True, (f"Closing {period} issues {n} invoices with numbers that cannot be reused. "
-                  f"Issued invoices never change; corrections are made with credit notes.")
+    return True, tr("Closing {period} issues {n} invoices with numbers that cannot be reused. Issued invoices never "
+                    "change; corrections are made with credit notes.", period=period, n=n)
 
 
 @callback(Output("settle-job", "data"), Output("settle-poll", "disabled"), Output("settle-progress", "value"),
@@ -137,7 +160,7 @@ def _job(_confirm, _mail, _tick, period, job):
         job, message = start(s, period, actor())
         if job is None:
             return no_update, True, 0, {"display": "none"}, message
-        return job, False, 0, {}, "Started…"
+        return job, False, 0, {}, tr("Started…")
     return job_progress(s.jobs, job)
 
 
@@ -155,10 +178,10 @@ def _action(_paid, _cancel, _release, selected, reason):
 def _payouts(period):
     closed = next((r for r in period_rows(current().community) if r["period_id"] == period), {}).get("status") == "closed"
     if not closed:
-        return "", "", {"display": "none"}, "Credits are paid out once the period is closed."
+        return "", "", {"display": "none"}, tr("Credits are paid out once the period is closed.")
     api = dash.get_relative_path("/api/")
     return (f"{api}payouts.csv?period={period}", f"{api}payouts.xml?period={period}", {},
-            "Credits of this period for the houses with an IBAN; the CSV lists the others.")
+            tr("Credits of this period for the houses with an IBAN; the CSV lists the others."))
 
 
 @callback(Output("settle-camt-result", "children"), Input("settle-camt", "contents"),
