@@ -19,7 +19,9 @@ RANGES = {"today": "Today", "7days": "Last 7 days", "this_month": "This month", 
 MAX_CUSTOM_DAYS = 3660
 FLOW_COLUMNS = ["start", "consumption_kwh", "production_kwh", "grid_import_kwh", "grid_export_kwh",
                 "value_consumption_ct", "value_pv_delivery_ct", "value_grid_import_ct", "value_grid_export_ct",
-                "p_con", "p_pv"]
+                "p_con", "p_pv", "grid_only_cost_ct", "grid_only_credit_ct"]
+# grid_only_cost_ct: the same consumption bought at p_grid_con; grid_only_credit_ct: the same
+# production sold at p_grid_del (what every house would have paid and earned without the community)
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,7 @@ def _aggregate(df: pd.DataFrame, bucket: str, tz) -> pd.DataFrame:
         return pd.DataFrame(columns=FLOW_COLUMNS)
     df = df.copy()
     df["bucket"] = _bucket_local(df["start"], bucket, tz)
-    sums = df.groupby("bucket")[[c for c in FLOW_COLUMNS[1:9]]].sum()
+    sums = df.groupby("bucket")[FLOW_COLUMNS[1:9] + ["grid_only_cost_ct", "grid_only_credit_ct"]].sum()
     # average prices weighted by the energy they applied to
     w_con = df["consumption_kwh"].where(df["consumption_kwh"] > 0, 0)
     w_pv = df["production_kwh"].where(df["production_kwh"] > 0, 0)
@@ -137,7 +139,9 @@ def community_flows(community, rng: Range) -> pd.DataFrame:
         "value_consumption_ct": p["total_consumption_kwh"] * p["p_con"],
         "value_pv_delivery_ct": p["total_production_kwh"] * p["p_pv"],
         "value_grid_import_ct": p["value_grid_import_ct"], "value_grid_export_ct": p["value_grid_export_ct"],
-        "p_con": p["p_con"], "p_pv": p["p_pv"]})
+        "p_con": p["p_con"], "p_pv": p["p_pv"],
+        "grid_only_cost_ct": p["total_consumption_kwh"] * p["tariff_p_grid_con"],
+        "grid_only_credit_ct": p["total_production_kwh"] * p["tariff_p_grid_del"]})
     return _aggregate(df, fit_bucket(rng.start, rng.end, rng.bucket), community.tz)
 
 
@@ -147,17 +151,22 @@ def house_flows(community, house_id: str, rng: Range) -> pd.DataFrame:
     iv = community.store.read_intervals(rng.start, rng.end, [house_id])
     if iv.empty or p.empty:
         return pd.DataFrame(columns=FLOW_COLUMNS)
-    m = iv.merge(p[["start", "p_con", "p_pv"]], on="start")
+    m = iv.merge(p[["start", "p_con", "p_pv", "tariff_p_grid_con", "tariff_p_grid_del"]], on="start")
     df = pd.DataFrame({
         "start": m["start"], "consumption_kwh": m["delta_ei_kwh"], "production_kwh": m["delta_eo_kwh"],
         "grid_import_kwh": 0.0, "grid_export_kwh": 0.0,
         "value_consumption_ct": m["delta_ei_kwh"] * m["p_con"], "value_pv_delivery_ct": m["delta_eo_kwh"] * m["p_pv"],
-        "value_grid_import_ct": 0.0, "value_grid_export_ct": 0.0, "p_con": m["p_con"], "p_pv": m["p_pv"]})
+        "value_grid_import_ct": 0.0, "value_grid_export_ct": 0.0, "p_con": m["p_con"], "p_pv": m["p_pv"],
+        "grid_only_cost_ct": m["delta_ei_kwh"] * m["tariff_p_grid_con"],
+        "grid_only_credit_ct": m["delta_eo_kwh"] * m["tariff_p_grid_del"]})
     return _aggregate(df, fit_bucket(rng.start, rng.end, rng.bucket), community.tz)
 
 
 def kpis(flows: pd.DataFrame) -> dict:
-    """Self-sufficiency, self-consumption, community balance (CHF) and energy totals."""
+    """Self-sufficiency, self-consumption, community balance (CHF), energy totals, and the savings
+    against the grid alone (CHF): what the consumption would have cost at p_grid_con minus what it
+    cost in the community, plus what the production earned in the community minus what it would
+    have earned at p_grid_del."""
     c, p = float(flows["consumption_kwh"].sum()), float(flows["production_kwh"].sum())
     gi, ge = float(flows["grid_import_kwh"].sum()), float(flows["grid_export_kwh"].sum())
     balance_ct = float((flows["value_consumption_ct"] + flows["value_grid_export_ct"]
@@ -165,4 +174,13 @@ def kpis(flows: pd.DataFrame) -> dict:
     return {"consumption_kwh": c, "production_kwh": p, "grid_import_kwh": gi, "grid_export_kwh": ge,
             "self_sufficiency": (1 - gi / c) if c > 0 else None,
             "self_consumption": (1 - ge / p) if p > 0 else None,
-            "balance_chf": round(balance_ct / 100, 2) + 0.0}
+            "balance_chf": round(balance_ct / 100, 2) + 0.0,
+            "savings_chf": round(savings_ct(flows) / 100, 2) + 0.0}
+
+
+def savings_ct(flows: pd.DataFrame) -> float:
+    """Savings against the grid alone (ct; see ``kpis``), from flows of a community or a house."""
+    if flows.empty:
+        return 0.0
+    return float((flows["grid_only_cost_ct"] - flows["value_consumption_ct"]
+                  + flows["value_pv_delivery_ct"] - flows["grid_only_credit_ct"]).sum())

@@ -258,6 +258,11 @@ def compute_settlement(store, houses: list[House], tariffs: list[Tariff], period
     sums = pd.concat([store.house_sums(s, period.end, ids, prices) for s, ids in groups.items()],
                      ignore_index=True).set_index("house_id")
     have = sums["intervals"].to_dict()
+    # the same energy at the grid's prices: what each house would have paid and earned alone
+    grid_prices = pd.DataFrame({"start": prices["start"], "p_con": prices["tariff_p_grid_con"],
+                                "p_pv": prices["tariff_p_grid_del"]})
+    grid_only = pd.concat([store.house_sums(s, period.end, ids, grid_prices) for s, ids in groups.items()],
+                          ignore_index=True).set_index("house_id").to_dict("index")
 
     missing_counts: dict[str, int] = {}
     missing_first: dict[str, list[pd.Timestamp]] = {}
@@ -303,6 +308,9 @@ def compute_settlement(store, houses: list[House], tariffs: list[Tariff], period
         cost = float(row["value_consumption_ct"]) if row is not None else 0.0
         revenue = float(row["value_pv_delivery_ct"]) if row is not None else 0.0
         flags = int(row["flags"]) if row is not None else 0
+        alone = grid_only.get(h.house_id)
+        grid_cost = float(alone["value_consumption_ct"]) if alone is not None else 0.0
+        grid_credit = float(alone["value_pv_delivery_ct"]) if alone is not None else 0.0
         export_ct, import_ct = _dec(revenue, _CT), _dec(cost, _CT)
         net_ct = export_ct - import_ct
         invoices.append({
@@ -324,6 +332,11 @@ def compute_settlement(store, houses: list[House], tariffs: list[Tariff], period
                 "intervals": int(row["intervals"]) if row is not None else 0,
                 "missing_intervals": missing_counts.get(h.house_id, 0),
                 "flags": flag_names(flags),
+                # savings against the grid alone: consumption at p_grid_con minus its cost here,
+                # plus the credit here minus the production at p_grid_del (rounded once)
+                "grid_only_cost_ct": str(_dec(grid_cost, _CT)),
+                "grid_only_credit_ct": str(_dec(grid_credit, _CT)),
+                "savings_ct": str(_dec((grid_cost - cost) + (revenue - grid_credit), _CT)),
                 "tariffs": tariff_info,
             },
         })

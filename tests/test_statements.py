@@ -290,3 +290,21 @@ def test_statements_through_the_api_the_page_and_the_command(make, tmp_path):
     assert (tmp_path / "out" / "statement-2026-house-2.csv").read_bytes().startswith(b"kind,")
     r = run("statements", "--year", "2024", "--out", str(tmp_path / "out"))
     assert r.returncode == 1 and "year 2024 has no closed billing period" in r.stderr
+
+
+def test_savings_against_the_grid_alone_by_hand(make):
+    """January, static tariff: p_con 25, p_pv 20, p_grid_con 30, p_grid_del 6 ct/kWh. House 1 buys
+    100.1 kWh (5 ct/kWh less than the grid: 500.5 ct) and sells 10.2 kWh (14 ct/kWh more than the
+    grid pays: 142.8 ct): 643.3 ct; house 2 buys 200.3 kWh: 1001.5 ct. The community: 1644.8 ct."""
+    import pandas as pd
+
+    import analytics
+    c = make()
+    s = c.settle("2026-01", allow_incomplete=True)
+    got = {i["house_id"]: i["details"] for i in s.invoices}
+    assert (got["1"]["grid_only_cost_ct"], got["1"]["grid_only_credit_ct"], got["1"]["savings_ct"]) == \
+        ("3003.00", "61.20", "643.30")
+    assert got["2"]["savings_ct"] == "1001.50"
+    jan = analytics.Range(pd.Timestamp("2025-12-31T23:00Z"), pd.Timestamp("2026-01-31T23:00Z"), "day")
+    assert analytics.kpis(analytics.community_flows(c, jan))["savings_chf"] == 16.45
+    assert analytics.kpis(analytics.house_flows(c, "1", jan))["savings_chf"] == 6.43
