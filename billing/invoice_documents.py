@@ -152,7 +152,7 @@ def invoice_documents(community, s: Settlement, invoices: list[dict] | None = No
             estimated_intervals=h.get("estimated", 0), reset_intervals=h.get("reset", 0),
             missing_intervals=int(d.get("missing_intervals", 0) or 0),
             creditor=creditor(cfg), due_date=issue_date + timedelta(days=cfg.community.payment_days),
-            leg=d.get("leg"),
+            leg=d.get("leg"), savings_ct=_dec(d.get("savings_ct"), "0.01"),
         ))
     return docs
 

@@ -143,6 +143,16 @@ TEXTS: dict[str, dict[str, str]] = {
               "{grid_con}, fed in {grid_fed}) and grid use are billed by the grid operator directly; the "
               "reduced grid fees on the LEG share save you about {saving}.",
     },
+    "note_savings": {
+        "de": "Gegenüber Strombezug und Einspeisung nur über das Netz (Netztarif {grid_con} ct/kWh, "
+              "Einspeisevergütung {grid_del} ct/kWh) sparen Sie in dieser Periode {saving}.",
+        "fr": "Par rapport au soutirage et à l’injection uniquement via le réseau (tarif réseau {grid_con} ct/kWh, "
+              "reprise {grid_del} ct/kWh), vous économisez {saving} sur cette période.",
+        "it": "Rispetto al prelievo e all’immissione solo tramite la rete (tariffa di rete {grid_con} ct/kWh, "
+              "rimunerazione {grid_del} ct/kWh), in questo periodo risparmia {saving}.",
+        "en": "Compared with buying from and selling to the grid alone (grid tariff {grid_con} ct/kWh, feed-in "
+              "{grid_del} ct/kWh), you save {saving} in this period.",
+    },
     "note_estimated_1": {
         "de": "1 Messintervall dieser Periode ist geschätzt (ein fehlender Zählerwert wurde aus den Nachbarwerten ergänzt).",
         "fr": "1 intervalle de mesure de cette période est estimé (une valeur manquante a été complétée à partir des valeurs voisines).",

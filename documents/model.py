@@ -79,5 +79,8 @@ class InvoiceDocument:
     # pricing.mode leg: what the grid operator bills separately and the grid-fee saving (billing/leg.py):
     # grid_share_consumed_kwh, grid_share_fed_in_kwh, grid_fee_saving_ct (text decimals)
     leg: dict | None = None
+    # what the house saves against the grid alone (billing.settlement: consumption at p_grid_con,
+    # production at p_grid_del, minus the community's prices), ct; a note on the invoice when > 0
+    savings_ct: Decimal | None = None
     payment_reference: str | None = None  # QR reference (27-digit QRR or RF creditor reference);
     #                                   None: derived from the invoice id (see documents.qr)

@@ -399,6 +399,12 @@ def build_context(doc: InvoiceDocument) -> dict:
                                grid_fed=i18n.fmt_kwh(Decimal(str(doc.leg.get("grid_share_fed_in_kwh", 0))), lang),
                                saving=i18n.fmt_chf(Decimal(str(doc.leg.get("grid_fee_saving_ct", 0))) / 100, lang)))
 
+    if doc.savings_ct is not None and doc.savings_ct > 0 and doc.kind != "credit_note" and doc.tariffs:
+        last = doc.tariffs[-1]
+        notes.append(i18n.text("note_savings", lang, saving=i18n.fmt_chf(doc.savings_ct / 100, lang),
+                               grid_con=i18n.fmt_number(Decimal(str(last["p_grid_con"])), lang, 2),
+                               grid_del=i18n.fmt_number(Decimal(str(last["p_grid_del"])), lang, 2)))
+
     readings = []
     for label, start, end in ((t["reading_import"], doc.counter_start_import_kwh, doc.counter_end_import_kwh),
                               (t["reading_export"], doc.counter_start_export_kwh, doc.counter_end_export_kwh)):

@@ -308,3 +308,11 @@ def test_savings_against_the_grid_alone_by_hand(make):
     jan = analytics.Range(pd.Timestamp("2025-12-31T23:00Z"), pd.Timestamp("2026-01-31T23:00Z"), "day")
     assert analytics.kpis(analytics.community_flows(c, jan))["savings_chf"] == 16.45
     assert analytics.kpis(analytics.house_flows(c, "1", jan))["savings_chf"] == 6.43
+    # the invoice says it, in the house's language (house 2 reads Italian)
+    from billing.invoice_documents import invoice_documents
+    from documents.render import build_context
+    docs = {d.house_id: d for d in invoice_documents(c, s)}
+    notes_de = " ".join(build_context(docs["1"])["notes"]).replace("\u00a0", " ")        # the community's language
+    assert "sparen Sie in dieser Periode CHF 6.43" in notes_de, notes_de
+    notes_it = " ".join(build_context(docs["2"])["notes"]).replace("\u00a0", " ")
+    assert "in questo periodo risparmia CHF 10.02" in notes_it and "30.00 ct/kWh" in notes_it, notes_it
