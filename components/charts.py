@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
+from i18n import tr
+
 CONSUMPTION, PRODUCTION, GRID, PRICE = "#c0392b", "#f1c40f", "#7f8c8d", "#2c3e50"
 
 
@@ -12,44 +14,44 @@ def _layout(fig: go.Figure, title: str, unit: str) -> go.Figure:
     return fig
 
 
-def energy_figure(flows, title="Energy flow", house: bool = False) -> go.Figure:
+def energy_figure(flows, title: str | None = None, house: bool = False) -> go.Figure:
     """Consumption negative, production positive (kWh); a house also gets its net flow."""
     fig = go.Figure()
-    fig.add_bar(x=flows["start"], y=-flows["consumption_kwh"], name="Consumption", marker_color=CONSUMPTION)
-    fig.add_bar(x=flows["start"], y=flows["production_kwh"], name="Production", marker_color=PRODUCTION)
+    fig.add_bar(x=flows["start"], y=-flows["consumption_kwh"], name=tr("Consumption"), marker_color=CONSUMPTION)
+    fig.add_bar(x=flows["start"], y=flows["production_kwh"], name=tr("Production"), marker_color=PRODUCTION)
     if house:
-        fig.add_scatter(x=flows["start"], y=flows["production_kwh"] - flows["consumption_kwh"], name="Net",
+        fig.add_scatter(x=flows["start"], y=flows["production_kwh"] - flows["consumption_kwh"], name=tr("Net"),
                         mode="lines", line=dict(color=PRICE))
-    return _layout(fig, title, "kWh")
+    return _layout(fig, tr("Energy flow") if title is None else title, "kWh")
 
 
-def value_figure(flows, title="Value flow") -> go.Figure:
+def value_figure(flows, title: str | None = None) -> go.Figure:
     """Consumption cost negative, PV delivery credit positive (CHF)."""
     fig = go.Figure()
-    fig.add_bar(x=flows["start"], y=-flows["value_consumption_ct"] / 100, name="Consumption cost",
+    fig.add_bar(x=flows["start"], y=-flows["value_consumption_ct"] / 100, name=tr("Consumption cost"),
                 marker_color=CONSUMPTION)
-    fig.add_bar(x=flows["start"], y=flows["value_pv_delivery_ct"] / 100, name="PV delivery credit",
+    fig.add_bar(x=flows["start"], y=flows["value_pv_delivery_ct"] / 100, name=tr("PV delivery credit"),
                 marker_color=PRODUCTION)
-    return _layout(fig, title, "CHF")
+    return _layout(fig, tr("Value flow") if title is None else title, "CHF")
 
 
 def grid_figures(flows) -> tuple[go.Figure, go.Figure]:
     """Grid import negative, export positive: energy (kWh) and value (CHF)."""
     e = go.Figure()
-    e.add_bar(x=flows["start"], y=-flows["grid_import_kwh"], name="Grid import", marker_color=GRID)
-    e.add_bar(x=flows["start"], y=flows["grid_export_kwh"], name="Grid export", marker_color=PRODUCTION)
+    e.add_bar(x=flows["start"], y=-flows["grid_import_kwh"], name=tr("Grid import"), marker_color=GRID)
+    e.add_bar(x=flows["start"], y=flows["grid_export_kwh"], name=tr("Grid export"), marker_color=PRODUCTION)
     v = go.Figure()
-    v.add_bar(x=flows["start"], y=-flows["value_grid_import_ct"] / 100, name="Grid import cost", marker_color=GRID)
-    v.add_bar(x=flows["start"], y=flows["value_grid_export_ct"] / 100, name="Grid export revenue",
+    v.add_bar(x=flows["start"], y=-flows["value_grid_import_ct"] / 100, name=tr("Grid import cost"), marker_color=GRID)
+    v.add_bar(x=flows["start"], y=flows["value_grid_export_ct"] / 100, name=tr("Grid export revenue"),
               marker_color=PRODUCTION)
-    return _layout(e, "Grid energy", "kWh"), _layout(v, "Grid value", "CHF")
+    return _layout(e, tr("Grid energy"), "kWh"), _layout(v, tr("Grid value"), "CHF")
 
 
-def price_figure(flows, title="Price signal") -> go.Figure:
+def price_figure(flows, title: str | None = None) -> go.Figure:
     """p_con (what houses pay) and p_pv (what producers get), ct/kWh."""
     fig = go.Figure()
-    fig.add_scatter(x=flows["start"], y=flows["p_con"], name="p_con (house buys)", mode="lines",
+    fig.add_scatter(x=flows["start"], y=flows["p_con"], name=tr("p_con (house buys)"), mode="lines",
                     line=dict(color=CONSUMPTION, shape="hv"))
-    fig.add_scatter(x=flows["start"], y=flows["p_pv"], name="p_pv (PV delivery)", mode="lines",
+    fig.add_scatter(x=flows["start"], y=flows["p_pv"], name=tr("p_pv (PV delivery)"), mode="lines",
                     line=dict(color=PRODUCTION, shape="hv"))
-    return _layout(fig, title, "ct/kWh")
+    return _layout(fig, tr("Price signal") if title is None else title, "ct/kWh")

@@ -1,14 +1,36 @@
 """Shared controls and cards."""
 from __future__ import annotations
 
+import re
+
 import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Input, Output, callback, dcc, html
 
 import analytics
 from analytics import BUCKETS, RANGES
+from i18n import N_, tr
 
 REFRESH_MS = 60_000
+# the labels of analytics.RANGES and BUCKETS, marked for the catalogues (shown with tr())
+RANGE_LABELS = (N_("Today"), N_("Last 7 days"), N_("This month"), N_("Last month"), N_("This year"),
+                N_("Custom dates"))
+BUCKET_LABELS = {"15min": N_("15min"), "hour": N_("hour"), "day": N_("day"), "month": N_("month")}
+# what analytics.resolve_range says about wrong custom dates (after "dates: "), in the catalogues
+RANGE_ERRORS = [(re.compile(r"(?P<first>.*) to (?P<last>.*) are not dates \(YYYY-MM-DD\)"),
+                 N_("{first} to {last} are not dates (YYYY-MM-DD)")),
+                (re.compile(r"choose the first and the last day of the range"),
+                 N_("choose the first and the last day of the range")),
+                (re.compile(r"the last day is before the first day"), N_("the last day is before the first day")),
+                (re.compile(r"at most (?P<days>\d+) days at a time"), N_("at most {days} days at a time"))]
+
+
+def range_error_text(error: str) -> str:
+    """analytics' message about wrong custom dates in the request's language (as it is if unknown)."""
+    for pattern, msgid in RANGE_ERRORS:
+        if m := pattern.fullmatch(error):
+            return tr(msgid, **m.groupdict())
+    return error
 
 
 def range_controls(prefix: str, default: str = "this_month") -> dbc.Row:
@@ -17,15 +39,18 @@ def range_controls(prefix: str, default: str = "this_month") -> dbc.Row:
     (``{prefix}-refresh``) while the range includes now. The page registers
     ``range_callbacks(prefix)`` once."""
     return dbc.Row([
-        dbc.Col([dbc.Label("Range"), dcc.Dropdown(id=f"{prefix}-range", clearable=False, value=default,
-                                                  options=[{"label": v, "value": k} for k, v in RANGES.items()])],
-                md=3),
-        dbc.Col([dbc.Label("Days (first and last)"),
-                 dcc.DatePickerRange(id=f"{prefix}-dates", display_format="YYYY-MM-DD", first_day_of_week=1),
+        dbc.Col([dbc.Label(tr("Range")),
+                 dcc.Dropdown(id=f"{prefix}-range", clearable=False, value=default,
+                              options=[{"label": tr(v), "value": k} for k, v in RANGES.items()])], md=3),
+        dbc.Col([dbc.Label(tr("Days (first and last)")),
+                 dcc.DatePickerRange(id=f"{prefix}-dates", display_format="YYYY-MM-DD", first_day_of_week=1,
+                                     start_date_placeholder_text=tr("Start Date"),
+                                     end_date_placeholder_text=tr("End Date")),
                  html.Div(id=f"{prefix}-range-error", className="text-danger small")],
                 id=f"{prefix}-dates-col", md=4, style={"display": "none"}),
-        dbc.Col([dbc.Label("Resolution"), dcc.Dropdown(id=f"{prefix}-bucket", clearable=True, placeholder="automatic",
-                                                       options=[{"label": b, "value": b} for b in BUCKETS])], md=2),
+        dbc.Col([dbc.Label(tr("Resolution")),
+                 dcc.Dropdown(id=f"{prefix}-bucket", clearable=True, placeholder=tr("automatic"),
+                              options=[{"label": tr(BUCKET_LABELS.get(b, b)), "value": b} for b in BUCKETS])], md=2),
         dbc.Col(html.Div(id=f"{prefix}-live", className="text-muted small"), md=3, className="align-self-end"),
         dcc.Interval(id=f"{prefix}-refresh", interval=REFRESH_MS, disabled=True),
     ], className="mb-3")
@@ -37,9 +62,9 @@ def range_state(range_name, first_day, last_day, now: pd.Timestamp, tz) -> tuple
     try:
         rng = analytics.resolve_range(range_name, now, tz, first_day, last_day)
     except ValueError as exc:
-        return style, str(exc).removeprefix("dates: "), True, ""
+        return style, range_error_text(str(exc).removeprefix("dates: ")), True, ""
     live = analytics.includes_now(rng, now)
-    return style, "", not live, "Updates every minute" if live else "Past range: not refreshed"
+    return style, "", not live, tr("Updates every minute") if live else tr("Past range: not refreshed")
 
 
 def range_inputs(prefix: str) -> list[Input]:
@@ -67,12 +92,12 @@ def kpi_cards(k: dict) -> dbc.Row:
     def card(title, value):
         return dbc.Col(dbc.Card(dbc.CardBody([html.Div(title, className="text-muted small"),
                                               html.H4(value, className="mb-0")])), md=2)
-    pct = lambda x: "n/a" if x is None else f"{x:.0%}"
+    pct = lambda x: tr("n/a") if x is None else f"{x:.0%}"
     return dbc.Row([
-        card("Consumption", f"{k['consumption_kwh']:,.0f} kWh"),
-        card("Production", f"{k['production_kwh']:,.0f} kWh"),
-        card("Self-sufficiency", pct(k["self_sufficiency"])),
-        card("Self-consumption", pct(k["self_consumption"])),
-        card("Grid import / export", f"{k['grid_import_kwh']:,.0f} / {k['grid_export_kwh']:,.0f} kWh"),
-        card("Community balance", f"{k['balance_chf']:,.2f} CHF"),
+        card(tr("Consumption"), f"{k['consumption_kwh']:,.0f} kWh"),
+        card(tr("Production"), f"{k['production_kwh']:,.0f} kWh"),
+        card(tr("Self-sufficiency"), pct(k["self_sufficiency"])),
+        card(tr("Self-consumption"), pct(k["self_consumption"])),
+        card(tr("Grid import / export"), f"{k['grid_import_kwh']:,.0f} / {k['grid_export_kwh']:,.0f} kWh"),
+        card(tr("Community balance"), f"{k['balance_chf']:,.2f} CHF"),
     ], className="mb-3 g-2")

@@ -10,27 +10,28 @@ from dash import html
 import registry
 from ingest.csv_files import parse_timestamp
 from ingest.readings import ReadingError
+from i18n import N_, tr
 
-# (form id suffix, settings key, label, kind)
+# (settings key, label (shown with tr()), kind)
 FIELDS = {
-    "loxone_http": [("url", "URL (http://<miniserver>/dev/sps/io/<uuid>/state)", "text"),
-                    ("field", "Value field (empty: power_kwh, power, value, kwh, energy)", "text"),
-                    ("interval_s", "Poll every (s)", "number"), ("username", "User (optional)", "text"),
-                    ("password", "Password (optional)", "password")],
-    "udp": [("port", "UDP port", "number"), ("sender_ip", "Sender IP (optional)", "text"),
-            ("format", "Format: json, csv or raw", "text"), ("field", "Value field (json)", "text")],
-    "modbus": [("host", "Host", "text"), ("port", "Port", "number"), ("device_id", "Device id", "number"),
-               ("interval_s", "Poll every (s)", "number"),
-               ("import-table", "Import register table (holding/input)", "text"),
-               ("import-address", "Import register address (empty: none)", "number"),
-               ("import-type", "Import data type (uint16 … float64)", "text"),
-               ("import-word_order", "Import word order (big/little)", "text"),
-               ("import-scale", "Import scale (kWh per unit)", "number"),
-               ("export-table", "Export register table", "text"),
-               ("export-address", "Export register address (empty: none)", "number"),
-               ("export-type", "Export data type", "text"), ("export-word_order", "Export word order", "text"),
-               ("export-scale", "Export scale", "number")],
-    "http_push": [("format", "Format: json, csv or raw", "text"), ("field", "Value field (json)", "text")],
+    "loxone_http": [("url", N_("URL (http://<miniserver>/dev/sps/io/<uuid>/state)"), "text"),
+                    ("field", N_("Value field (empty: power_kwh, power, value, kwh, energy)"), "text"),
+                    ("interval_s", N_("Poll every (s)"), "number"), ("username", N_("User (optional)"), "text"),
+                    ("password", N_("Password (optional)"), "password")],
+    "udp": [("port", N_("UDP port"), "number"), ("sender_ip", N_("Sender IP (optional)"), "text"),
+            ("format", N_("Format: json, csv or raw"), "text"), ("field", N_("Value field (json)"), "text")],
+    "modbus": [("host", N_("Host"), "text"), ("port", N_("Port"), "number"), ("device_id", N_("Device id"), "number"),
+               ("interval_s", N_("Poll every (s)"), "number"),
+               ("import-table", N_("Import register table (holding/input)"), "text"),
+               ("import-address", N_("Import register address (empty: none)"), "number"),
+               ("import-type", N_("Import data type (uint16 … float64)"), "text"),
+               ("import-word_order", N_("Import word order (big/little)"), "text"),
+               ("import-scale", N_("Import scale (kWh per unit)"), "number"),
+               ("export-table", N_("Export register table"), "text"),
+               ("export-address", N_("Export register address (empty: none)"), "number"),
+               ("export-type", N_("Export data type"), "text"), ("export-word_order", N_("Export word order"), "text"),
+               ("export-scale", N_("Export scale"), "number")],
+    "http_push": [("format", N_("Format: json, csv or raw"), "text"), ("field", N_("Value field (json)"), "text")],
 }
 DEFAULTS = {"modbus": {"port": 502, "device_id": 1, "interval_s": 60, "import-table": "holding",
                        "import-type": "float32", "import-word_order": "big", "import-scale": 1,
@@ -47,7 +48,7 @@ def settings_groups() -> list:
     """One group of inputs per connection; the page shows the chosen one."""
     groups = []
     for conn, fields in FIELDS.items():
-        inputs = [dbc.Col([dbc.Label(label), dbc.Input(id=field_id(conn, key), type=kind,
+        inputs = [dbc.Col([dbc.Label(tr(label)), dbc.Input(id=field_id(conn, key), type=kind,
                                                         value=DEFAULTS.get(conn, {}).get(key))], md=3)
                   for key, label, kind in fields]
         groups.append(html.Div(dbc.Row(inputs, className="g-2"), id={"type": "mf-group", "connection": conn},
@@ -85,7 +86,7 @@ def save(c, values, settings, by: str, new: bool):
         m = registry.save(c, form_data(values, settings), by, new)
     except registry.RegistryError as exc:
         return _errors(exc), None
-    return dbc.Alert(f"Meter {m.meter_id} saved.", color="success"), m.meter_id
+    return dbc.Alert(tr("Meter {meter} saved.", meter=m.meter_id), color="success"), m.meter_id
 
 
 def test(c, values, settings) -> dbc.Alert:
@@ -96,25 +97,35 @@ def test(c, values, settings) -> dbc.Alert:
         return _errors(exc)
     sample, error = registry.test_connection(registry.to_meter(c, m), c.tz, timeout_s=15)
     if error:
-        return dbc.Alert(f"Test of {m.id} failed: {error}", color="danger")
-    parts = [f"import {sample.import_kwh:,.3f} kWh" if sample.import_kwh is not None else None,
-             f"export {sample.export_kwh:,.3f} kWh" if sample.export_kwh is not None else None]
-    return dbc.Alert(f"Test of {m.id}: read " + ", ".join(p for p in parts if p), color="success")
+        return dbc.Alert(tr("Test of {meter} failed: {error}", meter=m.id, error=error), color="danger")
+    imported = f"{sample.import_kwh:,.3f}" if sample.import_kwh is not None else None
+    exported = f"{sample.export_kwh:,.3f}" if sample.export_kwh is not None else None
+    if imported is not None and exported is not None:
+        text = tr("Test of {meter}: read import {imported} kWh, export {exported} kWh", meter=m.id,
+                  imported=imported, exported=exported)
+    elif imported is not None:
+        text = tr("Test of {meter}: read import {imported} kWh", meter=m.id, imported=imported)
+    elif exported is not None:
+        text = tr("Test of {meter}: read export {exported} kWh", meter=m.id, exported=exported)
+    else:
+        text = tr("Test of {meter}: no value read", meter=m.id)
+    return dbc.Alert(text, color="success")
 
 
 def replace(c, old_id: str | None, values, settings, final: dict, start: dict, when: str | None, by: str):
     if not old_id:
-        return dbc.Alert("Select the meter to replace in the table first.", color="warning")
+        return dbc.Alert(tr("Select the meter to replace in the table first."), color="warning")
     try:
         at = parse_timestamp(when, c.tz) if when else pd.Timestamp.now(tz="UTC").floor("s").to_pydatetime()
     except ReadingError as exc:
-        return dbc.Alert(f"Replacement time: {str(exc).replace('timestamp: ', '')}", color="danger")
+        return dbc.Alert(tr("Replacement time: {error}", error=str(exc).replace("timestamp: ", "")), color="danger")
     try:
         new = registry.replace_meter(c, old_id, form_data(values, settings), final, start, at, by)
     except registry.RegistryError as exc:
         return _errors(exc)
-    return dbc.Alert(f"Meter {old_id} replaced by {new.meter_id} at {pd.Timestamp(at).tz_convert(c.tz):%Y-%m-%d %H:%M}: "
-                     f"{old_id} counts until then, {new.meter_id} from then on.", color="success")
+    return dbc.Alert(tr("Meter {old} replaced by {new} at {when}: {old} counts until then, {new} from then on.",
+                        old=old_id, new=new.meter_id, when=f"{pd.Timestamp(at).tz_convert(c.tz):%Y-%m-%d %H:%M}"),
+                     color="success")
 
 
 def _errors(exc: registry.RegistryError) -> dbc.Alert:

@@ -6,16 +6,17 @@ from dash import Output, callback, dcc, html
 from components.controls import range_callbacks, range_controls, range_inputs
 from components.views import community_view, page_range
 from auth.web import page_denied
+from i18n import N_, tr
 from web import current
 
-dash.register_page(__name__, path="/", name="Community", order=0)
+dash.register_page(__name__, path="/", name=N_("Community"), order=0)
 
 
 def layout(**_):
     if (denied := page_denied()) is not None:
         return denied
     return html.Div([
-        html.H3("Community"),
+        html.H3(tr("Community")),
         range_controls("community"),
         html.Div(id="community-kpis"),
         dcc.Graph(id="community-energy"), dcc.Graph(id="community-value"), dcc.Graph(id="community-price"),

@@ -6,15 +6,17 @@ from dash import Output, callback, dcc, html
 from components.controls import range_callbacks, range_controls, range_inputs
 from components.views import grid_view, page_range
 from auth.web import page_denied
+from i18n import N_, tr
 from web import current
 
-dash.register_page(__name__, path="/grid", name="Grid", order=1)
+dash.register_page(__name__, path="/grid", name=N_("Grid"), order=1)
 
 
 def layout(**_):
     if (denied := page_denied()) is not None:
         return denied
-    return html.Div([html.H3("Grid"), range_controls("grid"), dcc.Graph(id="grid-energy"), dcc.Graph(id="grid-value")])
+    return html.Div([html.H3(tr("Grid")), range_controls("grid"), dcc.Graph(id="grid-energy"),
+                     dcc.Graph(id="grid-value")])
 
 
 @callback(Output("grid-energy", "figure"), Output("grid-value", "figure"),

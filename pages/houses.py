@@ -10,9 +10,10 @@ from auth.principal import can_see_house, visible_houses
 from auth.web import current_principal
 from components.controls import range_callbacks, range_controls, range_inputs
 from components.views import house_view, page_range
+from i18n import N_, tr
 from web import current
 
-dash.register_page(__name__, path_template="/houses/<house_id>", path="/houses/1", name="Houses", order=2,
+dash.register_page(__name__, path_template="/houses/<house_id>", path="/houses/1", name=N_("Houses"), order=2,
                    members=True)
 # members may run this page's callbacks (for their own houses only: checked in each)
 MEMBER_OUTPUTS = {"house-energy", "house-value", "house-invoice", "house-power",
@@ -23,11 +24,12 @@ def layout(house_id=None, **_):
     houses = visible_houses(current_principal(), current().community.houses())
     ids = [h.house_id for h in houses]
     if house_id is not None and house_id not in ids and house_id != "1":
-        return html.Div([html.H3("Houses"), dbc.Alert(f"No house {house_id} to show.", color="warning")])
+        return html.Div([html.H3(tr("Houses")), dbc.Alert(tr("No house {house} to show.", house=house_id),
+                                                          color="warning")])
     value = house_id if house_id in ids else (ids[0] if ids else None)
     return html.Div([
-        html.H3("Houses"),
-        dbc.Row(dbc.Col([dbc.Label("House"), dcc.Dropdown(id="house-select", clearable=False, value=value,
+        html.H3(tr("Houses")),
+        dbc.Row(dbc.Col([dbc.Label(tr("House")), dcc.Dropdown(id="house-select", clearable=False, value=value,
                                                           options=[{"label": h.name, "value": h.house_id} for h in houses])],
                         md=4), className="mb-2"),
         range_controls("house"),

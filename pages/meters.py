@@ -10,39 +10,53 @@ import registry
 from auth.web import actor, page_denied
 from components import meter_form
 from components.views import adopt
+from i18n import N_, tr
 from ingest.pipeline import MAX_UNKNOWN
 from web import current
 
-dash.register_page(__name__, path="/meters", name="Meters", order=5)
+dash.register_page(__name__, path="/meters", name=N_("Meters"), order=5)
 
-METER_COLUMNS = [("meter_id", "Meter"), ("name", "Name"), ("house", "House"), ("type", "Type"),
-                 ("connection", "Connection"),
-                 ("status", "Status"), ("reason", "Reason"), ("last_import_kwh", "Ei kWh"),
-                 ("last_export_kwh", "Eo kWh"), ("last_seen", "Last seen"), ("accepted", "Accepted"),
-                 ("rejected", "Rejected"), ("resets", "Resets")]
+METER_COLUMNS = [("meter_id", N_("Meter")), ("name", N_("Name")), ("house", N_("House")), ("type", N_("Type")),
+                 ("connection", N_("Connection")),
+                 ("status", N_("Status")), ("reason", N_("Reason")), ("last_import_kwh", N_("Ei kWh")),
+                 ("last_export_kwh", N_("Eo kWh")), ("last_seen", N_("Last seen")), ("accepted", N_("Accepted")),
+                 ("rejected", N_("Rejected")), ("resets", N_("Resets"))]
+UNKNOWN_COLUMNS = [("meter_id", N_("Meter id")), ("messages", N_("Messages")), ("source", N_("Source")),
+                   ("first_seen", N_("First seen")), ("last_seen", N_("Last seen"))]
+SDAT_COLUMNS = [("metering_point", N_("Metering point")), ("values", N_("Values")), ("first_seen", N_("First seen")),
+                ("last_seen", N_("Last seen")), ("file", N_("File"))]
+# the form's choices: (value, label shown with tr()); types and connections are config.yaml's keys
+METER_TYPES = [("apartment", N_("apartment")), ("solar", N_("solar")), ("total", N_("total"))]
+CONNECTIONS = [("modbus", "Modbus"), ("loxone_http", N_("Loxone via HTTP")), ("udp", "UDP"),
+               ("http_push", N_("HTTP push")), ("mqtt", "MQTT"), ("import", N_("File import"))]
+
+
+def columns(spec) -> list[dict]:
+    """AG Grid column definitions with the headers in the request's language."""
+    return [{"field": f, "headerName": tr(h)} for f, h in spec]
 
 
 def layout(**_):
     if (denied := page_denied()) is not None:
         return denied
     return html.Div([
-        html.H3("Meters"), html.Div(id="meters-store"),
-        dag.AgGrid(id="meters-grid", columnDefs=[{"field": f, "headerName": h} for f, h in METER_COLUMNS],
+        html.H3(tr("Meters")), html.Div(id="meters-store"),
+        dag.AgGrid(id="meters-grid", columnDefs=columns(METER_COLUMNS),
                    columnSize="autoSize", style={"height": "320px"}, getRowId="params.data.meter_id",
                    dashGridOptions={"rowSelection": {"mode": "singleRow"}}),
         meter_form_layout(current().community),
-        html.H5("Heard on MQTT but not registered (not billed)", className="mt-3"),
-        dag.AgGrid(id="meters-unknown", columnDefs=[{"field": f} for f in
-                   ("meter_id", "messages", "source", "first_seen", "last_seen")],
+        html.H5(tr("Heard on MQTT but not registered (not billed)"), className="mt-3"),
+        dag.AgGrid(id="meters-unknown", columnDefs=columns(UNKNOWN_COLUMNS),
                    columnSize="sizeToFit", style={"height": "200px"}, getRowId="params.data.meter_id",
                    dashGridOptions={"rowSelection": {"mode": "singleRow"}}),
         html.Div(id="meters-unknown-note", className="text-muted small"),
         html.Div(id="meters-sdat-unknown"),
         dbc.Row([
-            dbc.Col([dbc.Label("House name", html_for="adopt-name"), dbc.Input(id="adopt-name", maxLength=100)], md=4),
-            dbc.Col([dbc.Label("Billed from (local date; empty: today)", html_for="adopt-from"),
-                     dbc.Input(id="adopt-from", placeholder="YYYY-MM-DD")], md=3),
-            dbc.Col(dbc.Button("Adopt selected meter as a house", id="adopt-button", color="primary"), md=4,
+            dbc.Col([dbc.Label(tr("House name"), html_for="adopt-name"), dbc.Input(id="adopt-name", maxLength=100)],
+                    md=4),
+            dbc.Col([dbc.Label(tr("Billed from (local date; empty: today)"), html_for="adopt-from"),
+                     dbc.Input(id="adopt-from", placeholder=tr("YYYY-MM-DD"))], md=3),
+            dbc.Col(dbc.Button(tr("Adopt selected meter as a house"), id="adopt-button", color="primary"), md=4,
                     className="align-self-end"),
         ], className="mt-2"),
         html.Div(id="adopt-result", className="mt-2"),
@@ -52,45 +66,45 @@ def layout(**_):
 
 def meter_form_layout(c):
     houses = [{"label": f"{h.name} ({h.house_id})", "value": h.house_id} for h in c.houses()]
-    opt = lambda values: [{"label": v, "value": v} for v in values]
+    opt = lambda choices: [{"label": tr(label), "value": v} for v, label in choices]
     return dbc.Card(dbc.CardBody([
-        html.H5("Add, edit, test or replace a meter"),
-        html.P("Select a meter in the table to edit it, or fill in a new one. An apartment meter bills its "
-               "house's consumption, a solar meter is its house's production, a total meter measures the "
-               "building's grid exchange (cross-checked on the Data quality page, never billed).",
+        html.H5(tr("Add, edit, test or replace a meter")),
+        html.P(tr("Select a meter in the table to edit it, or fill in a new one. An apartment meter bills its "
+                  "house's consumption, a solar meter is its house's production, a total meter measures the "
+                  "building's grid exchange (cross-checked on the Data quality page, never billed)."),
                className="text-muted small"),
         dbc.Row([
-            dbc.Col([dbc.Label("Meter id"), dbc.Input(id="mf-id", placeholder="apartment-1")], md=2),
-            dbc.Col([dbc.Label("Name"), dbc.Input(id="mf-name")], md=2),
-            dbc.Col([dbc.Label("Type"), dbc.Select(id="mf-type", value="apartment",
-                                                   options=opt(("apartment", "solar", "total")))], md=2),
-            dbc.Col([dbc.Label("House"), dbc.Select(id="mf-house", options=[{"label": "(none: total meter)",
-                                                                             "value": ""}] + houses)], md=2),
-            dbc.Col([dbc.Label("Connection"), dbc.Select(id="mf-connection", value="modbus", options=opt(
-                ("modbus", "loxone_http", "udp", "http_push", "mqtt", "import")))], md=2),
-            dbc.Col(dbc.Checkbox(id="mf-active", label="Active", value=True), md=1, className="align-self-end"),
+            dbc.Col([dbc.Label(tr("Meter id")), dbc.Input(id="mf-id", placeholder=tr("apartment-1"))], md=2),
+            dbc.Col([dbc.Label(tr("Name")), dbc.Input(id="mf-name")], md=2),
+            dbc.Col([dbc.Label(tr("Type")), dbc.Select(id="mf-type", value="apartment", options=opt(METER_TYPES))],
+                    md=2),
+            dbc.Col([dbc.Label(tr("House")), dbc.Select(id="mf-house", options=[{"label": tr("(none: total meter)"),
+                                                                                 "value": ""}] + houses)], md=2),
+            dbc.Col([dbc.Label(tr("Connection")), dbc.Select(id="mf-connection", value="modbus",
+                                                             options=opt(CONNECTIONS))], md=2),
+            dbc.Col(dbc.Checkbox(id="mf-active", label=tr("Active"), value=True), md=1, className="align-self-end"),
         ], className="g-2 mb-2"),
         *meter_form.settings_groups(),
         dbc.ButtonGroup([
-            dbc.Button("Save new meter", id="mf-add", color="primary"),
-            dbc.Button("Save changes", id="mf-save", color="secondary"),
-            dbc.Button("Test connection", id="mf-test", color="info"),
-            dbc.Button("Deactivate", id="mf-deactivate", color="warning"),
-            dbc.Button("New push token", id="mf-token", color="secondary", outline=True),
+            dbc.Button(tr("Save new meter"), id="mf-add", color="primary"),
+            dbc.Button(tr("Save changes"), id="mf-save", color="secondary"),
+            dbc.Button(tr("Test connection"), id="mf-test", color="info"),
+            dbc.Button(tr("Deactivate"), id="mf-deactivate", color="warning"),
+            dbc.Button(tr("New push token"), id="mf-token", color="secondary", outline=True),
         ], className="mt-2"),
         dcc.Loading(html.Div(id="mf-result", className="mt-2")),
         html.Details([
-            html.Summary("Replace the selected meter by the one in the form"),
+            html.Summary(tr("Replace the selected meter by the one in the form")),
             dbc.Row([
-                dbc.Col([dbc.Label("Old meter's final import / export (kWh)"),
+                dbc.Col([dbc.Label(tr("Old meter's final import / export (kWh)")),
                          dbc.InputGroup([dbc.Input(id="mf-final-import", type="number"),
                                          dbc.Input(id="mf-final-export", type="number")])], md=4),
-                dbc.Col([dbc.Label("New meter's start import / export (kWh)"),
+                dbc.Col([dbc.Label(tr("New meter's start import / export (kWh)")),
                          dbc.InputGroup([dbc.Input(id="mf-start-import", type="number"),
                                          dbc.Input(id="mf-start-export", type="number")])], md=4),
-                dbc.Col([dbc.Label("When (local; empty: now)"), dbc.Input(id="mf-when", placeholder="2026-12-01T00:00")],
-                        md=2),
-                dbc.Col(dbc.Button("Replace", id="mf-replace", color="danger"), md=2, className="align-self-end"),
+                dbc.Col([dbc.Label(tr("When (local; empty: now)")),
+                         dbc.Input(id="mf-when", placeholder="2026-12-01T00:00")], md=2),
+                dbc.Col(dbc.Button(tr("Replace"), id="mf-replace", color="danger"), md=2, className="align-self-end"),
             ], className="g-2"),
         ], className="mt-3"),
     ]), className="mt-3")
@@ -103,15 +117,18 @@ def _form(values_list, ids):
 def store_alert(community):
     h = community.store.health() if hasattr(community.store, "health") else {"backend": "embedded"}
     if h.get("spool_batches"):
-        return dbc.Alert(f"InfluxDB: {h['spool_lines']:,} lines waiting in the spool (oldest "
-                         f"{h['spool_age_s']:.0f} s); they are written as soon as InfluxDB answers.", color="warning")
-    return dbc.Alert(f"Store: {h.get('backend')}" + (", spool empty" if "spool_batches" in h else ""), color="light")
+        return dbc.Alert(tr("InfluxDB: {lines} lines waiting in the spool (oldest {age} s); they are written as soon "
+                            "as InfluxDB answers.", lines=f"{h['spool_lines']:,}", age=f"{h['spool_age_s']:.0f}"),
+                         color="warning")
+    if "spool_batches" in h:
+        return dbc.Alert(tr("Store: {backend}, spool empty", backend=h.get("backend")), color="light")
+    return dbc.Alert(tr("Store: {backend}", backend=h.get("backend")), color="light")
 
 
 def unknown_note(runtime) -> str:
     dropped = runtime.pipeline.unknown_dropped if runtime is not None else 0
-    return (f"{dropped:,} more unknown meters were heard: the list keeps the {MAX_UNKNOWN:,} heard most "
-            f"recently." if dropped else "")
+    return (tr("{dropped} more unknown meters were heard: the list keeps the {kept} heard most recently.",
+               dropped=f"{dropped:,}", kept=f"{MAX_UNKNOWN:,}") if dropped else "")
 
 
 def sdat_unknown(community):
@@ -122,9 +139,8 @@ def sdat_unknown(community):
     if not rows:
         return None
     return html.Div([
-        html.H5("In the grid operator's files but not listed by any house (not billed)", className="mt-3"),
-        dag.AgGrid(id="meters-sdat-grid", rowData=rows, columnDefs=[{"field": f} for f in
-                   ("metering_point", "values", "first_seen", "last_seen", "file")],
+        html.H5(tr("In the grid operator's files but not listed by any house (not billed)"), className="mt-3"),
+        dag.AgGrid(id="meters-sdat-grid", rowData=rows, columnDefs=columns(SDAT_COLUMNS),
                    columnSize="sizeToFit", style={"height": "160px"})])
 
 
@@ -192,14 +208,15 @@ def _act(_a, _s, _t, _d, _k, _r, mid, name, mtype, house, connection, active, se
             registry.deactivate(c, mid or "", actor())
         except registry.RegistryError as exc:
             return dbc.Alert(str(exc), color="danger")
-        alert, saved = dbc.Alert(f"Meter {mid} deactivated: its readings are no longer taken.", color="warning"), mid
+        alert, saved = dbc.Alert(tr("Meter {meter} deactivated: its readings are no longer taken.", meter=mid),
+                                 color="warning"), mid
     elif action == "mf-token":
         try:
             token = registry.issue_push_token(c, mid or "")
         except registry.RegistryError as exc:
             return dbc.Alert(str(exc), color="danger")
         url = dash.get_relative_path(f"/api/meters/{mid}/reading")
-        return dbc.Alert([f"Push URL for {mid} (shown once; the previous token stops working): ",
+        return dbc.Alert([tr("Push URL for {meter} (shown once; the previous token stops working):", meter=mid) + " ",
                           html.Code(f"{url}?token={token}&value=<v>")], color="info")
     else:
         alert = meter_form.replace(c, (selected or [{}])[0].get("meter_id"), values, settings,

@@ -8,9 +8,10 @@ from dash import html
 from auth.principal import visible_houses
 from auth.web import current_principal
 from components.views import my_invoice_rows, statement_links
+from i18n import N_, tr
 from web import current
 
-dash.register_page(__name__, path="/my", name="My invoices", order=7, members=True)
+dash.register_page(__name__, path="/my", name=N_("My invoices"), order=7, members=True)
 
 
 def layout(**_):
@@ -18,17 +19,19 @@ def layout(**_):
     houses = visible_houses(current_principal(), c.houses())
     base = dash.get_relative_path("/")
     return html.Div([
-        html.H3("My invoices"),
-        html.P(["Your house" + ("s" if len(houses) > 1 else "") + ": "]
+        html.H3(tr("My invoices")),
+        html.P([(tr("Your houses:") if len(houses) > 1 else tr("Your house:")) + " "]
                + [html.A(h.name, href=f"{base}houses/{h.house_id}", className="me-3") for h in houses]),
         dag.AgGrid(id="my-invoices", rowData=my_invoice_rows(c, [h.house_id for h in houses], base),
-                   columnDefs=[{"field": "period", "headerName": "Period"}, {"field": "invoice_id", "headerName": "Invoice"},
-                               {"field": "house", "headerName": "House"}, {"field": "status", "headerName": "Status"},
-                               {"field": "net", "headerName": "Amount"},
-                               {"field": "download", "headerName": "Download", "cellRenderer": "markdown"}],
+                   columnDefs=[{"field": "period", "headerName": tr("Period")},
+                               {"field": "invoice_id", "headerName": tr("Invoice")},
+                               {"field": "house", "headerName": tr("House")},
+                               {"field": "status", "headerName": tr("Status")},
+                               {"field": "net", "headerName": tr("Amount")},
+                               {"field": "download", "headerName": tr("Download"), "cellRenderer": "markdown"}],
                    columnSize="autoSize", style={"height": "420px"}),
-        dbc.FormText("Drafts change until their month is settled; issued invoices never change (a correction "
-                     "comes as a credit note)."),
-        html.H5("Annual statements", className="mt-4"),
+        dbc.FormText(tr("Drafts change until their month is settled; issued invoices never change (a correction "
+                        "comes as a credit note).")),
+        html.H5(tr("Annual statements"), className="mt-4"),
         html.Div(statement_links(c, houses, base), id="my-statements"),
     ])
