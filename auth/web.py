@@ -26,6 +26,7 @@ app's base path (``safe_next``).
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import sqlite3
 import sys
@@ -38,16 +39,27 @@ import dash
 import flask
 from flask.sessions import SecureCookieSessionInterface
 
-from auth.accounts import AccountError, Throttled, Unavailable
+from auth.accounts import MIN_PASSWORD, AccountError, Throttled, Unavailable
 from auth.principal import Principal
+from i18n import N_, language, tr
 
 LEVELS = ("public", "user", "read", "write", "manager", "control")
 CSRF_COOKIE = "_csrf_token"          # read by Dash's renderer, sent back as X-CSRFToken
 CSRF_HEADER = "X-CSRFToken"
 PAGES_OUTPUTS = {"_pages_content", "_pages_store", "_pages_dummy"}   # Dash's page router
 MAX_NEXT = 2000                      # characters of a ``next`` target
-UNAVAILABLE = ("The server cannot write its ledger at the moment (the disk may be full), so logins and "
-               "logouts cannot be recorded. Try again later; the server's log says more.")
+UNAVAILABLE = N_("The server cannot write its ledger at the moment (the disk may be full), so logins and "
+                 "logouts cannot be recorded. Try again later; the server's log says more.")
+# what auth.accounts refuses (its messages are English, for the command line too): the message
+# shown on the login and password pages, in the visitor's language
+ACCOUNT_ERRORS = [
+    (re.compile(r"username: at most (?P<max>\d+) characters \(got (?P<n>\d+)\)"),
+     N_("Username: at most {max} characters (got {n}).")),
+    (re.compile(r"password: at most (?P<max>\d+) characters"), N_("Password: at most {max} characters.")),
+    (re.compile(r"password: at least (?P<min>\d+) characters"), N_("Password: at least {min} characters.")),
+    (re.compile(r"the current password is wrong"), N_("The current password is wrong.")),
+    (re.compile(r"no user (?P<name>.+)"), N_("No user {name}.")),
+]
 log = logging.getLogger("leg.auth")
 
 
@@ -201,9 +213,9 @@ def page_denied(level: str = "manager"):
     from dash import html
     p = current_principal()
     if level == "manager" and (p is None or not p.is_manager):
-        return html.Div([html.H3("Not available"),
-                         html.P("This page is for the community's managers. "),
-                         html.A("Your invoices", href=dash.get_relative_path("/my"))])
+        return html.Div([html.H3(tr("Not available")),
+                         html.P(tr("This page is for the community's managers.")),
+                         html.A(tr("Your invoices"), href=dash.get_relative_path("/my"))])
     return None
 
 
@@ -224,7 +236,21 @@ def secret_key(data_dir: Path) -> bytes:
     return path.read_bytes()
 
 
-LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{{ title }}: log in</title>
+def account_message(exc: Exception) -> str:
+    """What a refusal of ``auth.accounts`` says to a person, as a sentence in their language."""
+    text = str(exc)
+    for pattern, msgid in ACCOUNT_ERRORS:
+        m = pattern.fullmatch(text)
+        if m:
+            return tr(msgid, **m.groupdict())
+    return text[:1].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
+def throttled_message(exc: Throttled) -> str:
+    return tr("Too many failed logins; try again in {seconds} s.", seconds=int(exc.retry_after_s) + 1)
+
+
+LOGIN_PAGE = """<!doctype html><html lang="{{ lang }}"><head><meta charset="utf-8"><title>{{ page_title }}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <link rel="stylesheet" href="{{ base }}assets/00-bootstrap-5.3.8.min.css"></head>
 <body class="bg-light"><main class="container" style="max-width: 26rem; margin-top: 10vh">
@@ -238,13 +264,14 @@ LOGIN_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><titl
 <input class="form-control" id="{{ name }}" name="{{ name }}" type="{{ kind }}" autocomplete="{{ auto }}" required></div>
 {% endfor %}
 <button class="btn btn-primary" type="submit">{{ button }}</button>
-{% if back %}<a class="btn btn-link" href="{{ base }}">Back</a>{% endif %}
+{% if back %}<a class="btn btn-link" href="{{ base }}">{{ back_label }}</a>{% endif %}
 </form></main></body></html>"""
 
-LOGIN_FIELDS = [("username", "User name", "text", "username"), ("password", "Password", "password", "current-password")]
-PASSWORD_FIELDS = [("current", "Current password", "password", "current-password"),
-                   ("new", "New password (at least 10 characters)", "password", "new-password"),
-                   ("confirm", "New password again", "password", "new-password")]
+LOGIN_FIELDS = [("username", N_("User name"), "text", "username"),
+                ("password", N_("Password"), "password", "current-password")]
+PASSWORD_FIELDS = [("current", N_("Current password"), "password", "current-password"),
+                   ("new", N_("New password (at least {min} characters)"), "password", "new-password"),
+                   ("confirm", N_("New password again"), "password", "new-password")]
 
 
 def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: list[str], data_dir: Path) -> None:
@@ -262,10 +289,22 @@ def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: li
         return flask.session["csrf"]
 
     def form(action, fields, button, message="", level="danger", status=200, back=False):
-        html = flask.render_template_string(LOGIN_PAGE, title=title, base=base, action=action, fields=fields,
-                                            button=button, message=message, level=level, csrf=csrf_token(),
-                                            back=back, next=safe_next(flask.request.values.get("next"), base))
+        """The login or password page; ``fields``' labels are msgids, the other texts translated."""
+        page_title = tr("{title}: log in", title=title) if action == "login" else \
+            tr("{title}: change password", title=title)
+        labels = [(name, tr(label, min=MIN_PASSWORD), kind, auto) for name, label, kind, auto in fields]
+        html = flask.render_template_string(LOGIN_PAGE, lang=language(), page_title=page_title, title=title,
+                                            base=base, action=action, fields=labels, button=button,
+                                            message=message, level=level, csrf=csrf_token(), back=back,
+                                            back_label=tr("Back"),
+                                            next=safe_next(flask.request.values.get("next"), base))
         return flask.Response(html, status=status, mimetype="text/html")
+
+    def login_form(message="", **kw):
+        return form("login", LOGIN_FIELDS, tr("Log in"), message, **kw)
+
+    def password_form(message="", **kw):
+        return form("account", PASSWORD_FIELDS, tr("Change password"), message, back=True, **kw)
 
     def start_session(p) -> None:
         flask.session.clear()
@@ -281,22 +320,22 @@ def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: li
     @access("public")
     def login():
         if flask.request.method == "GET":
-            return form("login", LOGIN_FIELDS, "Log in")
+            return login_form()
         if not same_origin():
-            return form("login", LOGIN_FIELDS, "Log in", "The login form was sent from another site.", status=403)
+            return login_form(tr("The login form was sent from another site."), status=403)
         username = flask.request.form.get("username", "")
         try:
             p = accounts.verify(username, flask.request.form.get("password", ""), flask.request.remote_addr)
         except Throttled as exc:
-            r = form("login", LOGIN_FIELDS, "Log in", str(exc).capitalize() + ".", status=429)
+            r = login_form(throttled_message(exc), status=429)
             r.headers["Retry-After"] = str(int(exc.retry_after_s) + 1)
             return r
         except AccountError as exc:             # input no account can have; nothing was stored
-            return form("login", LOGIN_FIELDS, "Log in", str(exc).capitalize() + ".", status=400)
+            return login_form(account_message(exc), status=400)
         except Unavailable:
-            return form("login", LOGIN_FIELDS, "Log in", UNAVAILABLE, status=503)
+            return login_form(tr(UNAVAILABLE), status=503)
         if p is None:
-            return form("login", LOGIN_FIELDS, "Log in", "Wrong user name or password.", status=401)
+            return login_form(tr("Wrong user name or password."), status=401)
         start_session(p)
         target = safe_next(flask.request.values.get("next"), base)
         if target is None:
@@ -316,8 +355,9 @@ def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: li
             accounts.end_sessions(name, name, flask.request.remote_addr)
         except sqlite3.Error as exc:            # other copies of the cookie would stay valid: say so
             log.error("logout of %s: its sessions cannot be ended in the ledger (%s)", name, exc)
-            r = form("login", LOGIN_FIELDS, "Log in", "You are logged out in this browser, but " + UNAVAILABLE[0].lower()
-                     + UNAVAILABLE[1:], status=503)
+            r = login_form(tr("You are logged out in this browser, but the server cannot write its ledger at the "
+                              "moment (the disk may be full), so logins and logouts cannot be recorded. Try again "
+                              "later; the server's log says more."), status=503)
         else:
             r = flask.redirect(base + "login", 303)
         r.delete_cookie(CSRF_COOKIE, path=base)
@@ -329,21 +369,21 @@ def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: li
         if p.via != "session":
             return flask.jsonify({"error": "log in with a password to change it", "field": "Authorization"}), 403
         if flask.request.method == "GET":
-            return form("account", PASSWORD_FIELDS, "Change password", back=True)
+            return password_form()
         f = flask.request.form
         if f.get("new", "") != f.get("confirm", ""):
-            return form("account", PASSWORD_FIELDS, "Change password", "The new passwords differ.", status=400, back=True)
+            return password_form(tr("The new passwords differ."), status=400)
         try:
             epoch = accounts.change_password(p.name, f.get("current", ""), f.get("new", ""), flask.request.remote_addr)
         except Throttled as exc:
-            return form("account", PASSWORD_FIELDS, "Change password", str(exc), status=429, back=True)
+            return password_form(throttled_message(exc), status=429)
         except AccountError as exc:
-            return form("account", PASSWORD_FIELDS, "Change password", str(exc), status=400, back=True)
+            return password_form(account_message(exc), status=400)
         except (Unavailable, sqlite3.Error) as exc:
             log.error("password change of %s not stored (%s)", p.name, exc)
-            return form("account", PASSWORD_FIELDS, "Change password", UNAVAILABLE, status=503, back=True)
+            return password_form(tr(UNAVAILABLE), status=503)
         flask.session["epoch"] = epoch          # this session goes on; every other one has ended
-        return form("account", PASSWORD_FIELDS, "Change password", "Password changed.", level="success", back=True)
+        return password_form(tr("Password changed."), level="success")
 
     @access("user")
     def switch_community(slug: str):
