@@ -184,3 +184,77 @@ def savings_ct(flows: pd.DataFrame) -> float:
         return 0.0
     return float((flows["grid_only_cost_ct"] - flows["value_consumption_ct"]
                   + flows["value_pv_delivery_ct"] - flows["grid_only_credit_ct"]).sum())
+
+
+YEAR_COLUMNS = ["month", "consumption_kwh", "production_kwh", "grid_import_kwh", "self_sufficiency", "cost_chf",
+                "credit_chf", "savings_chf"]
+
+
+def year_months(community, year: int, house_id: str | None = None) -> pd.DataFrame:
+    """The twelve local months of ``year`` (community or one house): consumption, production and
+    grid import (kWh), self-sufficiency (the community's, 0..1, None without consumption), what
+    the consumption cost and the production earned in the community, and the savings against the
+    grid alone (CHF, see ``kpis``). Months without data have zeros and no self-sufficiency."""
+    tz = community.tz
+    start = pd.Timestamp(year=int(year), month=1, day=1).tz_localize(tz)
+    rng = Range(start.tz_convert("UTC"), (start + pd.DateOffset(years=1)).tz_convert("UTC"), "month")
+    flows = community_flows(community, rng) if house_id is None else house_flows(community, house_id, rng)
+    months = pd.date_range(start, periods=12, freq="MS")
+    rows = []
+    by_month = {pd.Timestamp(r.start).month: r for r in flows.itertuples(index=False)} if len(flows) else {}
+    for m in months:
+        r = by_month.get(m.month)
+        if r is None:
+            rows.append({"month": m.strftime("%Y-%m"), "consumption_kwh": 0.0, "production_kwh": 0.0,
+                         "grid_import_kwh": 0.0, "self_sufficiency": None, "cost_chf": 0.0, "credit_chf": 0.0,
+                         "savings_chf": 0.0})
+            continue
+        one = pd.DataFrame([r._asdict()])
+        k = kpis(one)
+        rows.append({"month": m.strftime("%Y-%m"), "consumption_kwh": round(float(r.consumption_kwh), 3),
+                     "production_kwh": round(float(r.production_kwh), 3),
+                     "grid_import_kwh": round(float(r.grid_import_kwh), 3),
+                     "self_sufficiency": k["self_sufficiency"] if house_id is None else None,
+                     "cost_chf": round(float(r.value_consumption_ct) / 100, 2) + 0.0,
+                     "credit_chf": round(float(r.value_pv_delivery_ct) / 100, 2) + 0.0,
+                     "savings_chf": k["savings_chf"]})
+    return pd.DataFrame(rows, columns=YEAR_COLUMNS)
+
+
+def year_xlsx(community, years: list[int], headers: dict[str, str] | None = None) -> bytes:
+    """The monthly figures of ``years`` (one sheet each, and the community's name and the year in
+    the first row) as an Excel workbook (XlsxWriter); ``headers`` names the columns (default: the
+    column keys)."""
+    import io
+
+    import xlsxwriter
+    out = io.BytesIO()
+    book = xlsxwriter.Workbook(out, {"in_memory": True})
+    bold = book.add_format({"bold": True})
+    kwh = book.add_format({"num_format": "#,##0.000"})
+    chf = book.add_format({"num_format": "#,##0.00"})
+    pct = book.add_format({"num_format": "0.0%"})
+    formats = {"consumption_kwh": kwh, "production_kwh": kwh, "grid_import_kwh": kwh, "self_sufficiency": pct,
+               "cost_chf": chf, "credit_chf": chf, "savings_chf": chf}
+    for year in years:
+        df = year_months(community, year)
+        sheet = book.add_worksheet(str(year))
+        sheet.write(0, 0, f"{community.cfg.community.name} {year}", bold)
+        for col, key in enumerate(YEAR_COLUMNS):
+            sheet.write(2, col, (headers or {}).get(key, key), bold)
+            sheet.set_column(col, col, 16)
+        for row, rec in enumerate(df.to_dict("records"), start=3):
+            sheet.write_string(row, 0, rec["month"])
+            for col, key in enumerate(YEAR_COLUMNS[1:], start=1):
+                if rec[key] is None:
+                    sheet.write_blank(row, col, None)
+                else:
+                    sheet.write_number(row, col, float(rec[key]), formats[key])
+        total = 3 + len(df)
+        sheet.write_string(total, 0, (headers or {}).get("total", "total"), bold)
+        for col, key in enumerate(YEAR_COLUMNS[1:], start=1):
+            if key != "self_sufficiency":
+                sheet.write_number(total, col, round(float(df[key].sum()), 3 if key.endswith("_kwh") else 2),
+                                   formats[key])
+    book.close()
+    return out.getvalue()

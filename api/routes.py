@@ -336,6 +336,19 @@ def statement_file(house_id: str, name: str):
     return _download(st_mod.statement_pdf(c, st, language), st_mod.pdf_name(st), "application/pdf")
 
 
+@api.get("/year/<name>")
+@access("read")
+def year_workbook(name: str):
+    """``<year>.xlsx``: the community's monthly figures of the year and the year before (managers)."""
+    import analytics
+    from components.year_view import xlsx_headers
+    year, dot, kind = name.partition(".")
+    if not (dot and kind == "xlsx" and year.isdigit() and 1970 <= int(year) <= 2200):
+        return _bad("expected <year>.xlsx, e.g. 2026.xlsx", "name")
+    data = analytics.year_xlsx(_svc().community, [int(year), int(year) - 1], xlsx_headers())
+    return _download(data, f"year-{year}.xlsx", "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+
+
 @api.get("/audit")
 @access("manager")
 def audit():
