@@ -198,7 +198,8 @@ def _layout(name: str, base: str):
     p = current_principal()
     pages = [pg for pg in dash.page_registry.values() if pg.get("nav", True)
              and (p is not None and (p.is_manager or pg.get("members", False)))]
-    nav = [dbc.NavItem(dbc.NavLink(tr(pg["name"]), href=pg["relative_path"], active="exact")) for pg in pages]
+    titles = [pg["name"] for pg in pages]     # marked with N_ where each page registers
+    nav = [dbc.NavItem(dbc.NavLink(tr(t), href=pg["relative_path"], active="exact")) for t, pg in zip(titles, pages)]
     instance = flask.current_app.config.get("LEG_INSTANCE")
     if instance and p is not None and flask.g.get("leg_principal_all") is not None:
         slugs = flask.g.leg_principal_all.community_slugs(list(instance))

@@ -172,6 +172,7 @@ def log_in(url: str, username: str, password: str, **headers) -> tuple[requests.
     """A session logged in through the proxy with the login form, sending the CSRF header on every
     request as Dash's renderer does; and the login's response (the redirect, not followed)."""
     s = requests.Session()
+    s.headers["Accept-Language"] = "en"     # as a browser set to English; the pages' texts are asserted in English
     r = s.post(url + PREFIX + "login", data={"username": username, "password": password}, headers=headers,
                allow_redirects=False, timeout=30)
     assert r.status_code == 303, (r.status_code, r.text[:300])
