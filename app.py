@@ -230,12 +230,8 @@ def run(config_path, once, debug, no_ingest, threads):
         from web import create_app
         accounts = _first_accounts(community)
         app = create_app(community, runtime, accounts)
-        from storage.backup import write_control
-        local = "127.0.0.1" if cfg.web.host in ("0.0.0.0", "::", "") else cfg.web.host
-        _control_routes(app, community)
-        app.server.config["LEG_CONTROL_SECRET"] = write_control(
-            cfg.data_dir, f"http://{local}:{cfg.web.port}{app.config.url_base_pathname}api/backup",
-            f"http://{local}:{cfg.web.port}{app.config.url_base_pathname}")
+        _control_routes(app)
+        app.server.config["LEG_CONTROL_SECRET"] = _write_controls(app, {None: cfg})
         _serve(app, cfg, debug, threads)
     except KeyboardInterrupt:
         pass
@@ -246,6 +242,21 @@ def run(config_path, once, debug, no_ingest, threads):
         if runtime:
             runtime.stop()
         community.close()
+
+
+def _write_controls(app, configs: dict) -> str:
+    """data_dir/control.json of every community (slug -> config; {None: cfg} for one): where the
+    commands on this host reach the running app for that community, and the app's one secret."""
+    import secrets
+
+    from storage.backup import write_control
+    secret = secrets.token_urlsafe(32)
+    for slug, cfg in configs.items():
+        local = "127.0.0.1" if cfg.web.host in ("0.0.0.0", "::", "") else cfg.web.host
+        root = f"http://{local}:{cfg.web.port}{app.config.url_base_pathname}"
+        api, base = (f"{root}api/", root) if slug is None else (f"{root}api/c/{slug}/", f"{root}c/{slug}/")
+        write_control(cfg.data_dir, f"{api}backup", base, secret)
+    return secret
 
 
 def _serve(app, cfg, debug: bool, threads: int) -> None:
@@ -310,11 +321,16 @@ def _run_many(configs: dict, config_path, once: bool, debug: bool, no_ingest: bo
         services = {slug: Services(c, runtimes.get(slug), slug=slug) for slug, c in communities.items()}
         app = create_app(next(iter(communities.values())), None, accounts, instance=services,
                          secret_dir=instance_dir(configs))
+        _control_routes(app)
+        app.server.config["LEG_CONTROL_SECRET"] = _write_controls(app, configs)
         _serve(app, first, debug, threads)
     except KeyboardInterrupt:
         pass
     finally:
         click.echo("stopping: writing buffered readings" if runtimes else "stopping")
+        from storage.backup import remove_control
+        for cfg in configs.values():
+            remove_control(cfg.data_dir)
         if mqtt:
             mqtt.stop()
         for rt in runtimes.values():
@@ -453,16 +469,18 @@ def _ask_app(cfg, method: str, name: str, **request):
     return r
 
 
-def _control_routes(app, community) -> None:
+def _control_routes(app) -> None:
     """What commands on this host ask of the running app, because it holds the store (beside
     ``api/backup``): ``control/readings`` (export-readings) and ``control/backfill`` (simulate
-    --backfill). Only from the loopback address, with the secret of data_dir/control.json."""
+    --backfill). Only from the loopback address, with the secret of data_dir/control.json; with
+    several communities at ``c/<slug>/control/...`` (the community's control.json says so)."""
     import io
 
     import flask
 
     from auth.web import access
     from ingest.pipeline import describe_store_error
+    from web import current
     base = app.config.url_base_pathname
 
     def failed(exc, status=503):
@@ -479,7 +497,7 @@ def _control_routes(app, community) -> None:
         except ValueError as exc:
             return flask.jsonify({"error": f"start/end: {exc}", "field": "start"}), 400
         try:
-            frame = community.store.read_readings(args.get("meter") or None, start, end)
+            frame = current().community.store.read_readings(args.get("meter") or None, start, end)
         except Exception as exc:
             return failed(exc)
 
@@ -499,7 +517,7 @@ def _control_routes(app, community) -> None:
                 not isinstance(body[k], t) or (isinstance(body[k], bool) and t is not bool) for k, t in kinds.items()):
             return flask.jsonify({"error": "give days, seed, offset_months and all_houses", "field": "body"}), 400
         try:
-            n = _backfill(community, **body)
+            n = _backfill(current().community, **body)
         except RuntimeError as exc:
             return flask.jsonify({"error": str(exc), "field": "simulator_state"}), 409
         except Exception as exc:

@@ -58,15 +58,20 @@ def current() -> Services:
 
 
 def _community_paths(wsgi, base: str):
-    """``{base}api/c/<slug>/...`` is ``{base}api/...`` of community ``slug``."""
-    prefix = base + "api/c/"
+    """``{base}api/c/<slug>/...`` is ``{base}api/...`` of community ``slug``, and
+    ``{base}c/<slug>/control/...`` the command line's ``{base}control/...`` of that community."""
+    prefixes = ((base + "api/c/", base + "api/"), (base + "c/", base))
 
     def app(environ, start_response):
         path = environ.get("PATH_INFO", "")
-        if path.startswith(prefix):
-            slug, _, rest = path[len(prefix):].partition("/")
-            environ["leg.community"] = slug
-            environ["PATH_INFO"] = base + "api/" + rest
+        for prefix, to in prefixes:
+            if path.startswith(prefix):
+                slug, _, rest = path[len(prefix):].partition("/")
+                if to == base and not rest.startswith("control/"):
+                    continue
+                environ["leg.community"] = slug
+                environ["PATH_INFO"] = to + rest
+                break
         return wsgi(environ, start_response)
     return app
 
@@ -177,14 +182,21 @@ def _language_route(server: flask.Flask, base: str) -> None:
 
 
 def _metrics_route(server: flask.Flask, base: str, level: str) -> None:
-    """GET {base}metrics in Prometheus' text format; a read token unless web.metrics_public."""
+    """GET {base}metrics in Prometheus' text format; a read token unless web.metrics_public. With
+    several communities: those the caller may enter (all when public), labelled by slug."""
     import metrics
     from auth.web import access
-    registry = metrics.registry_for(server.config["LEG"])
 
     @access(level)
     def view():
-        return flask.Response(metrics.render(registry), mimetype="text/plain; version=0.0.4")
+        instance = server.config.get("LEG_INSTANCE")
+        if not instance:
+            services = {None: server.config["LEG"]}
+        else:
+            who = flask.g.get("leg_principal_all")
+            slugs = list(instance) if who is None else who.community_slugs(list(instance))
+            services = {slug: instance[slug] for slug in slugs}
+        return flask.Response(metrics.render(metrics.registry_for(services)), mimetype="text/plain; version=0.0.4")
     server.add_url_rule(base + "metrics", "metrics", view)
 
 

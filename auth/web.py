@@ -422,9 +422,17 @@ def install(app: dash.Dash, accounts, base: str, title: str, frame_ancestors: li
         if level == "control":
             secret = server.config.get("LEG_CONTROL_SECRET")
             sent = flask.request.headers.get("X-Control-Secret", "")
-            if secret and flask.request.remote_addr in ("127.0.0.1", "::1") and secrets.compare_digest(sent, secret):
-                return None
-            return deny(403, "only the command line on this host may do this", "X-Control-Secret")
+            if not (secret and flask.request.remote_addr in ("127.0.0.1", "::1")
+                    and secrets.compare_digest(sent, secret)):
+                return deny(403, "only the command line on this host may do this", "X-Control-Secret")
+            instance = server.config.get("LEG_INSTANCE")
+            if instance:                                 # the community's control.json names it in the path
+                slug = flask.request.environ.get("leg.community")
+                if slug not in instance:
+                    return deny(404, f"name one of the communities {', '.join(instance)} in the path "
+                                     f"(c/<slug>/control/... or api/c/<slug>/backup)", "community")
+                flask.g.leg_services = instance[slug]
+            return None
         auth = flask.request.headers.get("Authorization", "")
         p = None
         if auth.startswith("Bearer "):

@@ -104,10 +104,11 @@ def restore(src: str | Path, data_dir: str | Path, force: bool = False) -> dict:
     return manifest
 
 
-def write_control(data_dir: Path, url: str, base: str | None = None) -> str:
-    """The running app's control endpoint and its secret, readable by the app's user only: ``url``
-    takes backups, ``base`` is where the app's other control routes (``control/...``) are."""
-    secret = secrets.token_urlsafe(32)
+def write_control(data_dir: Path, url: str, base: str | None = None, secret: str | None = None) -> str:
+    """The running app's control endpoint and its secret (a new one unless given), readable by the
+    app's user only: ``url`` takes backups, ``base`` is where the app's other control routes
+    (``control/...``) are."""
+    secret = secret or secrets.token_urlsafe(32)
     path = Path(data_dir) / "control.json"
     path.touch(mode=0o600, exist_ok=True)
     path.chmod(0o600)

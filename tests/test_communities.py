@@ -262,9 +262,27 @@ def test_one_app_runs_both_communities_over_one_mqtt_subscription(tmp_path):
         assert accepted["bergblick"] == {"M3": 5, "M4": 0}, accepted      # nothing of M9, nothing crossed over
         assert time.time() - base < 60
         pub.loop_stop()
+        # /metrics: both communities, each series labelled by its slug
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", headers=bearer, timeout=30).text
+        for slug in ("sonnenhalde", "bergblick"):
+            assert f'leg_readings_stored_total{{community="{slug}"}} 5.0' in text, text[:3000]
+        assert 'leg_meter_last_reading_age_seconds{community="bergblick",meter="M3"}' in text
+        assert 'community="sonnenhalde",meter="M3"' not in text and 'community="bergblick",meter="M1"' not in text
+        # the commands beside the running app reach it for their community (control.json per data dir)
+        for slug, meter in (("sonnenhalde", "M1"), ("bergblick", "M3")):
+            control = json.loads((tmp_path / "data" / slug / "control.json").read_text())
+            assert control["base"].endswith(f"/c/{slug}/") and control["pid"] == proc.pid
+            r = app("export-readings", "--community", slug, "--config", str(cfg))
+            rows = list(csv.DictReader(r.stdout.splitlines()))
+            assert len(rows) == 5 and {row["meter_id"] for row in rows} == {meter}, r.stdout
+        # the secret of a control file does not open another community's store without its path
+        r = requests.get(f"http://127.0.0.1:{port}/control/readings", timeout=30,
+                         headers={"X-Control-Secret": control["secret"]})
+        assert r.status_code == 404 and r.json()["field"] == "community"
     finally:
         proc.terminate()
         out = proc.communicate(timeout=60)[0]
         broker.stop()
     assert "2 communities: bergblick, sonnenhalde" in out, out[-3000:]
     assert "meter M9 belongs to no community" in out, out[-3000:]
+    assert not list((tmp_path / "data").glob("*/control.json")), "control files removed at the stop"
