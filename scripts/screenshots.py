@@ -5,6 +5,9 @@
 Starts the demo (simulated houses, 90 days of history) in a temporary folder, serves it on a
 free port and photographs each page in Debian's headless Chromium (/usr/bin/chromium) with
 Playwright (logged in as a manager; "my.png" as the member of house 2); no browser is downloaded.
+The browser asks for English; the community and settlement pages are photographed again in German
+and French (``community-de.png``, ``settlement-fr.png``, ...), as a browser set to that language
+sees them.
 """
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 PAGES = {"community": "", "grid": "grid", "houses-2": "houses/2", "tariffs": "tariffs",
-         "settlement": "settlement", "meters": "meters", "quality": "quality", "audit": "audit"}
+         "settlement": "settlement", "year": "year", "meters": "meters", "quality": "quality", "audit": "audit"}
+LANGUAGE_PAGES = {"community": "", "settlement": "settlement"}
 
 
 def login(page, port: int, user: str, password: str) -> None:
@@ -64,13 +68,18 @@ def main(out: Path) -> None:
         try:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
-                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                page = browser.new_page(viewport={"width": 1400, "height": 900}, locale="en-GB")
                 login(page, port, "house2", "screenshot-member")
                 shoot(page, port, "my", out)
                 page.context.clear_cookies()
                 login(page, port, "admin", "screenshot-manager")
                 for name, path in PAGES.items():
                     shoot(page, port, path, out, name)
+                for lang in ("de", "fr"):
+                    page = browser.new_page(viewport={"width": 1400, "height": 900}, locale=f"{lang}-CH")
+                    login(page, port, "admin", "screenshot-manager")
+                    for name, path in LANGUAGE_PAGES.items():
+                        shoot(page, port, path, out, f"{name}-{lang}")
                 browser.close()
         finally:
             srv.close()
