@@ -62,14 +62,20 @@ def _esc_str(v: str) -> str:
     return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+INTEGER_FIELDS = frozenset({"flags"})   # every other number is a float field
+
+
 def _fields(row: dict) -> str:
+    """Line-protocol fields; a number's type is its field's, never its value's: InfluxDB fixes a
+    field's type with its first point (per shard, for every series of the measurement) and
+    refuses the other type afterwards, and a sum InfluxDB returns as 0 arrives here as an int."""
     parts = []
     for k, v in row.items():
         if v is None or (isinstance(v, float) and math.isnan(v)):
             continue
         if isinstance(v, str):
             parts.append(f"{k}={_esc_str(v)}")
-        elif isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        elif k in INTEGER_FIELDS:
             parts.append(f"{k}={int(v)}i")
         else:
             parts.append(f"{k}={float(v)!r}")

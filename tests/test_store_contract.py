@@ -167,6 +167,22 @@ def test_influx_measurements_keep_the_section_9_3_names(make, influxd):
     assert q["results"][0]["series"][0]["values"][0][1] == pytest.approx(22.0)
 
 
+def test_influx_field_types_do_not_depend_on_the_values(make, influxd):
+    # InfluxDB's JSON gives a sum of 0.0 as 0: an hour without consumption (or production) must
+    # still write total_consumption_kwh (and every other kWh, ct and tariff field) as a float, or
+    # InfluxDB refuses the later writes for a field type conflict and their points are lost
+    c = make("influxdb", HOUSES, db="types")
+    c.store_readings(frame([("M2", "2026-04-01T00:00Z", 5.0, 0.0), ("M2", "2026-04-01T01:00Z", 5.0, 0.8)]))
+    c.store_readings(frame([("M1", "2026-04-02T00:00Z", 1.0, 0.0), ("M1", "2026-04-02T01:00Z", 2.0, 0.0)]))
+    assert c.store.health()["dead_batches"] == 0
+    res = influxd.query("SHOW FIELD KEYS", db="types")["results"][0]["series"]
+    types = {(s["name"], k): t for s in res for k, t in s["values"]}
+    assert {k: t for k, t in types.items() if t != "float"} == {("house_energy", "flags"): "integer"}
+    q = influxd.query("SELECT total_production_kwh FROM community_energy WHERE time >= '2026-04-02T00:00:00Z'",
+                      db="types")
+    assert [v[1] for v in q["results"][0]["series"][0]["values"]] == [0.0] * 4
+
+
 def test_influx_outage_spools_and_replays_exactly_once(make, influxd):
     c = make("influxdb", HOUSES, db="outage")
     c.store_readings(frame([("M1", "2026-05-01T00:00Z", 1.0, 0.0)]))
