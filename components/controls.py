@@ -9,7 +9,7 @@ from dash import Input, Output, callback, dcc, html
 
 import analytics
 from analytics import BUCKETS, RANGES
-from i18n import N_, tr
+from i18n import N_, chf, number, tr
 
 REFRESH_MS = 60_000
 # the labels of analytics.RANGES and BUCKETS, marked for the catalogues (shown with tr())
@@ -88,16 +88,32 @@ def range_callbacks(prefix: str) -> None:
         return range_state(range_name, first_day, last_day, pd.Timestamp.now(tz="UTC"), current().community.tz)
 
 
+# AG Grid columns of CHF amounts: the cell's value is the amount as a number (what the grid sorts
+# by); it shows the text the server wrote for it in the request's language (the row's
+# "shown", see components.views.grid_money), so a grid writes amounts as every other page does
+MONEY_COLUMN = {"valueFormatter": {"function": "params.data && params.data.shown && "
+                                               "params.data.shown[params.colDef.field] || params.value"},
+                "cellDataType": "number"}
+# every table of the app fits its grid's width: the columns share it, long headers and texts wrap
+FITTED_GRID = {"columnSize": "responsiveSizeToFit",
+               "defaultColDef": {"wrapHeaderText": True, "autoHeaderHeight": True, "minWidth": 90}}
+WRAPPED_COLUMN = {"wrapText": True, "autoHeight": True, "cellStyle": {"lineHeight": "1.4", "paddingTop": "4px",
+                                                                      "paddingBottom": "4px"}}
+
+
 def kpi_cards(k: dict) -> dbc.Row:
     def card(title, value):
         return dbc.Col(dbc.Card(dbc.CardBody([html.Div(title, className="text-muted small"),
-                                              html.H4(value, className="mb-0")])), md=2)
+                                              html.H4(value, className="mb-0")]), className="h-100"),
+                       xs=6, md=4, xl=True)
     pct = lambda x: tr("n/a") if x is None else f"{x:.0%}"
+    kwh = lambda x: f"{number(x, 0)} kWh"
     return dbc.Row([
-        card(tr("Consumption"), f"{k['consumption_kwh']:,.0f} kWh"),
-        card(tr("Production"), f"{k['production_kwh']:,.0f} kWh"),
+        card(tr("Consumption"), kwh(k["consumption_kwh"])),
+        card(tr("Production"), kwh(k["production_kwh"])),
         card(tr("Self-sufficiency"), pct(k["self_sufficiency"])),
         card(tr("Self-consumption"), pct(k["self_consumption"])),
-        card(tr("Grid import / export"), f"{k['grid_import_kwh']:,.0f} / {k['grid_export_kwh']:,.0f} kWh"),
-        card(tr("Community balance"), f"{k['balance_chf']:,.2f} CHF"),
+        card(tr("Grid import / export"), f"{number(k['grid_import_kwh'], 0)} / {kwh(k['grid_export_kwh'])}"),
+        card(tr("Community balance"), f"CHF {chf(k['balance_chf'])}"),
+        card(tr("Saved against the grid alone"), f"CHF {chf(k['savings_chf'])}"),
     ], className="mb-3 g-2")

@@ -3,6 +3,7 @@ callbacks call these, tests and benchmarks call them directly."""
 from __future__ import annotations
 
 from datetime import date, datetime
+from decimal import ROUND_HALF_UP, Decimal
 
 import dash_bootstrap_components as dbc
 import pandas as pd
@@ -13,7 +14,7 @@ import analytics
 from billing.settlement import SettlementError, invoice_rows, period_of
 from components.charts import energy_figure, grid_figures, price_figure, value_figure
 from components.controls import kpi_cards
-from i18n import LOCALES, N_, language, tr
+from i18n import LOCALES, N_, chf, language, number, tr
 from ingest.csv_files import parse_timestamp
 from ingest.readings import ReadingError
 from pricing.tariffs import Tariff, TariffError, tariff_errors
@@ -36,6 +37,40 @@ class Later:
         return f"Later({self.msgid!r}, {self.values!r})"
 
 
+CENT = Decimal("0.01")
+
+
+def chf_of_ct(ct) -> Decimal:
+    """Centimes (the ledger's and the CSV's unit) as CHF, rounded to the centime as the invoices are."""
+    return (Decimal(str(ct)) / 100).quantize(CENT, ROUND_HALF_UP)
+
+
+def net_text(net_chf) -> str:
+    """An invoice's net seen from its house (a positive net is a credit to the house)."""
+    net = Decimal(str(net_chf))
+    return tr("owes CHF {amount}", amount=chf(-net)) if net < 0 else tr("is owed CHF {amount}", amount=chf(net))
+
+
+def grid_money(row: dict, amounts: dict) -> dict:
+    """``row`` for an AG Grid whose money columns are ``controls.MONEY_COLUMN``: each field of
+    ``amounts`` (field -> CHF amount or None) becomes the amount as a number (the grid sorts and
+    filters by it) and its text under ``shown`` (what the grid shows: ``net_text`` for the fields
+    named ``NET_FIELDS``, else the amount in the language's number format)."""
+    out = {**row, "shown": dict(row.get("shown", {}))}
+    for field, amount in amounts.items():
+        if amount is None or amount == "":
+            out[field], out["shown"][field] = None, ""
+            continue
+        value = Decimal(str(amount)).quantize(CENT, ROUND_HALF_UP)
+        out[field] = float(value)
+        out["shown"][field] = net_text(value) if field in NET_FIELDS else chf(value)
+    return out
+
+
+# the grids' columns that show an invoice's net as "owes CHF x" / "is owed CHF x"
+NET_FIELDS = {"net_amount_chf", "net"}
+
+
 def page_range(community, range_name: str, bucket: str | None, first_day, last_day,
                now: pd.Timestamp) -> analytics.Range:
     """The range of a page's controls; an incomplete or wrong custom range leaves the page as it is
@@ -56,20 +91,20 @@ def grid_view(community, rng: analytics.Range):
 
 
 def house_view(community, house_id: str, rng: analytics.Range, now: pd.Timestamp):
-    """(energy figure, value figure, draft invoice card, live power card) of one house."""
+    """(energy figure, value figure, KPI cards with the draft invoice card, live power card) of one house."""
     flows = analytics.house_flows(community, house_id, rng)
     s = community.settle(period_of(now, community.tz, community.cfg.community.billing_period), allow_incomplete=True)
     inv = next((i for i in s.invoices if i["house_id"] == house_id), None)
-    return (energy_figure(flows, house=True), value_figure(flows), draft_invoice_card(inv),
-            live_power_card(community, house_id, now))
+    return (energy_figure(flows, house=True), value_figure(flows),
+            html.Div([kpi_cards(analytics.kpis(flows)), draft_invoice_card(inv)]), live_power_card(community, house_id, now))
 
 
 def draft_invoice_card(invoice: dict | None):
     if invoice is None:
         return dbc.Alert(tr("No invoice for this house in the current period."), color="secondary")
     net = float(invoice["net_amount_chf"])
-    values = dict(imported=invoice["energy_imported_kwh"], exported=invoice["energy_exported_kwh"],
-                  amount=f"{abs(net):,.2f}")
+    values = dict(imported=number(invoice["energy_imported_kwh"]), exported=number(invoice["energy_exported_kwh"]),
+                  amount=chf(abs(Decimal(str(invoice["net_amount_chf"])))))
     text = (tr("bought {imported} kWh, delivered {exported} kWh; credit to you {amount} CHF", **values) if net >= 0
             else tr("bought {imported} kWh, delivered {exported} kWh; amount due {amount} CHF", **values))
     return dbc.Alert([html.Strong(tr("Current period {period} (draft): ", period=invoice["period_start"][:7])),
@@ -131,16 +166,19 @@ def settlement_view(c, period: str, base: str = "/"):
     link = lambda doc_id: f"[PDF]({base}api/invoices/{doc_id}.pdf)"
     rows = []
     for r in invoice_rows(s.invoices):
-        row = {k: (str(v) if v is not None else "") for k, v in r.items()}
+        row = grid_money({k: (str(v) if v is not None else "") for k, v in r.items()},
+                         {"import_cost_chf": chf_of_ct(r["import_cost_ct"]),
+                          "export_revenue_chf": chf_of_ct(r["export_revenue_ct"]), "net_amount_chf": r["net_amount_chf"]})
         row["download"] = f"{link(r['invoice_id'])} · [CSV]({base}api/invoices/{r['invoice_id']}.csv)"
         row["mail"] = _mail_text(mails.get(r["invoice_id"]))
         rows.append(row)
     if s.status == "closed":
         for n in c.ledger.credit_notes(period):
-            rows.append({"invoice_id": n["credit_note_id"],
-                         "status": tr("credit note for {invoice}", invoice=n["invoice_id"]),
-                         "net_amount_chf": n["net_amount_chf"], "flags": n["reason"],
-                         "download": link(n["credit_note_id"]), "mail": _mail_text(mails.get(n["credit_note_id"]))})
+            rows.append(grid_money({"invoice_id": n["credit_note_id"],
+                                    "status": tr("credit note for {invoice}", invoice=n["invoice_id"]),
+                                    "flags": n["reason"], "download": link(n["credit_note_id"]),
+                                    "mail": _mail_text(mails.get(n["credit_note_id"]))},
+                                   {"net_amount_chf": n["net_amount_chf"]}))
     over = s.period.end <= pd.Timestamp(c.clock())
     closable = s.status != "closed" and over and not s.missing
     notes = invoice_setup_notes(c.cfg)
@@ -168,13 +206,11 @@ def leg_margin_text(c, invoices: list[dict]) -> str | None:
     their LEG shares minus the producers' credits (p_con - p_pv per kWh exchanged); None otherwise."""
     if c.cfg.pricing.mode != "leg" or not invoices:
         return None
-    from decimal import Decimal
     paid = sum((Decimal(str(i["import_cost_ct"])) for i in invoices), Decimal("0"))
     credited = sum((Decimal(str(i["export_revenue_ct"])) for i in invoices), Decimal("0"))
-    margin_chf = ((paid - credited) / 100).quantize(Decimal("0.01"))
     return tr("Community margin: CHF {margin} (members pay CHF {paid} for their LEG shares, producers are "
-              "credited CHF {credited}).", margin=margin_chf, paid=(paid / 100).quantize(Decimal("0.01")),
-              credited=(credited / 100).quantize(Decimal("0.01")))
+              "credited CHF {credited}).", margin=chf(chf_of_ct(paid - credited)), paid=chf(chf_of_ct(paid)),
+              credited=chf(chf_of_ct(credited)))
 
 
 def invoice_setup_notes(cfg) -> list[str]:
@@ -317,6 +353,13 @@ def payments_view(c) -> tuple[list[dict], list[dict]]:
     return late, items
 
 
+def payment_grids(c) -> tuple[list[dict], list[dict]]:
+    """``payments_view`` as the settlement page's grids show it (amounts in CHF, see ``grid_money``)."""
+    late, items = payments_view(c)
+    return ([grid_money(x, {"amount_due_chf": x["amount_due_chf"], "paid_chf": x["paid_chf"]}) for x in late],
+            [grid_money(t, {"amount_chf": t.get("amount_chf")}) for t in items])
+
+
 def assign_payment(c, selected: list[dict] | None, invoice_id: str | None, by: str = "web"):
     """Assign the selected bank transaction to the invoice a manager typed: an alert."""
     from storage.ledger import LedgerError
@@ -450,10 +493,7 @@ def statement_links(c, houses, base: str):
 
 
 def _my_row(inv: dict, names: dict, base: str) -> dict:
-    net = float(inv["net_amount_chf"])
-    amount = f"{abs(net):,.2f}"
-    return {"period": inv["period_start"][:7], "invoice_id": inv["invoice_id"],
-            "house": names.get(inv["house_id"], inv["house_id"]), "status": inv["status"],
-            "net": tr("{amount} CHF credit to you", amount=amount) if net >= 0
-            else tr("{amount} CHF amount due", amount=amount),
-            "download": f"[PDF]({base}api/invoices/{inv['invoice_id']}.pdf)"}
+    return grid_money({"period": inv["period_start"][:7], "invoice_id": inv["invoice_id"],
+                       "house": names.get(inv["house_id"], inv["house_id"]), "status": inv["status"],
+                       "download": f"[PDF]({base}api/invoices/{inv['invoice_id']}.pdf)"},
+                      {"net": inv["net_amount_chf"]})

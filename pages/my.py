@@ -7,6 +7,7 @@ from dash import html
 
 from auth.principal import visible_houses
 from auth.web import current_principal
+from components.controls import FITTED_GRID, MONEY_COLUMN, WRAPPED_COLUMN
 from components.views import my_invoice_rows, statement_links
 from i18n import N_, tr
 from web import current
@@ -23,13 +24,15 @@ def layout(**_):
         html.P([(tr("Your houses:") if len(houses) > 1 else tr("Your house:")) + " "]
                + [html.A(h.name, href=f"{base}houses/{h.house_id}", className="me-3") for h in houses]),
         dag.AgGrid(id="my-invoices", rowData=my_invoice_rows(c, [h.house_id for h in houses], base),
-                   columnDefs=[{"field": "period", "headerName": tr("Period")},
-                               {"field": "invoice_id", "headerName": tr("Invoice")},
-                               {"field": "house", "headerName": tr("House")},
+                   columnDefs=[{"field": "download", "headerName": tr("Download"), "cellRenderer": "markdown",
+                                "sortable": False},
+                               {"field": "period", "headerName": tr("Period")},
+                               {"field": "invoice_id", "headerName": tr("Invoice"), "minWidth": 130, **WRAPPED_COLUMN},
+                               {"field": "house", "headerName": tr("House"), **WRAPPED_COLUMN},
                                {"field": "status", "headerName": tr("Status")},
-                               {"field": "net", "headerName": tr("Amount")},
-                               {"field": "download", "headerName": tr("Download"), "cellRenderer": "markdown"}],
-                   columnSize="autoSize", style={"height": "420px"}),
+                               {"field": "net", "headerName": tr("Amount"), "minWidth": 130, **MONEY_COLUMN,
+                                **WRAPPED_COLUMN}],
+                   **FITTED_GRID, style={"height": "420px"}),
         dbc.FormText(tr("Drafts change until their month is settled; issued invoices never change (a correction "
                         "comes as a credit note).")),
         html.H5(tr("Annual statements"), className="mt-4"),

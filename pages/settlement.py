@@ -6,7 +6,8 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from billing.mail import configured as mail_configured
-from components.views import (assign_payment, close_job, invoice_action, job_progress, mail_job, payments_view,
+from components.controls import FITTED_GRID, MONEY_COLUMN, WRAPPED_COLUMN
+from components.views import (assign_payment, close_job, invoice_action, job_progress, mail_job, payment_grids,
                               period_rows, settlement_view, upload_bank_files)
 from auth.web import actor, page_denied
 from i18n import N_, tr
@@ -14,12 +15,17 @@ from web import current
 
 dash.register_page(__name__, path="/settlement", name=N_("Settlement"), order=4)
 
-INVOICE_COLUMNS = [("invoice_id", N_("Invoice")), ("house_id", N_("House")), ("house_name", N_("Name")),
-                   ("energy_imported_kwh", N_("Bought kWh")), ("energy_exported_kwh", N_("Delivered kWh")),
-                   ("import_cost_ct", N_("Cost ct")), ("export_revenue_ct", N_("Credit ct")),
-                   ("net_amount_chf", N_("Net CHF")), ("status", N_("Status")),
-                   ("missing_intervals", N_("Missing intervals")), ("flags", N_("Flags")),
-                   ("download", N_("Download")), ("mail", N_("E-mail"))]
+# the documents first: on a narrow screen they stay in sight, the other columns scroll in the grid
+INVOICE_COLUMNS = [("download", N_("Download")), ("invoice_id", N_("Invoice")), ("house_name", N_("House")),
+                   ("net_amount_chf", N_("Net")), ("import_cost_chf", N_("Cost CHF")),
+                   ("export_revenue_chf", N_("Credit CHF")), ("energy_imported_kwh", N_("Bought kWh")),
+                   ("energy_exported_kwh", N_("Delivered kWh")), ("status", N_("Status")),
+                   ("missing_intervals", N_("Missing intervals")), ("flags", N_("Flags")), ("mail", N_("E-mail"))]
+INVOICE_GRID = dict(download={"cellRenderer": "markdown", "minWidth": 110, "sortable": False},
+                    invoice_id={"minWidth": 130, **WRAPPED_COLUMN}, house_name=WRAPPED_COLUMN,
+                    net_amount_chf={**MONEY_COLUMN, **WRAPPED_COLUMN, "minWidth": 130},
+                    import_cost_chf=MONEY_COLUMN, export_revenue_chf=MONEY_COLUMN, status=WRAPPED_COLUMN,
+                    flags=WRAPPED_COLUMN, mail={**WRAPPED_COLUMN, "minWidth": 130})
 OVERDUE_COLUMNS = [("invoice_id", N_("Invoice")), ("house_id", N_("House")), ("house_name", N_("Name")),
                    ("due_on", N_("Due on")), ("amount_due_chf", N_("Amount due CHF")), ("paid_chf", N_("Paid CHF")),
                    ("status", N_("Status"))]
@@ -62,7 +68,7 @@ def layout(**_):
         dbc.Row([
             dbc.Col([dbc.Label(tr("Period")), dcc.Dropdown(id="settle-period", options=opts, value=default,
                                                        clearable=False)], md=3),
-            dbc.Col(dbc.ButtonGroup([
+            dbc.Col(dbc.ButtonGroup(className="flex-wrap", children=[
                 html.A(dbc.Button(tr("Download CSV"), color="secondary"), id="settle-csv", href=""),
                 html.A(dbc.Button(tr("Download all (ZIP)"), color="secondary"), id="settle-zip", href=""),
                 dbc.Button(tr("Close period…"), id="settle-close", color="danger"),
@@ -73,13 +79,13 @@ def layout(**_):
                      style={"display": "none"}),
         html.Div(id="settle-job-message"),
         dcc.Store(id="settle-job"), dcc.Interval(id="settle-poll", interval=500, disabled=True),
-        dag.AgGrid(id="settle-grid", columnDefs=columns(INVOICE_COLUMNS, download={"cellRenderer": "markdown"}),
-                   columnSize="autoSize", style={"height": "420px"}, getRowId="params.data.invoice_id",
+        dag.AgGrid(id="settle-grid", columnDefs=columns(INVOICE_COLUMNS, **INVOICE_GRID), **FITTED_GRID,
+                   style={"height": "420px"}, getRowId="params.data.invoice_id",
                    dashGridOptions={"rowSelection": {"mode": "singleRow"}}),
         dbc.Row([
             dbc.Col(dbc.Input(id="settle-reason", placeholder=tr("Note or reason (required to cancel)"), maxLength=200),
                     md=4),
-            dbc.Col(dbc.ButtonGroup([
+            dbc.Col(dbc.ButtonGroup(className="flex-wrap", children=[
                 dbc.Button(tr("Mark paid"), id="settle-paid", color="success", outline=True),
                 dbc.Button(tr("Cancel with a credit note"), id="settle-cancel-invoice", color="danger", outline=True),
                 dbc.Button(tr("Release interrupted e-mail"), id="settle-release", color="secondary", outline=True),
@@ -94,7 +100,7 @@ def layout(**_):
             dbc.Col(dcc.Upload(id="settle-camt", multiple=True, accept=".xml,application/xml,text/xml",
                                children=html.Div(upload_text()),
                                className="border border-secondary rounded p-3 text-center"), md=6),
-            dbc.Col([dbc.ButtonGroup([
+            dbc.Col([dbc.ButtonGroup(className="flex-wrap", children=[
                 html.A(dbc.Button(tr("Payouts (CSV)"), color="secondary"), id="settle-payouts-csv", href=""),
                 html.A(dbc.Button(tr("Payouts for the bank (pain.001)"), color="secondary"), id="settle-payouts-xml",
                        href=""),
@@ -103,11 +109,13 @@ def layout(**_):
         ]),
         dcc.Loading(html.Div(id="settle-camt-result", className="mt-2")),
         html.H6(tr("Overdue invoices"), className="mt-3"),
-        dag.AgGrid(id="settle-overdue", columnDefs=columns(OVERDUE_COLUMNS),
-                   columnSize="autoSize", style={"height": "220px"}),
+        dag.AgGrid(id="settle-overdue", columnDefs=columns(OVERDUE_COLUMNS, amount_due_chf=MONEY_COLUMN,
+                                                           paid_chf=MONEY_COLUMN),
+                   **FITTED_GRID, style={"height": "220px"}),
         html.H6(tr("Bank transactions to assign by hand"), className="mt-3"),
-        dag.AgGrid(id="settle-open", columnDefs=columns(OPEN_COLUMNS),
-                   columnSize="autoSize", style={"height": "220px"}, getRowId="params.data.tx_id",
+        dag.AgGrid(id="settle-open", columnDefs=columns(OPEN_COLUMNS, amount_chf=MONEY_COLUMN, debtor=WRAPPED_COLUMN,
+                                                        what=WRAPPED_COLUMN),
+                   **FITTED_GRID, style={"height": "220px"}, getRowId="params.data.tx_id",
                    dashGridOptions={"rowSelection": {"mode": "singleRow"}}),
         dbc.Row([
             dbc.Col(dbc.Input(id="settle-assign-invoice", placeholder=tr("Invoice it pays, e.g. INV-2026-004"),
@@ -200,4 +208,4 @@ def _assign(_n, selected, invoice_id):
           Input("settle-camt-result", "children"), Input("settle-assign-result", "children"),
           Input("settle-action-result", "children"))
 def _payments(*_):
-    return payments_view(current().community)
+    return payment_grids(current().community)
