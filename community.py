@@ -137,6 +137,18 @@ class Community:
         values = self.sdat.values(period.start, period.end, list(point_house))
         return leg_extras(values, point_house, self.cfg.leg.grid_fee_reduction, self.cfg.leg.grid_fee_ct_per_kwh)
 
+    def leg_reconciliation(self, period):
+        """For a LEG billed from the grid operator's data: the period's LEG shares reconciled per
+        quarter hour (billing/leg.py ``leg_balance``) up to now; None in the other modes."""
+        from billing.leg import leg_balance
+        if not self.sdat_billed():
+            return None
+        end = min(pd.Timestamp(period.end), pd.Timestamp(self.clock()).floor(f"{self.interval_s}s"))
+        starts = pd.date_range(pd.Timestamp(period.start).tz_convert("UTC"), end.tz_convert("UTC"),
+                               freq=f"{self.interval_s}s", inclusive="left")
+        points = list(self.point_houses())
+        return leg_balance(self.sdat.values(period.start, period.end, points), points, starts)
+
     # -- registry ------------------------------------------------------------------------------
     def houses(self) -> list[House]:
         return self.ledger.houses()

@@ -16,6 +16,7 @@ the invoice shows the member what it saves: LEG share consumed × ``leg.grid_fee
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
@@ -25,6 +26,10 @@ from billing.intervals import ESTIMATED
 from storage.timeseries import INTERVAL_COLUMNS
 
 _KWH = Decimal("0.001")
+# Per quarter hour the LEG shares consumed equal the LEG shares produced up to the DSO's rounding:
+# half a unit of the third decimal per value, at least 0.001 kWh.
+BALANCE_TOLERANCE_PER_VALUE_KWH = 0.0005
+BALANCE_TOLERANCE_MIN_KWH = 0.001
 _CT = Decimal("0.01")
 
 
@@ -68,6 +73,47 @@ def leg_extras(values: pd.DataFrame, point_house: dict[str, str], reduction: flo
             "grid_share_consumed_kwh": Decimal(repr(total("grid", "consumption"))).quantize(_KWH, ROUND_HALF_UP),
             "grid_share_fed_in_kwh": Decimal(repr(total("grid", "production"))).quantize(_KWH, ROUND_HALF_UP),
             "grid_fee_saving_ct": saving.quantize(_CT, ROUND_HALF_UP),
-            "estimated_values": int(mine["condition"].notna().sum()),
+            # quarter hours whose LEG share the DSO estimated (what the invoice bills), not every product's row
+            "estimated_values": int(mine.loc[(mine["product"] == "leg") & mine["condition"].notna(), "start"].nunique()),
         }
     return out
+
+
+@dataclass
+class LegBalance:
+    """The reconciliation of a period's LEG shares (see ``leg_balance``)."""
+    quarter_hours: int                                   # quarter hours of the period (so far)
+    unbalanced: pd.DataFrame                             # start, consumed_kwh, produced_kwh, difference_kwh
+    missing: dict[str, int] = field(default_factory=dict)   # metering point -> quarter hours without LEG share
+    estimated: int = 0                                   # quarter hours with an estimated LEG share
+
+    @property
+    def balanced(self) -> bool:
+        return self.unbalanced.empty
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
+def leg_balance(values: pd.DataFrame, points: list[str], starts: pd.DatetimeIndex) -> LegBalance:
+    """Reconcile the LEG shares of ``points`` over the quarter hours ``starts`` (UTC): inside a LEG
+    every kWh one member takes from the community another feeds in, so per quarter hour the LEG
+    shares consumed must equal those produced (within the DSO's rounding, see the tolerance above).
+    Also counts, per metering point, the quarter hours the DSO sent no LEG share for, and the
+    quarter hours with an estimated one (``Condition`` set). ``values``: SdatStore.values rows."""
+    leg = values[(values["product"] == "leg") & values["metering_point"].isin(points)
+                 & values["start"].isin(starts)]
+    consumed = leg["volume_kwh"].where(leg["direction"] == "consumption", 0.0)
+    produced = leg["volume_kwh"].where(leg["direction"] == "production", 0.0)
+    per_qh = pd.DataFrame({"start": leg["start"], "consumed_kwh": consumed, "produced_kwh": produced,
+                           "n": 1}).groupby("start", as_index=False).sum()
+    per_qh["difference_kwh"] = per_qh["consumed_kwh"] - per_qh["produced_kwh"]
+    tolerance = (per_qh["n"] * BALANCE_TOLERANCE_PER_VALUE_KWH).clip(lower=BALANCE_TOLERANCE_MIN_KWH)
+    off = per_qh[per_qh["difference_kwh"].abs() > tolerance + 1e-9]
+    unbalanced = off[["start", "consumed_kwh", "produced_kwh", "difference_kwh"]].round(
+        {"consumed_kwh": 3, "produced_kwh": 3, "difference_kwh": 3}).reset_index(drop=True)
+    seen = leg.groupby("metering_point")["start"].nunique()
+    missing = {p: int(len(starts) - seen.get(p, 0)) for p in points if len(starts) - seen.get(p, 0) > 0}
+    estimated = int(leg.loc[leg["condition"].notna(), "start"].nunique())
+    return LegBalance(len(starts), unbalanced, missing, estimated)

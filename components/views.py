@@ -12,7 +12,7 @@ from dash.exceptions import PreventUpdate
 
 import analytics
 from billing.settlement import SettlementError, invoice_rows, period_of
-from components.charts import energy_figure, grid_figures, price_figure, value_figure
+from components.charts import energy_figure, grid_figures, price_figure, share_figure, value_figure
 from components.controls import kpi_cards
 from i18n import LOCALES, N_, chf, language, number, tr
 from ingest.csv_files import parse_timestamp
@@ -82,21 +82,44 @@ def page_range(community, range_name: str, bucket: str | None, first_day, last_d
 
 
 def community_view(community, rng: analytics.Range):
+    """(KPI cards, energy, value and price figures, the LEG/grid shares of a LEG billed from the
+    grid operator's data)."""
     flows = analytics.community_flows(community, rng)
-    return kpi_cards(analytics.kpis(flows)), energy_figure(flows), value_figure(flows), price_figure(flows)
+    return (kpi_cards(analytics.kpis(flows)), energy_figure(flows), value_figure(flows), price_figure(flows),
+            share_section(analytics.share_flows(community, rng)))
 
 
 def grid_view(community, rng: analytics.Range):
-    return grid_figures(analytics.community_flows(community, rng))
+    """(grid energy and value figures, the LEG/grid shares): in a LEG billed from the grid
+    operator's data the grid share is what the members exchange with the grid."""
+    return (*grid_figures(analytics.community_flows(community, rng)),
+            share_section(analytics.share_flows(community, rng)))
+
+
+def share_section(shares) -> list:
+    """The LEG share and grid share figure with its totals; nothing outside pricing.mode leg."""
+    if shares is None:
+        return []
+    from dash import dcc
+    k = analytics.share_kpis(shares)
+    pct = tr("n/a") if k["leg_share_of_consumption"] is None else f"{k['leg_share_of_consumption']:.0%}"
+    text = tr("From the grid operator's data: LEG share consumed {leg_con} kWh, grid share consumed {grid_con} kWh "
+              "(LEG share of the consumption {pct}); LEG share produced {leg_pro} kWh, grid share fed in "
+              "{grid_fed} kWh. The grid operator bills the grid share itself.",
+              leg_con=number(k["leg_consumed_kwh"], 1), grid_con=number(k["grid_consumed_kwh"], 1), pct=pct,
+              leg_pro=number(k["leg_produced_kwh"], 1), grid_fed=number(k["grid_fed_in_kwh"], 1))
+    return [dbc.Alert(text, color="light", className="small py-2 mb-1"), dcc.Graph(figure=share_figure(shares))]
 
 
 def house_view(community, house_id: str, rng: analytics.Range, now: pd.Timestamp):
-    """(energy figure, value figure, KPI cards with the draft invoice card, live power card) of one house."""
+    """(energy figure, value figure, KPI cards with the draft invoice card, live power card, LEG/grid
+    shares) of one house."""
     flows = analytics.house_flows(community, house_id, rng)
     s = community.settle(period_of(now, community.tz, community.cfg.community.billing_period), allow_incomplete=True)
     inv = next((i for i in s.invoices if i["house_id"] == house_id), None)
     return (energy_figure(flows, house=True), value_figure(flows),
-            html.Div([kpi_cards(analytics.kpis(flows)), draft_invoice_card(inv)]), live_power_card(community, house_id, now))
+            html.Div([kpi_cards(analytics.kpis(flows)), draft_invoice_card(inv)]), live_power_card(community, house_id, now),
+            share_section(analytics.share_flows(community, rng, house_id)))
 
 
 def draft_invoice_card(invoice: dict | None):
@@ -196,9 +219,71 @@ def settlement_view(c, period: str, base: str = "/"):
     margin = leg_margin_text(c, s.invoices)
     if margin:
         notes = [margin] + notes
-    if notes:
-        alert = html.Div([alert] + [dbc.Alert(n, color="secondary", className="small py-2") for n in notes])
+    warnings = [] if s.status == "closed" else [dbc.Alert(text, color=color, className="small py-2")
+                                                for text, color in leg_balance_notes(c, c.leg_reconciliation(s.period))]
+    if notes or warnings:
+        alert = html.Div([alert] + warnings + [dbc.Alert(n, color="secondary", className="small py-2") for n in notes])
     return alert, rows, closable
+
+
+def leg_balance_notes(c, b) -> list[tuple[str, str]]:
+    """(text, colour) of what the reconciliation ``b`` of a LEG's shares in a period finds
+    (``Community.leg_reconciliation``, billing/leg.py):
+    quarter hours where the LEG shares consumed and produced differ, metering points the grid
+    operator sent no LEG share for, estimated quarter hours. Empty in the other modes, and when
+    everything balances."""
+    if b is None:
+        return []
+    out = []
+    if not b.balanced:
+        first = b.unbalanced.iloc[0]
+        out.append((tr("The LEG shares do not balance in {n} quarter hour(s) (first {start}: consumed {consumed} kWh, "
+                       "produced {produced} kWh). Ask the grid operator for a corrected delivery before closing.",
+                       n=len(b.unbalanced), start=local_time(c, first["start"]), consumed=number(first["consumed_kwh"], 3),
+                       produced=number(first["produced_kwh"], 3)), "warning"))
+    if b.missing:
+        points = ", ".join(f"{p} ({n})" for p, n in sorted(b.missing.items()))
+        out.append((tr("No LEG share from the grid operator for these metering points (quarter hours): {points}",
+                       points=points), "warning"))
+    if b.estimated:
+        out.append((tr("The grid operator estimated the LEG shares of {n} quarter hour(s); a later delivery may "
+                       "revise them.", n=b.estimated), "secondary"))
+    return out
+
+
+def leg_balance_rows(c, b) -> list[dict]:
+    """The data quality page's table of the unbalanced quarter hours of ``b`` (local time), at most 500."""
+    if b is None:
+        return []
+    return [{"start": local_time(c, r.start), "consumed_kwh": round(r.consumed_kwh, 3),
+             "produced_kwh": round(r.produced_kwh, 3), "difference_kwh": round(r.difference_kwh, 3)}
+            for r in b.unbalanced.head(500).itertuples()]
+
+
+LEG_COLUMNS = [("start", N_("Quarter hour")), ("consumed_kwh", N_("LEG share consumed kWh")),
+               ("produced_kwh", N_("LEG share produced kWh")), ("difference_kwh", N_("Difference kWh"))]
+
+
+def leg_section(c, period) -> list:
+    """The data quality page's part for a LEG billed from the grid operator's data: the
+    reconciliation of its LEG shares (notes, and the unbalanced quarter hours); empty otherwise."""
+    import dash_ag_grid as dag
+    b = c.leg_reconciliation(period)
+    if b is None:
+        return []
+    notes = leg_balance_notes(c, b) or [(tr("The LEG shares balance in every quarter hour."), "success")]
+    out = [html.H5(tr("LEG shares from the grid operator"), className="mt-3")]
+    out += [dbc.Alert(text, color=color) for text, color in notes]
+    rows = leg_balance_rows(c, b)
+    if rows:
+        out.append(dag.AgGrid(id="quality-leg-unbalanced", rowData=rows, columnSize="sizeToFit",
+                              columnDefs=[{"field": f, "headerName": tr(h)} for f, h in LEG_COLUMNS],
+                              style={"height": "240px"}))
+    return out
+
+
+def local_time(c, ts) -> str:
+    return pd.Timestamp(ts).tz_convert(c.tz).strftime("%Y-%m-%d %H:%M")
 
 
 def leg_margin_text(c, invoices: list[dict]) -> str | None:

@@ -165,6 +165,18 @@ TEXTS: dict[str, dict[str, str]] = {
         "it": "{n} intervalli di misura di questo periodo sono stimati (valori mancanti sono stati completati con i valori vicini).",
         "en": "{n} metering intervals in this period are estimated (missing readings were filled in from their neighbours).",
     },
+    "note_estimated_dso_1": {
+        "de": "1 Viertelstunde dieser Periode beruht auf einem vom Netzbetreiber geschätzten Wert; eine spätere Lieferung kann ihn korrigieren.",
+        "fr": "1 quart d’heure de cette période repose sur une valeur estimée par le gestionnaire de réseau ; une livraison ultérieure peut la corriger.",
+        "it": "1 quarto d’ora di questo periodo si basa su un valore stimato dal gestore di rete; una fornitura successiva può correggerlo.",
+        "en": "1 quarter hour of this period is a value the grid operator estimated; a later delivery may revise it.",
+    },
+    "note_estimated_dso_n": {
+        "de": "{n} Viertelstunden dieser Periode beruhen auf vom Netzbetreiber geschätzten Werten; eine spätere Lieferung kann sie korrigieren.",
+        "fr": "{n} quarts d’heure de cette période reposent sur des valeurs estimées par le gestionnaire de réseau ; une livraison ultérieure peut les corriger.",
+        "it": "{n} quarti d’ora di questo periodo si basano su valori stimati dal gestore di rete; una fornitura successiva può correggerli.",
+        "en": "{n} quarter hours of this period are values the grid operator estimated; a later delivery may revise them.",
+    },
     "note_reset_1": {
         "de": "1 Messintervall enthält einen Neustart oder Wechsel des Zählers; gezählt wurde ab dem neuen Zählerstand.",
         "fr": "1 intervalle de mesure comprend une remise à zéro ou un changement de compteur ; le calcul reprend au nouveau relevé.",

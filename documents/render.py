@@ -389,7 +389,8 @@ def build_context(doc: InvoiceDocument) -> dict:
         payment_note = t["nothing_to_pay"]
 
     notes = []
-    for key, n in (("note_estimated", doc.estimated_intervals), ("note_reset", doc.reset_intervals),
+    estimated_key = "note_estimated_dso" if doc.leg else "note_estimated"     # the DSO's estimate, not a gap filled
+    for key, n in ((estimated_key, doc.estimated_intervals), ("note_reset", doc.reset_intervals),
                    ("note_missing", doc.missing_intervals)):
         if n and n > 0:
             notes.append(i18n.plural_text(key, int(n), lang))

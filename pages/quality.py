@@ -8,7 +8,7 @@ from dash import Input, Output, callback, dcc, html
 
 import monitoring
 from billing.settlement import parse_period
-from components.views import period_options
+from components.views import leg_section, period_options
 from auth.web import page_denied
 from i18n import N_, tr
 from web import current
@@ -41,6 +41,7 @@ def layout(**_):
                          dcc.Dropdown(id="quality-period", options=opts, value=opts[0]["value"], clearable=False)],
                         md=4), className="mb-3"),
         html.Div(id="quality-missing"),
+        html.Div(id="quality-leg"),
         dag.AgGrid(id="quality-houses", columnDefs=columns(HOUSE_COLUMNS), columnSize="sizeToFit",
                    style={"height": "240px"}),
         html.H5(tr("Quarantined readings (kept aside, not billed)"), className="mt-3"),
@@ -55,7 +56,7 @@ def layout(**_):
 
 @callback(Output("quality-houses", "rowData"), Output("quality-quarantine", "rowData"),
           Output("quality-missing", "children"), Output("quality-crosscheck", "rowData"),
-          Input("quality-period", "value"))
+          Output("quality-leg", "children"), Input("quality-period", "value"))
 def _update(period):
     c = current().community
     p = parse_period(period, c.tz)
@@ -66,4 +67,5 @@ def _update(period):
         missing = dbc.Alert(tr("Missing intervals: {houses}", houses=per_house), color="warning")
     else:
         missing = dbc.Alert(tr("No missing intervals."), color="success")
-    return q["houses"], q["quarantined"], missing, monitoring.total_crosscheck(c, p.start, p.end)
+    return q["houses"], q["quarantined"], missing, monitoring.total_crosscheck(c, p.start, p.end), leg_section(c, p)
+
