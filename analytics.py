@@ -162,6 +162,37 @@ def house_flows(community, house_id: str, rng: Range) -> pd.DataFrame:
     return _aggregate(df, fit_bucket(rng.start, rng.end, rng.bucket), community.tz)
 
 
+SHARE_COLUMNS = ["start", "leg_consumed_kwh", "grid_consumed_kwh", "leg_produced_kwh", "grid_fed_in_kwh"]
+
+
+def share_flows(community, rng: Range, house_id: str | None = None) -> pd.DataFrame | None:
+    """For a LEG billed from the grid operator's data (pricing.mode leg): per bucket the LEG share
+    and the grid share of the consumption and of the production (kWh) of the community or of one
+    house, as the DSO sent them; None in the other modes."""
+    if not community.sdat_billed():
+        return None
+    points = [p for p, h in community.point_houses().items() if house_id is None or h == house_id]
+    v = community.sdat.values(rng.start, rng.end, points)
+    v = v[v["product"].isin(["leg", "grid"])]
+    if v.empty:
+        return pd.DataFrame(columns=SHARE_COLUMNS)
+    consumption = v["direction"] == "consumption"
+    column = np.where(v["product"] == "leg", np.where(consumption, "leg_consumed_kwh", "leg_produced_kwh"),
+                      np.where(consumption, "grid_consumed_kwh", "grid_fed_in_kwh"))
+    df = pd.DataFrame({"bucket": _bucket_local(v["start"], fit_bucket(rng.start, rng.end, rng.bucket), community.tz),
+                       "column": column, "kwh": v["volume_kwh"].to_numpy()})
+    out = df.pivot_table(index="bucket", columns="column", values="kwh", aggfunc="sum", fill_value=0.0)
+    out = out.reindex(columns=SHARE_COLUMNS[1:], fill_value=0.0).reset_index().rename(columns={"bucket": "start"})
+    return out[SHARE_COLUMNS]
+
+
+def share_kpis(shares: pd.DataFrame) -> dict:
+    """Totals of ``share_flows`` and the LEG share of the consumption (0..1, None without any)."""
+    t = {c: float(shares[c].sum()) for c in SHARE_COLUMNS[1:]}
+    consumed = t["leg_consumed_kwh"] + t["grid_consumed_kwh"]
+    return {**t, "leg_share_of_consumption": t["leg_consumed_kwh"] / consumed if consumed > 0 else None}
+
+
 def kpis(flows: pd.DataFrame) -> dict:
     """Self-sufficiency, self-consumption, community balance (CHF), energy totals, and the savings
     against the grid alone (CHF): what the consumption would have cost at p_grid_con minus what it

@@ -6,6 +6,7 @@ import plotly.graph_objects as go
 from i18n import tr
 
 CONSUMPTION, PRODUCTION, GRID, PRICE = "#c0392b", "#f1c40f", "#7f8c8d", "#2c3e50"
+GRID_FED_IN = "#bdc3c7"
 
 
 def _layout(fig: go.Figure, title: str, unit: str) -> go.Figure:
@@ -55,3 +56,17 @@ def price_figure(flows, title: str | None = None) -> go.Figure:
     fig.add_scatter(x=flows["start"], y=flows["p_pv"], name=tr("p_pv (PV delivery)"), mode="lines",
                     line=dict(color=PRODUCTION, shape="hv"))
     return _layout(fig, tr("Price signal") if title is None else title, "ct/kWh")
+
+
+def share_figure(shares) -> go.Figure:
+    """A LEG's consumption (negative) and production (positive), each split into the LEG share and
+    the grid share the grid operator measured (kWh; analytics.share_flows)."""
+    fig = go.Figure()
+    fig.add_bar(x=shares["start"], y=-shares["leg_consumed_kwh"], name=tr("LEG share consumed"),
+                marker_color=CONSUMPTION)
+    fig.add_bar(x=shares["start"], y=-shares["grid_consumed_kwh"], name=tr("Grid share consumed"), marker_color=GRID)
+    fig.add_bar(x=shares["start"], y=shares["leg_produced_kwh"], name=tr("LEG share produced"),
+                marker_color=PRODUCTION)
+    fig.add_bar(x=shares["start"], y=shares["grid_fed_in_kwh"], name=tr("Grid share fed in"),
+                marker_color=GRID_FED_IN)
+    return _layout(fig, tr("LEG share and grid share"), "kWh")

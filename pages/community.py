@@ -20,12 +20,13 @@ def layout(**_):
         range_controls("community"),
         html.Div(id="community-kpis"),
         dcc.Graph(id="community-energy"), dcc.Graph(id="community-value"), dcc.Graph(id="community-price"),
+        html.Div(id="community-shares"),
     ])
 
 
 @callback(Output("community-kpis", "children"), Output("community-energy", "figure"),
           Output("community-value", "figure"), Output("community-price", "figure"),
-          *range_inputs("community"))
+          Output("community-shares", "children"), *range_inputs("community"))
 def _update(range_name, bucket, first_day, last_day, _n):
     c = current().community
     return community_view(c, page_range(c, range_name, bucket, first_day, last_day, pd.Timestamp.now(tz="UTC")))

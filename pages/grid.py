@@ -16,10 +16,10 @@ def layout(**_):
     if (denied := page_denied()) is not None:
         return denied
     return html.Div([html.H3(tr("Grid")), range_controls("grid"), dcc.Graph(id="grid-energy"),
-                     dcc.Graph(id="grid-value")])
+                     dcc.Graph(id="grid-value"), html.Div(id="grid-shares")])
 
 
-@callback(Output("grid-energy", "figure"), Output("grid-value", "figure"),
+@callback(Output("grid-energy", "figure"), Output("grid-value", "figure"), Output("grid-shares", "children"),
           *range_inputs("grid"))
 def _update(range_name, bucket, first_day, last_day, _n):
     c = current().community

@@ -17,7 +17,7 @@ dash.register_page(__name__, path_template="/houses/<house_id>", path="/houses/1
                    members=True)
 # members may run this page's callbacks (for their own houses only: checked in each)
 MEMBER_OUTPUTS = {"house-energy", "house-value", "house-invoice", "house-power",
-                  "house-dates-col", "house-range-error", "house-refresh", "house-live"}
+                  "house-dates-col", "house-range-error", "house-refresh", "house-live", "house-shares"}
 
 
 def layout(house_id=None, **_):
@@ -34,12 +34,12 @@ def layout(house_id=None, **_):
                         md=4), className="mb-2"),
         range_controls("house"),
         html.Div(id="house-power"), html.Div(id="house-invoice"), dcc.Graph(id="house-energy"),
-        dcc.Graph(id="house-value"),
+        dcc.Graph(id="house-value"), html.Div(id="house-shares"),
     ])
 
 
 @callback(Output("house-energy", "figure"), Output("house-value", "figure"), Output("house-invoice", "children"),
-          Output("house-power", "children"),
+          Output("house-power", "children"), Output("house-shares", "children"),
           Input("house-select", "value"), *range_inputs("house"))
 def _update(house_id, range_name, bucket, first_day, last_day, _n):
     c = current().community

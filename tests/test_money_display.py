@@ -109,7 +109,7 @@ def test_my_invoices_and_the_house_page_in_chf(community):  # noqa: F811
         card = str(draft_invoice_card(inv))
         now = pd.Timestamp("2026-02-20T12:00Z")
         rng = analytics.Range(pd.Timestamp("2026-01-31T23:00Z"), pd.Timestamp("2026-02-28T23:00Z"), "day")
-        _e, _v, invoice, _p = house_view(community, "1", rng, now)
+        _e, _v, invoice, _p, _s = house_view(community, "1", rng, now)
     assert "806.40" in card and "2’688.0 kWh" in card
     assert "Gespart gegenüber reinem Netzbezug" in str(invoice) and "CHF " in str(invoice)
     for r in rows:

@@ -146,7 +146,8 @@ def test_house_view_shows_live_power_and_the_draft(community):
     assert "drawing 1.25 kW, feeding in 0.00 kW" in card and "stale" not in card
     assert "stale" in str(live_power_card(community, "1", t + pd.Timedelta(hours=1)))
     rng = analytics.chosen_range("last_month", None, now, community.tz)
-    energy, value, invoice, power = house_view(community, "1", rng, now)
+    energy, value, invoice, power, shares = house_view(community, "1", rng, now)
+    assert shares == []                                  # LEG and grid shares only in pricing.mode leg
     assert "draft" in str(invoice) and "1.25 kW" in str(power)
 
 
