@@ -347,18 +347,24 @@ def _run_many(configs: dict, config_path, once: bool, debug: bool, no_ingest: bo
 def collect(config_path):
     """Run only the ingest (MQTT into the store), e.g. beside a separate web server."""
     from ingest.runtime import IngestRuntime
+    from ingest.connections import Connections
     community = _open(config_path, what="collecting")
-    if not community.cfg.mqtt.enabled:
+    cfg = community.cfg
+    polled = sorted(Connections(community, None).wanted())
+    if not cfg.mqtt.enabled and not cfg.sdat.inbox and not polled:
         community.close()
-        raise click.ClickException("mqtt.enabled is false: there is nothing to collect")
+        raise click.ClickException("there is nothing to collect: mqtt.enabled is false, sdat.inbox is not set and "
+                                   "no meter is polled or listened to (Loxone HTTP or UDP, Modbus)")
     if community.cfg.storage.backend == "influxdb" and community.cfg.influxdb.mode == "read_only":
         community.close()
         raise click.ClickException("influxdb.mode is read_only: another collector writes the data")
     runtime = IngestRuntime(community)
     try:
         runtime.start()
-        click.echo(f"collecting from {community.cfg.mqtt.broker}:{community.cfg.mqtt.port} "
-                   f"topic {community.cfg.mqtt.topic}; stop with SIGTERM")
+        sources = ([f"MQTT {cfg.mqtt.broker}:{cfg.mqtt.port} topic {cfg.mqtt.topic}"] if cfg.mqtt.enabled else []) \
+            + ([f"SDAT-CH inbox {cfg.sdat.inbox}"] if cfg.sdat.inbox else []) \
+            + ([f"{len(polled)} Loxone or Modbus connection(s)"] if polled else [])
+        click.echo(f"collecting from {', '.join(sources)}; stop with SIGTERM")
         _wait_for_signal(lambda: _print_status(runtime))
         click.echo("stopping: writing buffered readings")
     finally:
