@@ -46,14 +46,15 @@ def config_data(data_dir: Path) -> dict:
     }
 
 
-def daily_files(folder: Path, extra_point: bool = False) -> list[Path]:
-    """What the DSO sends for March: on day d a file of days d-4 ... d; day d estimated (half)."""
+def daily_files(folder: Path, extra_point: bool = False, month: int = 3) -> list[Path]:
+    """What the DSO sends for a month of 2026 (31 days: March or October): on day d a file of days
+    d-4 ... d; day d estimated (half)."""
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for d in range(1, 32):
         first = max(1, d - 4)
-        start, end = local_day(2026, 3, first, days=d - first + 1)
-        last_start, _ = local_day(2026, 3, d)
+        start, end = local_day(2026, month, first, days=d - first + 1)
+        last_start, _ = local_day(2026, month, d)
         n = int((end - start) / timedelta(minutes=15))
         k_est = int((last_start - start) / timedelta(minutes=15))
         points = {}
@@ -62,8 +63,8 @@ def daily_files(folder: Path, extra_point: bool = False) -> list[Path]:
                              [grid] * k_est + [grid / 2] * (n - k_est))
         if extra_point:
             points[UNKNOWN] = ("consumption", [0.5] * n, [0.0] * n)
-        creation = datetime(2026, 3, d, 5, 0, tzinfo=timezone.utc) + timedelta(days=1)
-        data = leg_document(f"DOC-{d:02d}", creation, start, end, points,
+        creation = datetime(2026, month, d, 5, 0, tzinfo=timezone.utc) + timedelta(days=1)
+        data = leg_document(f"DOC-{month:02d}-{d:02d}", creation, start, end, points,
                             conditions={s: "21" for s in range(k_est + 1, n + 1)})
         f = folder / f"{creation:%Y%m%d_%H%M%S}_12X-0000001216-O_E66_12X-LEGTESTCOM-T_{d:02d}.xml"
         f.write_bytes(data)
@@ -76,10 +77,10 @@ def run_cli(*args, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-def expected(point: str) -> tuple[Decimal, Decimal]:
-    """(LEG share, grid share) of a point over March: real values, the 31st estimated (half)."""
+def expected(point: str, quarter_hours: int = MARCH_QH) -> tuple[Decimal, Decimal]:
+    """(LEG share, grid share) of a point over the month: real values, the 31st estimated (half)."""
     _, leg, grid = SHARES[point]
-    real, est = MARCH_QH - 96, 96
+    real, est = quarter_hours - 96, 96
     q = Decimal("0.001")
     return (Decimal(repr(leg * real + leg / 2 * est)).quantize(q), Decimal(repr(grid * real + grid / 2 * est)).quantize(q))
 
@@ -241,3 +242,171 @@ def test_consumers_pay_p_con_and_the_margin_is_the_communitys(tmp_path):
     with pytest.raises(ConfigError, match="tariffs.p_con: must lie between"):
         parse_config({**data, "tariffs": {"p_pv": 15.0, "p_grid_del": 6.0, "p_grid_con": 30.0, "p_con": 10.0}},
                      source="test")
+
+
+OCTOBER_QH = 31 * 96 + 4                           # 2,980: the clocks go back on 25 October
+
+
+def test_october_shuffled_and_imported_twice_settles_to_hand_computed_figures(tmp_path):
+    """The autumn DST month (a 25-hour day of 100 quarter hours), the daily files imported in a
+    shuffled order and then again: the same figures as computed by hand, the LEG shares balanced,
+    the DSO's estimates counted per quarter hour and named as such on the invoice."""
+    from billing.invoice_documents import invoice_documents
+    from documents.render import render_html, render_pdf
+    files = daily_files(tmp_path / "sdat", month=10)
+    random.Random(25).shuffle(files)
+    c = Community.open(parse_config(config_data(tmp_path / "data"), source="test"))
+    try:
+        first = [c.import_sdat_file(f.name, f.read_bytes()) for f in files]
+        assert all(s.error is None and not s.refused for s in first)
+        again = [c.import_sdat_file(f.name, f.read_bytes()) for f in reversed(files)]
+        assert all(s.already_imported and s.inserted == s.updated == 0 for s in again)
+        s = c.settle("2026-10")
+        assert s.missing == {}
+        inv = {i["house_id"]: i for i in s.invoices}
+        leg1, grid1 = expected(C1, OCTOBER_QH)
+        leg3, grid3 = expected(P3, OCTOBER_QH)
+        assert leg1 == Decimal("293.200") and grid1 == Decimal("146.600")       # 2,884 x 0.1 + 96 x 0.05
+        assert inv["1"]["energy_imported_kwh"] == leg1 and inv["1"]["details"]["intervals"] == OCTOBER_QH
+        assert inv["1"]["import_cost_ct"] == Decimal("4398.00")                # 293.2 kWh x 15 ct
+        assert inv["2"]["energy_imported_kwh"] == expected(C2, OCTOBER_QH)[0] == Decimal("586.400")
+        assert inv["3"]["export_revenue_ct"] == (leg3 * 15).quantize(Decimal("0.01")) == Decimal("13194.00")
+        assert inv["1"]["details"]["leg"]["grid_fee_saving_ct"] == str((leg1 * 4).quantize(Decimal("0.01")))
+        assert inv["1"]["details"]["leg"]["estimated_values"] == 96               # the 31st, LEG share only
+        b = c.leg_reconciliation(s.period)
+        assert (b.quarter_hours, b.balanced, b.missing, b.estimated) == (OCTOBER_QH, True, {}, 96)
+        doc = next(d for d in invoice_documents(c, s) if d.house_id == "1")
+        html = render_html(doc)
+        assert "96 Viertelstunden dieser Periode beruhen auf vom Netzbetreiber geschätzten Werten" in html
+        assert "Nachbarwerten" not in html
+        assert render_pdf(doc)[:5] == b"%PDF-"
+    finally:
+        c.close()
+
+
+def test_unbalanced_and_missing_leg_shares_are_named_before_closing(tmp_path):
+    """One quarter hour where the producer's LEG share differs from what the consumers took, and a
+    consumer whose last day the DSO did not send: the reconciliation names both, the settlement
+    and data quality pages show them, and closing is refused while quarter hours are missing."""
+    from billing.settlement import SettlementError
+    from components.views import settlement_view
+    from components.views import leg_section
+    c = Community.open(parse_config(config_data(tmp_path / "data"), source="test"))
+    try:
+        start, end = local_day(2026, 3, 1, days=31)
+        to_30th = local_day(2026, 3, 1, days=30)[1]
+        n30 = int((to_30th - start) / timedelta(minutes=15))
+        produced = [0.3] * MARCH_QH
+        produced[99] = 0.35                                  # 2 March 00:45 local
+        doc = leg_document("DOC-A", datetime(2026, 4, 2, tzinfo=timezone.utc), start, end,
+                           {C1: ("consumption", [0.1] * MARCH_QH, [0.0] * MARCH_QH),
+                            P3: ("production", produced, [0.0] * MARCH_QH)})
+        doc_c2 = leg_document("DOC-B", datetime(2026, 4, 2, tzinfo=timezone.utc), start, to_30th,
+                              {C2: ("consumption", [0.2] * n30, [0.0] * n30)})
+        assert c.import_sdat_file("a.xml", doc).error is None and c.import_sdat_file("b.xml", doc_c2).error is None
+        period = c.settle("2026-03", allow_incomplete=True).period
+        b = c.leg_reconciliation(period)
+        assert b.missing == {C2: 96} and b.estimated == 0
+        assert len(b.unbalanced) == 97                       # the one quarter hour and the 96 without C2
+        first = b.unbalanced.iloc[0]
+        assert (first["consumed_kwh"], first["produced_kwh"], first["difference_kwh"]) == (0.3, 0.35, -0.05)
+        alert, _rows, closable = settlement_view(c, "2026-03")
+        text = str(alert)
+        assert "do not balance in 97 quarter hour(s) (first 2026-03-02 00:45: consumed 0.300 kWh" in text
+        assert f"{C2} (96)" in text and not closable
+        with pytest.raises(SettlementError, match="missing"):
+            c.settle("2026-03", close=True)
+        section = str(leg_section(c, period))
+        assert "2026-03-02 00:45" in section and "-0.05" in section
+    finally:
+        c.close()
+
+
+def test_a_balanced_leg_says_so_and_its_pages_show_leg_and_grid_shares(tmp_path):
+    import analytics
+    from components.views import community_view, grid_view, house_view, leg_section
+    data = config_data(tmp_path / "data")
+    c = Community.open(parse_config(data, source="test"))
+    try:
+        start, end = local_day(2026, 3, 1, days=31)
+        doc = leg_document("DOC-M", datetime(2026, 4, 2, tzinfo=timezone.utc), start, end,
+                           {p: (d, [leg] * MARCH_QH, [grid] * MARCH_QH) for p, (d, leg, grid) in SHARES.items()})
+        assert c.import_sdat_file("march.xml", doc).error is None
+        period = c.settle("2026-03").period
+        assert "The LEG shares balance in every quarter hour." in str(leg_section(c, period))
+        # the community, grid and house pages show the LEG share and the grid share by day
+        rng = analytics.Range(pd.Timestamp(start), pd.Timestamp(end), "day")
+        shares = analytics.share_flows(c, rng)
+        assert len(shares) == 31 and shares["start"].iloc[28].strftime("%Y-%m-%d %z") == "2026-03-29 +0100"
+        assert shares["leg_consumed_kwh"].iloc[28] == pytest.approx(0.3 * 92)           # the 23-hour day
+        k = analytics.share_kpis(shares)
+        assert k["leg_consumed_kwh"] == pytest.approx(0.3 * MARCH_QH)                   # 891.6
+        assert k["grid_consumed_kwh"] == pytest.approx(0.05 * MARCH_QH)                 # 148.6
+        assert k["grid_fed_in_kwh"] == pytest.approx(0.1 * MARCH_QH)                    # 297.2
+        assert k["leg_produced_kwh"] == pytest.approx(0.3 * MARCH_QH)
+        text = str(community_view(c, rng)[4])
+        assert "LEG share consumed 891.6 kWh, grid share consumed 148.6 kWh (LEG share of the consumption 86%)" in text
+        assert "grid share fed in 297.2 kWh" in str(grid_view(c, rng)[2])
+        house = analytics.share_kpis(analytics.share_flows(c, rng, "1"))
+        assert (round(house["leg_consumed_kwh"], 3), round(house["grid_consumed_kwh"], 3)) == (297.2, 148.6)
+        assert "LEG share of the consumption 67%" in str(house_view(c, "1", rng, pd.Timestamp(end))[4])
+    finally:
+        c.close()
+    data = config_data(tmp_path / "static")
+    data["pricing"] = {"mode": "static"}
+    c = Community.open(parse_config(data, source="test"))
+    try:
+        period = c.settle("2026-03", allow_incomplete=True).period
+        assert c.leg_reconciliation(period) is None and leg_section(c, period) == []
+        assert analytics.share_flows(c, analytics.Range(period.start, period.end, "day")) is None
+    finally:
+        c.close()
+
+
+def test_the_running_collector_imports_the_inbox_and_settles_march(tmp_path):
+    """``python app.py collect`` with ``sdat.inbox``: the daily files dropped in while it runs (in a
+    shuffled order, one of them twice, and a file that is not SDAT) are imported and moved; the
+    month then settles to the hand-computed figures."""
+    import os
+    import signal
+    import time
+    data = config_data(tmp_path / "data")
+    inbox = tmp_path / "inbox"
+    data["sdat"] = {"inbox": str(inbox), "poll_s": 1}
+    cfg_file = tmp_path / "config.yaml"
+    cfg_file.write_text(yaml.safe_dump(data))
+    files = daily_files(tmp_path / "staging")
+    random.Random(3).shuffle(files)
+    env = {k: v for k, v in os.environ.items() if k != "LEG_CONFIG"}
+    log = open(tmp_path / "collector.log", "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "collect", "--config", str(cfg_file)],
+                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not (inbox / "done").is_dir() and time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "collector.log").read_text()
+            time.sleep(0.2)
+        for f in files + files[:1]:                       # the first file arrives a second time
+            (inbox / f.name).write_bytes(f.read_bytes())
+        (inbox / "notes.xml").write_text("<notes>not metering data</notes>")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (
+                len(list((inbox / "done").glob("*.xml"))) == 31 and (inbox / "rejected" / "notes.xml").exists()
+                and not list(inbox.glob("*.xml"))):
+            assert proc.poll() is None, (tmp_path / "collector.log").read_text()
+            time.sleep(0.5)
+        assert sorted(p.name for p in (inbox / "done").glob("*.xml")) == sorted(f.name for f in files)
+        assert "root element 'notes'" in (inbox / "rejected" / "notes.xml.reason.txt").read_text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+        log.close()
+    assert proc.returncode == 0, (tmp_path / "collector.log").read_text()
+    c = Community.open(load_config(cfg_file))
+    try:
+        inv = {i["house_id"]: i for i in c.settle("2026-03").invoices}
+        assert inv["1"]["energy_imported_kwh"] == expected(C1)[0] == Decimal("292.400")
+        assert inv["3"]["export_revenue_ct"] == Decimal("13158.00")
+        assert c.sdat.documents() == 31
+    finally:
+        c.close()
