@@ -16,8 +16,10 @@ import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from itertools import repeat
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ingest.sdat import SdatDocument
@@ -50,6 +52,24 @@ CREATE TABLE IF NOT EXISTS sdat_unknown (
     last_file TEXT NOT NULL
 );
 """
+# per import, in the connection's temporary database: the document's values before they are merged
+STAGING = """
+CREATE TEMP TABLE IF NOT EXISTS sdat_stage (metering_point TEXT, product TEXT, start TEXT, direction TEXT,
+                                            volume_kwh REAL, condition TEXT);
+"""
+_ISO: dict[int, str] = {}                 # quarter hour since the epoch -> its start as stored (UTC, ISO)
+
+
+def _iso_quarters(quarters: list[int]) -> list[str]:
+    """The ISO starts of quarter hours (seconds since the epoch / 900), as datetime.isoformat() writes them."""
+    iso = _ISO
+    missing = [q for q in set(quarters) if q not in iso] if len(iso) < 2_000_000 else None
+    if missing is None:
+        iso.clear()
+        missing = set(quarters)
+    for q in missing:
+        iso[q] = datetime.fromtimestamp(q * 900, timezone.utc).isoformat()
+    return [iso[q] for q in quarters]
 
 
 @dataclass
@@ -94,6 +114,7 @@ class SdatStore:
         self._con.execute("PRAGMA journal_mode=WAL")
         self._con.execute("PRAGMA synchronous=NORMAL")
         self._con.executescript(SCHEMA)
+        self._con.executescript(STAGING)
 
     def close(self) -> None:
         self._con.close()
@@ -110,41 +131,32 @@ class SdatStore:
 
     def import_document(self, doc: SdatDocument, raw: bytes, known_points: set[str]) -> ImportSummary:
         """Store the document's values (newest Creation wins per point, product and quarter hour);
-        values of metering points no house lists are counted as unknown, never stored for billing."""
+        values of metering points no house lists are counted as unknown, never stored for billing.
+
+        In bulk: the values go into a temporary staging table (one ``executemany`` per series),
+        the counts come from one join with the stored rows and the store is changed by one
+        ``INSERT ... ON CONFLICT DO UPDATE WHERE`` newer, all inside SQLite."""
         s = ImportSummary(doc.name, doc.document_id, doc.creation.strftime("%Y-%m-%dT%H:%M:%SZ"),
                           refused=[str(r) for r in doc.refused])
         digest = hashlib.sha256(raw).hexdigest()
         creation = doc.creation.astimezone(timezone.utc).isoformat()
         now = datetime.now(timezone.utc).isoformat()
-        rows, unknown = [], {}
+        known, unknown = [], {}
         for series in doc.series:
             if series.metering_point not in known_points:
-                unknown[series.metering_point] = unknown.get(series.metering_point, 0) + len(series.values)
-                continue
-            for at, (vol, cond) in series.values.items():
-                rows.append((series.metering_point, series.product, at.isoformat(), series.direction,
-                             float(vol), cond, doc.document_id, creation))
-        s.points = len({r[0] for r in rows})
+                unknown[series.metering_point] = unknown.get(series.metering_point, 0) + len(series)
+            else:
+                known.append(series)
+        staged = sum(len(series) for series in known)
+        s.points = len({series.metering_point for series in known if len(series)})
         s.unknown_points = sorted(unknown)
         with self._tx() as con:
             if con.execute("SELECT 1 FROM sdat_documents WHERE sha256 = ?", (digest,)).fetchone():
                 s.already_imported = True
-                s.unchanged = len(rows)
+                s.unchanged = staged
                 return s
-            for r in rows:
-                old = con.execute("SELECT volume_kwh, condition, document_id, creation FROM sdat_values "
-                                  "WHERE metering_point = ? AND product = ? AND start = ?", r[:3]).fetchone()
-                if old is None:
-                    con.execute("INSERT INTO sdat_values VALUES (?, ?, ?, ?, ?, ?, ?, ?)", r)
-                    s.inserted += 1
-                elif (r[7], r[6]) > (old[3], old[2]):
-                    con.execute("UPDATE sdat_values SET direction = ?, volume_kwh = ?, condition = ?, "
-                                "document_id = ?, creation = ? WHERE metering_point = ? AND product = ? "
-                                "AND start = ?", (r[3], r[4], r[5], r[6], r[7], r[0], r[1], r[2]))
-                    s.updated += 1 if (old[0], old[1]) != (r[4], r[5]) else 0
-                    s.unchanged += 0 if (old[0], old[1]) != (r[4], r[5]) else 1
-                else:
-                    s.unchanged += 1
+            if staged:
+                self._merge(con, known, staged, doc.document_id, creation, s)
             for point, n in unknown.items():
                 con.execute("INSERT INTO sdat_unknown VALUES (?, ?, ?, ?, ?) ON CONFLICT(metering_point) DO UPDATE "
                             "SET values_seen = values_seen + excluded.values_seen, last_seen = excluded.last_seen, "
@@ -154,6 +166,60 @@ class SdatStore:
                          json.dumps({"inserted": s.inserted, "updated": s.updated, "unchanged": s.unchanged,
                                      "unknown": s.unknown_points, "refused": s.refused[:100]})))
         return s
+
+    @staticmethod
+    def _merge(con, series_list, staged: int, document_id: str, creation: str, s: ImportSummary) -> None:
+        seen: dict[tuple[str, str], set[int]] = {}            # a key twice in the document: the first counts
+        try:
+            for x in series_list:
+                q0 = int(x.start.timestamp()) // 900
+                mine = seen.setdefault((x.metering_point, x.product), set())
+                by_code: dict[str, list[int]] = {}
+                for off, code in x.conditions.items():
+                    by_code.setdefault(code, []).append(off)
+                if not mine and len(by_code) <= 8 and np.array_equal(x.offsets, np.arange(len(x))):
+                    # one statement per series: SQLite reads the volumes from a JSON array (the float's
+                    # shortest repr, read back to the same double) and the conditions by code
+                    case = ("CASE " + " ".join("WHEN v.key IN (SELECT value FROM json_each(?)) THEN ?" for _ in by_code)
+                            + " END") if by_code else "NULL"
+                    args = [x.metering_point, x.product, q0, x.direction]
+                    for code, offs in by_code.items():
+                        args += [json.dumps(offs), code]
+                    con.execute("INSERT INTO temp.sdat_stage SELECT ?, ?, strftime('%Y-%m-%dT%H:%M:%S+00:00', "
+                                f"(? + v.key) * 900, 'unixepoch'), ?, v.value, {case} FROM json_each(?) v",
+                                args + [json.dumps(x.volumes.tolist())])
+                    mine.update(range(q0, q0 + len(x)))
+                    continue
+                quarters = (x.offsets + q0).tolist()
+                volumes = x.volumes.tolist()
+                conds = [x.conditions.get(o) for o in x.offsets.tolist()]
+                if mine:
+                    keep = [k for k, q in enumerate(quarters) if q not in mine]
+                    quarters, volumes, conds = ([v[k] for k in keep] for v in (quarters, volumes, conds))
+                mine.update(quarters)
+                con.executemany("INSERT INTO temp.sdat_stage VALUES (?, ?, ?, ?, ?, ?)",
+                                zip(repeat(x.metering_point), repeat(x.product), _iso_quarters(quarters),
+                                    repeat(x.direction), volumes, conds))
+            inserted, updated, newer = con.execute(
+                "SELECT count(*) - count(v.metering_point), "
+                "coalesce(sum((?, ?) > (v.creation, v.document_id) AND (v.volume_kwh IS NOT n.volume_kwh "
+                "OR v.condition IS NOT n.condition)), 0), "
+                "coalesce(sum((?, ?) > (v.creation, v.document_id)), 0) "
+                "FROM temp.sdat_stage n LEFT JOIN sdat_values v ON v.metering_point = n.metering_point "
+                "AND v.product = n.product AND v.start = n.start",
+                (creation, document_id, creation, document_id)).fetchone()
+            if inserted or newer:
+                con.execute(
+                    "INSERT INTO sdat_values SELECT metering_point, product, start, direction, volume_kwh, condition, "
+                    "?, ? FROM temp.sdat_stage WHERE true ON CONFLICT (metering_point, product, start) DO UPDATE "
+                    "SET direction = excluded.direction, volume_kwh = excluded.volume_kwh, "
+                    "condition = excluded.condition, document_id = excluded.document_id, creation = excluded.creation "
+                    "WHERE (excluded.creation, excluded.document_id) > (sdat_values.creation, sdat_values.document_id)",
+                    (document_id, creation))
+            s.inserted, s.updated = inserted, updated
+            s.unchanged = staged - inserted - updated
+        finally:
+            con.execute("DELETE FROM temp.sdat_stage")
 
     def values(self, start: pd.Timestamp, end: pd.Timestamp, points: list[str] | None = None) -> pd.DataFrame:
         """Rows with start <= quarter hour < end: metering_point, product, start (UTC), direction,

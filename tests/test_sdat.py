@@ -113,3 +113,77 @@ def test_metering_point_ids(value, ok):
     else:
         with pytest.raises(ValueError):
             check_metering_point(value)
+
+
+@pytest.mark.parametrize("data", [
+    b'<!DOCTYPE x SYSTEM "http://example.com/x.dtd"><x/>',
+    '<!DOCTYPE x SYSTEM "/etc/hostname"><x/>'.encode("utf-32"),            # no local file read either
+    b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY e SYSTEM "file:///etc/passwd">]><r>&e;</r>',
+    b'<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">'
+    b'<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]><lolz>&lol3;</lolz>',
+])
+def test_doctypes_external_entities_and_entity_expansion_are_refused(data):
+    with pytest.raises(SdatError, match="x.xml: refused XML construct .*entities are not allowed"):
+        parse_sdat(data, "x.xml")
+
+
+def test_an_oversized_file_is_refused_before_parsing(monkeypatch):
+    import ingest.sdat
+    monkeypatch.setattr(ingest.sdat, "MAX_FILE_BYTES", 100)
+    with pytest.raises(SdatError, match="exceeds the limit of 100"):
+        parse_sdat(b"<x>" + b" " * 200 + b"</x>", "big.xml")
+
+
+def _as_read(doc):
+    return sorted((s.metering_point, s.product, s.direction, tuple(s.offsets.tolist()), tuple(s.texts),
+                   tuple(sorted(s.conditions.items()))) for s in doc.series), [str(r) for r in doc.refused]
+
+
+@pytest.mark.parametrize("change", [
+    lambda d: d.replace(b"<rsm:Observation>", b"<!-- c --><rsm:Observation>", 5),      # comments: element by element
+    lambda d: d.replace(b"<rsm:Volume>0.100", b"<rsm:Volume> 0.100 ", 7),              # padded volumes
+    lambda d: d.replace(b"<rsm:Condition>21</rsm:Condition>", b"<rsm:Condition> 21 </rsm:Condition>"),
+])
+def test_the_fast_and_the_element_by_element_reading_agree(change):
+    start, end = local_day(2026, 3, 1)
+    data = leg_document("D", CREATED, start, end, two_points(96), conditions={5: "21", 96: "56"})
+    fast, other = parse_sdat(data, "a.xml"), parse_sdat(change(data), "a.xml")
+    assert _as_read(fast) == _as_read(other)
+    assert fast.series[0].conditions == {4: "21", 95: "56"}
+
+
+def test_sequences_out_of_order_or_with_gaps_read_element_by_element():
+    start, end = local_day(2026, 3, 1)
+    seqs = list(range(96, 0, -2))
+    doc = parse_sdat(leg_document("D", CREATED, start, end, {P1: ("consumption", [0.1] * 48, [0.2] * 48)},
+                                  overrides={(P1, TOTAL): {"sequences": seqs, "volumes": [0.3] * 48},
+                                             (P1, LEG): {"sequences": seqs}, (P1, GRID): {"sequences": seqs}}), "g.xml")
+    assert doc.refused == [] and all(len(s.values) == 48 for s in doc.series)
+    assert min(doc.series[0].values) == start + timedelta(minutes=15)             # sequence 2
+    seqs = [1, 2, 2] + list(range(4, 97))
+    r = refusal(leg_document("D", CREATED, start, end, two_points(96), overrides={(P1, LEG): {"sequences": seqs}}))
+    assert r == [f"metering point {P1}: LEG share: sequence 2 appears twice"]
+
+
+def test_the_store_counts_new_revised_and_unchanged_values(tmp_path):
+    from storage.sdat_store import SdatStore
+    store = SdatStore(tmp_path / "sdat.sqlite")
+    try:
+        start, end = local_day(2026, 3, 1, days=2)
+        first = leg_document("D1", CREATED, start, end, two_points(192), conditions={190: "21"})
+        s = store.import_document(parse_sdat(first, "1.xml"), first, {P1})
+        assert (s.points, s.inserted, s.updated, s.unchanged, s.unknown_points) == (1, 576, 0, 0, [P2])
+        points = two_points(192)
+        points[P1][1][189] = 0.25                                                   # LEG share revised
+        second = leg_document("D2", CREATED + timedelta(days=1), start, end, points,
+                              overrides={(P1, TOTAL): {"volumes": [0.3] * 189 + [0.45] + [0.3] * 2}})
+        s = store.import_document(parse_sdat(second, "2.xml"), second, {P1})
+        assert (s.inserted, s.updated, s.unchanged) == (0, 3, 573)                  # total, LEG: value; grid: condition
+        s = store.import_document(parse_sdat(first, "1.xml"), first, {P1})         # older: nothing changes
+        assert (s.already_imported, s.inserted, s.updated, s.unchanged) == (True, 0, 0, 576)
+        v = store.values(start, end)
+        row = v[(v["product"] == "leg") & (v["start"] == start + timedelta(minutes=15 * 189))].iloc[0]
+        assert (row["volume_kwh"], row["condition"]) == (0.25, None)
+        assert len(v) == 576 and store.documents() == 2
+    finally:
+        store.close()
