@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 
+import dash_ag_grid as dag
 import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Input, Output, callback, dcc, html
@@ -117,3 +118,15 @@ def kpi_cards(k: dict) -> dbc.Row:
         card(tr("Community balance"), f"CHF {chf(k['balance_chf'])}"),
         card(tr("Saved against the grid alone"), f"CHF {chf(k['savings_chf'])}"),
     ], className="mb-3 g-2")
+
+
+# AG Grid's own texts (an empty table, loading, paging, the filter menu), in the request's language
+GRID_TEXTS = {"noRowsToShow": N_("No rows to show"), "loadingOoo": N_("Loading…"), "page": N_("Page"),
+              "of": N_("of"), "to": N_("to"), "more": N_("more"), "filterOoo": N_("Filter…"),
+              "contains": N_("Contains"), "equals": N_("Equals")}
+
+
+def data_grid(**kwargs) -> dag.AgGrid:
+    """An AG Grid table whose own texts are in the request's language (GRID_TEXTS)."""
+    options = {"localeText": {key: tr(text) for key, text in GRID_TEXTS.items()}, **kwargs.pop("dashGridOptions", {})}
+    return dag.AgGrid(dashGridOptions=options, **kwargs)

@@ -13,7 +13,7 @@ from dash.exceptions import PreventUpdate
 import analytics
 from billing.settlement import SettlementError, invoice_rows, period_of
 from components.charts import energy_figure, grid_figures, price_figure, share_figure, value_figure
-from components.controls import kpi_cards
+from components.controls import data_grid, kpi_cards
 from i18n import LOCALES, N_, chf, language, number, tr
 from ingest.csv_files import parse_timestamp
 from ingest.readings import ReadingError
@@ -38,6 +38,18 @@ class Later:
 
 
 CENT = Decimal("0.01")
+
+
+# invoice and period states as the tables show them (rows keep the code under "status")
+STATUS_LABELS = {"draft": N_("draft"), "issued": N_("issued"), "paid": N_("paid"),
+                 "partially_paid": N_("partially paid"), "cancelled": N_("cancelled"), "running": N_("running"),
+                 "open": N_("open"), "closed": N_("closed")}
+
+
+def status_text(status) -> str:
+    """An invoice's or a period's state in the request's language (the code itself if unknown)."""
+    label = STATUS_LABELS.get(status)
+    return tr(label) if label else str(status or "")
 
 
 def chf_of_ct(ct) -> Decimal:
@@ -174,8 +186,8 @@ def period_options(c, now: pd.Timestamp, months: int = 12) -> list[dict]:
 
 def period_rows(c) -> list[dict]:
     """The settlement page's periods table."""
-    return [{**p, "houses_missing": ", ".join(p["houses_missing"]), "closed_at": (p["closed_at"] or "")[:16]}
-            for p in c.periods()]
+    return [{**p, "houses_missing": ", ".join(p["houses_missing"]), "closed_at": (p["closed_at"] or "")[:16],
+             "status_text": status_text(p["status"])} for p in c.periods()]
 
 
 def settlement_view(c, period: str, base: str = "/"):
@@ -193,12 +205,13 @@ def settlement_view(c, period: str, base: str = "/"):
                          {"import_cost_chf": chf_of_ct(r["import_cost_ct"]),
                           "export_revenue_chf": chf_of_ct(r["export_revenue_ct"]), "net_amount_chf": r["net_amount_chf"]})
         row["download"] = f"{link(r['invoice_id'])} · [CSV]({base}api/invoices/{r['invoice_id']}.csv)"
+        row["status_text"] = status_text(r["status"])
         row["mail"] = _mail_text(mails.get(r["invoice_id"]))
         rows.append(row)
     if s.status == "closed":
         for n in c.ledger.credit_notes(period):
             rows.append(grid_money({"invoice_id": n["credit_note_id"],
-                                    "status": tr("credit note for {invoice}", invoice=n["invoice_id"]),
+                                    "status_text": tr("credit note for {invoice}", invoice=n["invoice_id"]),
                                     "flags": n["reason"], "download": link(n["credit_note_id"]),
                                     "mail": _mail_text(mails.get(n["credit_note_id"]))},
                                    {"net_amount_chf": n["net_amount_chf"]}))
@@ -267,7 +280,6 @@ LEG_COLUMNS = [("start", N_("Quarter hour")), ("consumed_kwh", N_("LEG share con
 def leg_section(c, period) -> list:
     """The data quality page's part for a LEG billed from the grid operator's data: the
     reconciliation of its LEG shares (notes, and the unbalanced quarter hours); empty otherwise."""
-    import dash_ag_grid as dag
     b = c.leg_reconciliation(period)
     if b is None:
         return []
@@ -276,7 +288,7 @@ def leg_section(c, period) -> list:
     out += [dbc.Alert(text, color=color) for text, color in notes]
     rows = leg_balance_rows(c, b)
     if rows:
-        out.append(dag.AgGrid(id="quality-leg-unbalanced", rowData=rows, columnSize="sizeToFit",
+        out.append(data_grid(id="quality-leg-unbalanced", rowData=rows, columnSize="sizeToFit",
                               columnDefs=[{"field": f, "headerName": tr(h)} for f, h in LEG_COLUMNS],
                               style={"height": "240px"}))
     return out
@@ -433,7 +445,8 @@ def payments_view(c) -> tuple[list[dict], list[dict]]:
     """(overdue invoices, bank transactions to assign by hand) as table rows."""
     from billing.payments import open_items, overdue
     names = {h.house_id: h.name for h in c.houses()}
-    late = [{**x, "house_name": names.get(x["house_id"], "")} for x in overdue(c)]
+    late = [{**x, "house_name": names.get(x["house_id"], ""), "status_text": status_text(x.get("status"))}
+            for x in overdue(c)]
     items = [{**t, "what": _state_text(t["state"])} for t in open_items(c)]
     return late, items
 
@@ -580,5 +593,6 @@ def statement_links(c, houses, base: str):
 def _my_row(inv: dict, names: dict, base: str) -> dict:
     return grid_money({"period": inv["period_start"][:7], "invoice_id": inv["invoice_id"],
                        "house": names.get(inv["house_id"], inv["house_id"]), "status": inv["status"],
+                       "status_text": status_text(inv["status"]),
                        "download": f"[PDF]({base}api/invoices/{inv['invoice_id']}.pdf)"},
                       {"net": inv["net_amount_chf"]})

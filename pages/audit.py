@@ -1,8 +1,9 @@
 """Audit: who did what and when (logins, tariff changes, period closes, invoice status changes,
 mails, tokens), the accounts and the API tokens. Managers only."""
 import dash
-import dash_ag_grid as dag
 from dash import html
+
+from components.controls import data_grid
 
 from auth.web import page_denied
 from i18n import N_, tr
@@ -31,14 +32,14 @@ def layout(**_):
     users = [{**u, "houses": ", ".join(u["houses"])} for u in a.users()]
     return html.Div([
         html.H3(tr("Audit log")),
-        dag.AgGrid(id="audit-log", rowData=a.audit_log(), columnSize="autoSize", style={"height": "420px"},
+        data_grid(id="audit-log", rowData=a.audit_log(), columnSize="autoSize", style={"height": "420px"},
                    columnDefs=columns(LOG_COLUMNS)),
         html.H5(tr("Accounts"), className="mt-3"),
-        dag.AgGrid(id="audit-users", rowData=users, columnSize="autoSize", style={"height": "220px"},
+        data_grid(id="audit-users", rowData=users, columnSize="autoSize", style={"height": "220px"},
                    columnDefs=columns(USER_COLUMNS)),
         html.H5(tr("API tokens"), className="mt-3"),
         html.P(tr("Create and revoke them with {create} / {revoke}.",
                   create="python app.py token create --scope read|write", revoke="token revoke ID")),
-        dag.AgGrid(id="audit-tokens", rowData=a.tokens(), columnSize="autoSize", style={"height": "200px"},
+        data_grid(id="audit-tokens", rowData=a.tokens(), columnSize="autoSize", style={"height": "200px"},
                    columnDefs=columns(TOKEN_COLUMNS)),
     ])

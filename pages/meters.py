@@ -1,9 +1,10 @@
 """Meters: every meter with its status; meters heard but not registered; the store's health."""
 import dash
-import dash_ag_grid as dag
 import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import ALL, Input, Output, State, callback, dcc, html, no_update
+
+from components.controls import data_grid
 
 import monitoring
 import registry
@@ -41,12 +42,12 @@ def layout(**_):
         return denied
     return html.Div([
         html.H3(tr("Meters")), html.Div(id="meters-store"),
-        dag.AgGrid(id="meters-grid", columnDefs=columns(METER_COLUMNS),
+        data_grid(id="meters-grid", columnDefs=columns(METER_COLUMNS),
                    columnSize="autoSize", style={"height": "320px"}, getRowId="params.data.meter_id",
                    dashGridOptions={"rowSelection": {"mode": "singleRow"}}),
         meter_form_layout(current().community),
         html.H5(tr("Heard on MQTT but not registered (not billed)"), className="mt-3"),
-        dag.AgGrid(id="meters-unknown", columnDefs=columns(UNKNOWN_COLUMNS),
+        data_grid(id="meters-unknown", columnDefs=columns(UNKNOWN_COLUMNS),
                    columnSize="sizeToFit", style={"height": "200px"}, getRowId="params.data.meter_id",
                    dashGridOptions={"rowSelection": {"mode": "singleRow"}}),
         html.Div(id="meters-unknown-note", className="text-muted small"),
@@ -140,7 +141,7 @@ def sdat_unknown(community):
         return None
     return html.Div([
         html.H5(tr("In the grid operator's files but not listed by any house (not billed)"), className="mt-3"),
-        dag.AgGrid(id="meters-sdat-grid", rowData=rows, columnDefs=columns(SDAT_COLUMNS),
+        data_grid(id="meters-sdat-grid", rowData=rows, columnDefs=columns(SDAT_COLUMNS),
                    columnSize="sizeToFit", style={"height": "160px"})])
 
 

@@ -1,10 +1,11 @@
 """Data quality: per house the estimated, reset and quarantined intervals of a month; the
 quarantined readings with their reasons; missing intervals from the settlement."""
 import dash
-import dash_ag_grid as dag
 import dash_bootstrap_components as dbc
 import pandas as pd
 from dash import Input, Output, callback, dcc, html
+
+from components.controls import data_grid
 
 import monitoring
 from billing.settlement import parse_period
@@ -42,14 +43,14 @@ def layout(**_):
                         md=4), className="mb-3"),
         html.Div(id="quality-missing"),
         html.Div(id="quality-leg"),
-        dag.AgGrid(id="quality-houses", columnDefs=columns(HOUSE_COLUMNS), columnSize="sizeToFit",
+        data_grid(id="quality-houses", columnDefs=columns(HOUSE_COLUMNS), columnSize="sizeToFit",
                    style={"height": "240px"}),
         html.H5(tr("Quarantined readings (kept aside, not billed)"), className="mt-3"),
-        dag.AgGrid(id="quality-quarantine", columnDefs=columns(QUARANTINE_COLUMNS, reason={"flex": 3}),
+        data_grid(id="quality-quarantine", columnDefs=columns(QUARANTINE_COLUMNS, reason={"flex": 3}),
                    style={"height": "240px"}),
         html.H5(tr("Total meter cross-check (measured grid exchange vs computed from the house meters)"),
                 className="mt-3"),
-        dag.AgGrid(id="quality-crosscheck", columnDefs=columns(CROSSCHECK_COLUMNS), columnSize="autoSize",
+        data_grid(id="quality-crosscheck", columnDefs=columns(CROSSCHECK_COLUMNS), columnSize="autoSize",
                    style={"height": "240px"}),
     ])
 

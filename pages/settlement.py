@@ -1,12 +1,11 @@
 """Settlement: periods with their completeness, a period's invoices (drafts, or issued once
 closed), closing a period (confirmed, in the background with progress) and the downloads."""
 import dash
-import dash_ag_grid as dag
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from billing.mail import configured as mail_configured
-from components.controls import FITTED_GRID, MONEY_COLUMN, WRAPPED_COLUMN
+from components.controls import FITTED_GRID, MONEY_COLUMN, WRAPPED_COLUMN, data_grid
 from components.views import (assign_payment, close_job, invoice_action, job_progress, mail_job, payment_grids,
                               period_rows, settlement_view, upload_bank_files)
 from auth.web import actor, page_denied
@@ -19,23 +18,23 @@ dash.register_page(__name__, path="/settlement", name=N_("Settlement"), order=4)
 INVOICE_COLUMNS = [("download", N_("Download")), ("invoice_id", N_("Invoice")), ("house_name", N_("House")),
                    ("net_amount_chf", N_("Net")), ("import_cost_chf", N_("Cost CHF")),
                    ("export_revenue_chf", N_("Credit CHF")), ("energy_imported_kwh", N_("Bought kWh")),
-                   ("energy_exported_kwh", N_("Delivered kWh")), ("status", N_("Status")),
+                   ("energy_exported_kwh", N_("Delivered kWh")), ("status_text", N_("Status")),
                    ("missing_intervals", N_("Missing intervals")), ("flags", N_("Flags")), ("mail", N_("E-mail"))]
 INVOICE_GRID = dict(download={"cellRenderer": "markdown", "minWidth": 110, "sortable": False},
                     invoice_id={"minWidth": 130, **WRAPPED_COLUMN}, house_name=WRAPPED_COLUMN,
                     net_amount_chf={**MONEY_COLUMN, **WRAPPED_COLUMN, "minWidth": 130},
-                    import_cost_chf=MONEY_COLUMN, export_revenue_chf=MONEY_COLUMN, status=WRAPPED_COLUMN,
+                    import_cost_chf=MONEY_COLUMN, export_revenue_chf=MONEY_COLUMN, status_text=WRAPPED_COLUMN,
                     flags=WRAPPED_COLUMN, mail={**WRAPPED_COLUMN, "minWidth": 130})
 OVERDUE_COLUMNS = [("invoice_id", N_("Invoice")), ("house_id", N_("House")), ("house_name", N_("Name")),
                    ("due_on", N_("Due on")), ("amount_due_chf", N_("Amount due CHF")), ("paid_chf", N_("Paid CHF")),
-                   ("status", N_("Status"))]
+                   ("status_text", N_("Status"))]
 OPEN_COLUMNS = [("booking_date", N_("Booked")), ("amount_chf", N_("Amount CHF")), ("reference", N_("Reference")),
                 ("debtor", N_("Paid by")), ("what", N_("What")), ("invoice_id", N_("Invoice")),
                 ("file_name", N_("Bank file"))]
-PERIOD_COLUMNS = [("period_id", N_("Period")), ("status", N_("Status")), ("invoices", N_("Invoices")),
+PERIOD_COLUMNS = [("period_id", N_("Period")), ("status_text", N_("Status")), ("invoices", N_("Invoices")),
                   ("missing_intervals", N_("Missing intervals")), ("houses_missing", N_("Houses with gaps")),
                   ("closed_at", N_("Closed at")), ("closed_by", N_("Closed by"))]
-# a period in the dropdown, by its status (the periods table shows the status code itself)
+# a period in the dropdown, by its status
 PERIOD_LABELS = {"running": N_("{period} (running)"), "open": N_("{period} (open)"),
                  "closed": N_("{period} (closed)")}
 
@@ -79,7 +78,7 @@ def layout(**_):
                      style={"display": "none"}),
         html.Div(id="settle-job-message"),
         dcc.Store(id="settle-job"), dcc.Interval(id="settle-poll", interval=500, disabled=True),
-        dag.AgGrid(id="settle-grid", columnDefs=columns(INVOICE_COLUMNS, **INVOICE_GRID), **FITTED_GRID,
+        data_grid(id="settle-grid", columnDefs=columns(INVOICE_COLUMNS, **INVOICE_GRID), **FITTED_GRID,
                    style={"height": "420px"}, getRowId="params.data.invoice_id",
                    dashGridOptions={"rowSelection": {"mode": "singleRow"}}),
         dbc.Row([
@@ -109,11 +108,11 @@ def layout(**_):
         ]),
         dcc.Loading(html.Div(id="settle-camt-result", className="mt-2")),
         html.H6(tr("Overdue invoices"), className="mt-3"),
-        dag.AgGrid(id="settle-overdue", columnDefs=columns(OVERDUE_COLUMNS, amount_due_chf=MONEY_COLUMN,
+        data_grid(id="settle-overdue", columnDefs=columns(OVERDUE_COLUMNS, amount_due_chf=MONEY_COLUMN,
                                                            paid_chf=MONEY_COLUMN),
                    **FITTED_GRID, style={"height": "220px"}),
         html.H6(tr("Bank transactions to assign by hand"), className="mt-3"),
-        dag.AgGrid(id="settle-open", columnDefs=columns(OPEN_COLUMNS, amount_chf=MONEY_COLUMN, debtor=WRAPPED_COLUMN,
+        data_grid(id="settle-open", columnDefs=columns(OPEN_COLUMNS, amount_chf=MONEY_COLUMN, debtor=WRAPPED_COLUMN,
                                                         what=WRAPPED_COLUMN),
                    **FITTED_GRID, style={"height": "220px"}, getRowId="params.data.tx_id",
                    dashGridOptions={"rowSelection": {"mode": "singleRow"}}),
@@ -124,7 +123,7 @@ def layout(**_):
         ], className="mt-2"),
         html.Div(id="settle-assign-result", className="mt-2"),
         html.H5(tr("Periods"), className="mt-3"),
-        dag.AgGrid(id="settle-periods", rowData=rows, columnDefs=columns(PERIOD_COLUMNS),
+        data_grid(id="settle-periods", rowData=rows, columnDefs=columns(PERIOD_COLUMNS),
                    columnSize="autoSize", style={"height": "300px"}),
         dbc.Modal([
             dbc.ModalHeader(dbc.ModalTitle(tr("Close this period?"))),

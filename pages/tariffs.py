@@ -2,9 +2,10 @@
 from datetime import datetime, timezone
 
 import dash
-import dash_ag_grid as dag
 import dash_bootstrap_components as dbc
 from dash import Input, Output, State, callback, html
+
+from components.controls import data_grid
 
 from components.views import history_rows, p_con_text, submit
 from pricing.tariffs import PRICING_MODES, TARIFF_FIELDS
@@ -48,7 +49,7 @@ def layout(**_):
         dbc.Button(tr("Save new tariff version"), id="tariff-save", color="primary", className="mb-2"),
         html.Div(id="tariff-result"),
         html.H5(tr("History"), className="mt-3"),
-        dag.AgGrid(id="tariff-history", rowData=history_rows(c),
+        data_grid(id="tariff-history", rowData=history_rows(c),
                    columnDefs=[{"field": f, "headerName": tr(h)} for f, h in HISTORY_COLUMNS],
                    columnSize="sizeToFit", style={"height": "260px"}),
     ])

@@ -88,7 +88,7 @@ def test_bank_file_upload_assignment_by_hand_and_payouts(app, tab, closed):
     expect(page.locator("#settle-payouts-xml")).to_have_attribute("href", f"/api/payouts.xml?period={PERIOD}")
     expect(page.locator("#settle-payouts-note")).to_contain_text("houses with an IBAN")
     tab.settle()
-    statuses = {r["invoice_id"]: r.get("status") for r in page.evaluate(GRID_ROWS_JS, "settle-grid")}
+    statuses = {r["invoice_id"]: r.get("status_text") for r in page.evaluate(GRID_ROWS_JS, "settle-grid")}
     assert statuses == {i["invoice_id"]: "issued" for i in inv.values()}, statuses
     expect(page.locator("#settle-open .ag-center-cols-container .ag-row")).to_have_count(0)
     expect(page.locator("#settle-overdue .ag-center-cols-container .ag-row")).to_have_count(0)
@@ -108,8 +108,8 @@ def test_bank_file_upload_assignment_by_hand_and_payouts(app, tab, closed):
     expect(result).to_contain_text(f"paid: {one}")
     expect(result).to_contain_class("alert-success")
     # the invoice table follows: house 1 paid, house 2 still issued
-    expect(cell(tab, "settle-grid", one, "status")).to_have_text("paid")
-    expect(cell(tab, "settle-grid", two, "status")).to_have_text("issued")
+    expect(cell(tab, "settle-grid", one, "status_text")).to_have_text("paid")
+    expect(cell(tab, "settle-grid", two, "status_text")).to_have_text("issued")
     assert c.ledger.invoice(one)["status"] == "paid"
 
     # the 5.00 waits to be assigned by hand
@@ -140,8 +140,8 @@ def test_bank_file_upload_assignment_by_hand_and_payouts(app, tab, closed):
     expect(assigned).to_have_text(f"Payment assigned: {two} is now partially paid.")
     expect(assigned).to_contain_class("alert-success")
     expect(rows).to_have_count(0)                                   # nothing left to assign
-    expect(cell(tab, "settle-grid", two, "status")).to_have_text("partially_paid")
-    expect(cell(tab, "settle-grid", one, "status")).to_have_text("paid")
+    expect(cell(tab, "settle-grid", two, "status_text")).to_have_text("partially paid")
+    expect(cell(tab, "settle-grid", one, "status_text")).to_have_text("paid")
     assert c.ledger.invoice(two)["status"] == "partially_paid"
     assert c.ledger.paid_amounts()[two] == Decimal("5.00")
     assert "assigned by hand: bank file " + name in c.ledger.events(two)[-1]["note"]

@@ -25,7 +25,8 @@ HOUSES = {"M1": {"id": 1, "name": "Meier"}, "M2": {"id": 2, "name": "Keller", "p
 # texts that read the same in every language (units, brand names, formats)
 SAME_EVERYWHERE = {"kWh", "kW", "CHF", "ct", "ct/kWh", "PDF", "CSV", "ZIP", "XML", "API", "MQTT", "Modbus", "Loxone",
                    "UDP", "HTTP", "ID", "IBAN", "OK", "p_pv", "p_con", "p_grid_con", "p_grid_del", "Deutsch",
-                   "Français", "Italiano", "English", "Total", "Status", "Min", "Max", "Email", "E-Mail", "E-mail", "Info"}
+                   "Français", "Italiano", "English", "Total", "Status", "Min", "Max", "Email", "E-Mail", "E-mail", "Info",
+                   "Page"}
 
 
 def placeholders(text: str) -> set[str]:
@@ -86,10 +87,12 @@ def texts(node, out: list[str]) -> list[str]:
         for k in ("label", "headerName", "title", "children", "text"):
             if k in node:
                 texts(node[k], out)
+        if isinstance(node.get("localeText"), dict):          # AG Grid's own texts (an empty table, ...)
+            texts(list(node["localeText"].values()), out)
     elif hasattr(node, "to_plotly_json"):
         props = node.to_plotly_json().get("props", {})
         for k in ("children", "label", "placeholder", "title", "header", "brand", "options", "columnDefs",
-                  "tooltip", "marks"):
+                  "tooltip", "marks", "dashGridOptions"):
             v = props.get(k)
             if isinstance(v, dict) and k == "marks":
                 v = list(v.values())
@@ -146,6 +149,7 @@ def test_no_page_shows_an_english_text_in_another_language(app, lang):
     assert not untranslated, untranslated
     assert sum(len(v) for v in english.values()) > 100            # the pages were rendered with their texts
     # the navigation and the language menu speak the language
+    assert "No rows to show" in english["/settlement"]              # AG Grid's texts are read too
     nav = " ".join(other["frame"])
     assert i18n.NAMES[lang] in nav and core.catalogue(lang)["Log out"] in nav
 
@@ -172,3 +176,24 @@ def test_the_language_menu_is_remembered_per_account(app):
     anon = server.test_client()
     page = anon.get("/login", headers={"Accept-Language": "it-CH,it;q=0.9"}).get_data(as_text=True)
     assert 'lang="it"' in page and core.catalogue("it")["Log in"] in page and ">Log in<" not in page
+
+
+@pytest.mark.parametrize("lang,expected", [("de", "teilweise bezahlt"), ("fr", "partiellement payée"),
+                                           ("it", "parzialmente pagata"), ("en", "partially paid")])
+def test_tables_show_states_in_the_language_and_keep_the_code(app, lang, expected):
+    """The settlement, periods and My invoices tables show an invoice's or a period's state in the
+    reader's language (status_text); the rows keep the code under ``status`` for the page's logic."""
+    import flask
+
+    from components.views import period_rows, settlement_view, status_text
+    from webauth import MANAGER
+    c, dash_app = app
+    server = dash_app.server
+    with server.test_request_context("/", headers={"Accept-Language": lang}):
+        flask.g.principal = server.config["LEG_ACCOUNTS"].principal(MANAGER[0])
+        assert status_text("partially_paid") == expected and status_text("unknown-code") == "unknown-code"
+        _alert, rows, _ = settlement_view(c, "2026-02")
+        assert rows and {r["status"] for r in rows} == {"draft"}
+        assert {r["status_text"] for r in rows} == {status_text("draft")}
+        feb = next(p for p in period_rows(c) if p["period_id"] == "2026-02")
+        assert feb["status"] == "open" and feb["status_text"] == i18n.catalogue(lang).get("open", "open")
