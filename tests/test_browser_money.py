@@ -115,3 +115,32 @@ def test_the_community_page_fits_and_shows_the_savings(screen):
     if SHOTS:
         page.screenshot(path=f"{SHOTS}/community-{_name}.png", full_page=True)
     watch.assert_clean()
+
+
+@pytest.mark.parametrize("locale", ["fr-CH", "it-CH", "de-CH"])
+def test_every_page_fits_a_laptop_in_each_language(browser, app, locale):  # noqa: F811
+    """Longer names in French and Italian: the menu wraps, no page runs past a 1366 px window, and
+    an empty table says so in the language."""
+    c, url = app
+    context = browser.new_context(viewport=VIEWPORTS["laptop"], locale=locale)
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        watch = Watch(context, url)
+        page = watch.page
+        page.goto(url + "login")                       # the form in the browser's language
+        page.fill("#username", MANAGER[0])
+        page.fill("#password", MANAGER[1])
+        with page.expect_navigation():
+            page.press("#password", "Enter")
+        watch.settle()
+        for path in ("", "grid", "houses/1", "tariffs", "settlement", "year", "meters", "quality", "audit"):
+            watch.open(path)
+            watch.settle()
+            no_horizontal_scrolling(watch)
+        watch.open("settlement")
+        empty = {"fr-CH": "Aucune ligne à afficher", "it-CH": "Nessuna riga da mostrare", "de-CH": "Keine Einträge"}
+        expect(watch.page.locator("#settle-overdue .ag-overlay-no-rows-center, #settle-overdue .ag-overlay")
+               .first).to_contain_text(empty[locale])
+        watch.assert_clean()
+    finally:
+        context.close()
