@@ -195,7 +195,6 @@ class _Fast:
         kw = {"namespaces": {"r": ns}} if ns else {}
         p = "r:" if ns else ""
         q = lambda expr: etree.XPath(expr.replace("r:", p), smart_strings=False, **kw)
-        self.count_local = etree.XPath("count(*[local-name()='Observation'])")
         self.count = q("count(r:Observation)")
         self.volumes = q("r:Observation/r:Volume[1]/text()")
         self.sequences = q("r:Observation/r:Position[1]/r:Sequence[1]/text()")
@@ -211,7 +210,7 @@ class _Fast:
 
 def _fast_namespace(data: bytes, root: Element):
     """The namespace every element of the file is in, when the fast reading applies; else False."""
-    head = data.lstrip(b"\xef\xbb\xbf \t\r\n")
+    head = data[:256].lstrip(b"\xef\xbb\xbf \t\r\n")
     if b"<!--" in data or b"<![CDATA[" in data or data.count(b"<?") > (1 if head.startswith(b"<?xml") else 0):
         return False
     end_of_root_tag = data.find(b">", data.find(b"ValidatedMeteredData_"))
@@ -219,6 +218,10 @@ def _fast_namespace(data: bytes, root: Element):
         return False                                    # namespaces declared below the root
     ns = etree.QName(root).namespace
     own = root.prefix
+    if own is not None:                                 # every tag has the root's prefix (text holds no '<')
+        pre = own.encode()
+        tags = data.count(b"<" + pre + b":") + data.count(b"</" + pre + b":")
+        return ns if data.count(b"<") == tags + (1 if head.startswith(b"<?xml") else 0) else False
     for prefix, uri in root.nsmap.items():
         if prefix == own:
             continue
@@ -353,8 +356,8 @@ def _series(block: Element, point: str | None, direction: str, fast: _Fast | Non
 def _read_fast(block: Element, s: SdatSeries, n: int, fast: _Fast) -> bool:
     """The observations of a series with the common shape (sequences 1, 2, ..., plain decimal
     volumes), read in a few XPath calls; False where anything differs (then read element by element)."""
-    k = int(fast.count(block))
-    if k == 0 or k > n or k > len(_SEQ_TEXTS) or k != fast.count_local(block):
+    k = int(fast.count(block))                          # every element is in the namespace (_fast_namespace)
+    if k == 0 or k > n or k > len(_SEQ_TEXTS):
         return False
     seqs = fast.sequences(block)
     if len(seqs) != k or seqs != _SEQ_TEXTS[:k]:
@@ -365,7 +368,8 @@ def _read_fast(block: Element, s: SdatSeries, n: int, fast: _Fast) -> bool:
     volumes = np.array(texts, dtype=np.float64)
     if volumes.max() > 10_000_000:
         return False
-    cond_texts, cond_seqs = fast.cond_texts(block), fast.cond_sequences(block)
+    cond_texts = fast.cond_texts(block)
+    cond_seqs = fast.cond_sequences(block) if cond_texts else []
     if len(cond_texts) != len(cond_seqs):
         return False
     conditions = {}

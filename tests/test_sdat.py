@@ -187,3 +187,10 @@ def test_the_store_counts_new_revised_and_unchanged_values(tmp_path):
         assert len(v) == 576 and store.documents() == 2
     finally:
         store.close()
+
+
+def test_observations_outside_the_namespace_read_as_before():
+    start, end = local_day(2026, 3, 1)
+    data = leg_document("D", CREATED, start, end, two_points(96))
+    mixed = data.replace(b"<rsm:Observation>", b"<Observation>", 1).replace(b"</rsm:Observation>", b"</Observation>", 1)
+    assert _as_read(parse_sdat(mixed, "a.xml")) == _as_read(parse_sdat(data, "a.xml"))
