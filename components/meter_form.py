@@ -10,7 +10,7 @@ from dash import html
 import registry
 from ingest.csv_files import parse_timestamp
 from ingest.readings import ReadingError
-from i18n import N_, tr
+from i18n import N_, number, tr
 
 # (settings key, label (shown with tr()), kind)
 FIELDS = {
@@ -98,8 +98,8 @@ def test(c, values, settings) -> dbc.Alert:
     sample, error = registry.test_connection(registry.to_meter(c, m), c.tz, timeout_s=15)
     if error:
         return dbc.Alert(tr("Test of {meter} failed: {error}", meter=m.id, error=error), color="danger")
-    imported = f"{sample.import_kwh:,.3f}" if sample.import_kwh is not None else None
-    exported = f"{sample.export_kwh:,.3f}" if sample.export_kwh is not None else None
+    imported = number(sample.import_kwh, 3) if sample.import_kwh is not None else None
+    exported = number(sample.export_kwh, 3) if sample.export_kwh is not None else None
     if imported is not None and exported is not None:
         text = tr("Test of {meter}: read import {imported} kWh, export {exported} kWh", meter=m.id,
                   imported=imported, exported=exported)

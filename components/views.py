@@ -419,7 +419,7 @@ def upload_bank_files(c, contents: list[str] | None, names: list[str] | None, by
             continue
         if len(raw) > MAX_BANK_FILE_BYTES:
             lines.append(tr("{name}: refused: {size} bytes, more than a bank file of {limit} MB", name=name,
-                            size=f"{len(raw):,}", limit=MAX_BANK_FILE_BYTES // 2**20))
+                            size=number(len(raw), 0), limit=MAX_BANK_FILE_BYTES // 2**20))
             failed += 1
             continue
         result = import_payments(c, name, raw, by)

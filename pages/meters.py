@@ -11,7 +11,7 @@ import registry
 from auth.web import actor, page_denied
 from components import meter_form
 from components.views import adopt
-from i18n import N_, tr
+from i18n import N_, number, tr
 from ingest.pipeline import MAX_UNKNOWN
 from web import current
 
@@ -119,7 +119,7 @@ def store_alert(community):
     h = community.store.health() if hasattr(community.store, "health") else {"backend": "embedded"}
     if h.get("spool_batches"):
         return dbc.Alert(tr("InfluxDB: {lines} lines waiting in the spool (oldest {age} s); they are written as soon "
-                            "as InfluxDB answers.", lines=f"{h['spool_lines']:,}", age=f"{h['spool_age_s']:.0f}"),
+                            "as InfluxDB answers.", lines=number(h["spool_lines"], 0), age=f"{h['spool_age_s']:.0f}"),
                          color="warning")
     if "spool_batches" in h:
         return dbc.Alert(tr("Store: {backend}, spool empty", backend=h.get("backend")), color="light")
@@ -129,7 +129,7 @@ def store_alert(community):
 def unknown_note(runtime) -> str:
     dropped = runtime.pipeline.unknown_dropped if runtime is not None else 0
     return (tr("{dropped} more unknown meters were heard: the list keeps the {kept} heard most recently.",
-               dropped=f"{dropped:,}", kept=f"{MAX_UNKNOWN:,}") if dropped else "")
+               dropped=number(dropped, 0), kept=number(MAX_UNKNOWN, 0)) if dropped else "")
 
 
 def sdat_unknown(community):
