@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 from datetime import date, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 LANGUAGES = ("de", "fr", "it", "en")
@@ -90,10 +90,12 @@ def N_(msgid: str) -> str:
 
 
 def chf(amount, lang: str | None = None, sign: bool = False) -> str:
-    """An amount in CHF with two decimals in the language's number format (1’234.50, 1 234,50)."""
+    """An amount in CHF with two decimals in the language's number format (1’234.50, 1 234,50),
+    rounded half up as every amount of the product is (Babel alone would round half to even)."""
     from babel.numbers import format_decimal
     pattern = "+#,##0.00;-#,##0.00" if sign else "#,##0.00"
-    return format_decimal(Decimal(str(amount)), pattern, locale=LOCALES[lang or language()])
+    rounded = Decimal(str(amount)).quantize(Decimal("0.01"), ROUND_HALF_UP)
+    return format_decimal(rounded, pattern, locale=LOCALES[lang or language()])
 
 
 def number(value, digits: int = 1, lang: str | None = None) -> str:

@@ -53,6 +53,8 @@ def test_the_language_rule():
     assert i18n.choose("xx", None, None) == "en"
     assert i18n.chf(1234.5, "de") == "1’234.50" and i18n.chf(1234.5, "fr").replace("\u202f", " ") == "1 234,50"
     assert i18n.chf(-3, "it", sign=True) == "-3.00"
+    # rounded half up like every amount (Babel alone gives 0.12 and 0.14)
+    assert i18n.chf(0.125, "de") == "0.13" and i18n.chf(0.135, "de") == "0.14" and i18n.chf(-0.125, "de") == "-0.13"
 
 
 @pytest.fixture
