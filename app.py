@@ -279,7 +279,7 @@ def _run_many(configs: dict, config_path, once: bool, debug: bool, no_ingest: bo
     """Every community of the file in one process (instance.py): a community each, one MQTT
     subscription routed by meter id, one web app with a community switcher, instance accounts."""
     from ingest.runtime import IngestRuntime
-    from instance import PipelineRouter, instance_dir, open_accounts
+    from instance import PipelineRouter, instance_dir, open_accounts, pipeline_group
     from web import Services, create_app
     first = next(iter(configs.values()))
     if no_ingest and first.storage.backend != "influxdb":
@@ -292,11 +292,13 @@ def _run_many(configs: dict, config_path, once: bool, debug: bool, no_ingest: bo
     def terminate(*_):
         raise KeyboardInterrupt()
     signal.signal(signal.SIGTERM, terminate)
+    group = pipeline_group()                         # one ingest thread for every community
     try:
         for slug, cfg in configs.items():
             communities[slug] = _open(config_path, cfg, what="starting it again")
             if not (read_only or no_ingest):
-                runtimes[slug] = IngestRuntime(communities[slug], mqtt=False).start()
+                runtimes[slug] = IngestRuntime(communities[slug], mqtt=False,
+                                               pipeline_options={"group": group}).start()
         if runtimes and first.mqtt.enabled:
             from ingest.mqtt_process import MqttProcessSource
             router = PipelineRouter(runtimes).start()

@@ -11,7 +11,10 @@ What the instance shares:
 * **one web app**: the community of a request is ``/api/c/<slug>/...`` or ``?community=`` for the
   API, else the one chosen in the menu (kept in the session), else the first the user may enter;
 * **one MQTT subscription**: ``PipelineRouter`` hands each reading to the pipeline of the
-  community its meter belongs to (each community keeps its own pipeline and intervals).
+  community its meter belongs to (each community keeps its own pipeline state and intervals);
+* **one ingest thread**: the communities' pipelines share one ``ingest.pipeline.PipelineGroup``
+  (``pipeline_group()``, passed to each ``IngestRuntime``), which handles every community's items
+  and writes them in rounds, so 200 communities do not run 200 polling workers.
 """
 from __future__ import annotations
 
@@ -50,6 +53,12 @@ def open_accounts(configs: dict):
     return ledger, Accounts(ledger, known_houses=known_houses, communities=list(configs))
 
 
+def pipeline_group():
+    """The one worker of every community's pipeline (``IngestRuntime(..., pipeline_options={"group": g})``)."""
+    from ingest.pipeline import PipelineGroup
+    return PipelineGroup()
+
+
 class PipelineRouter:
     """The pipeline interface (``submit``, ``reject``, ``mark``) over the pipelines of several
     communities: each reading goes to the community that has its meter. A meter of no community is
@@ -63,6 +72,7 @@ class PipelineRouter:
         self._built = 0.0
         self.unrouted: dict[str, int] = {}
         self.unrouted_dropped = 0
+        self._touched: dict[str, None] = {}          # communities handed something since the last mark
 
     def _rebuild(self) -> None:
         owner = {}
@@ -72,6 +82,13 @@ class PipelineRouter:
         self._owner, self._built = owner, time.monotonic()
 
     def _pipeline(self, meter_id: str):
+        slug = self._slug(meter_id)
+        if slug is None:
+            return None
+        self._touched[slug] = None
+        return self.runtimes[slug].pipeline
+
+    def _slug(self, meter_id: str):
         slug = self._owner.get(meter_id)
         if slug is None and time.monotonic() - self._built > self.refresh_s:   # a meter added since
             with self._lock:
@@ -87,7 +104,7 @@ class PipelineRouter:
                 else:
                     self.unrouted_dropped += 1
             return None
-        return self.runtimes[slug].pipeline
+        return slug
 
     def start(self) -> "PipelineRouter":
         self._rebuild()
@@ -101,13 +118,24 @@ class PipelineRouter:
     def reject(self, meter_id: str | None, *rest) -> None:
         """A message that is no reading: counted by its meter's community; a message that names
         no meter (a topic that cannot be read) by the first community (the operator's view)."""
-        p = self._pipeline(meter_id) if meter_id else next(iter(self.runtimes.values())).pipeline
+        if meter_id:
+            p = self._pipeline(meter_id)
+        else:
+            first = next(iter(self.runtimes))
+            self._touched[first] = None
+            p = self.runtimes[first].pipeline
         if p is not None:
             p.reject(meter_id, *rest)
 
     def mark(self, callback) -> None:
-        """``callback`` once every community's pipeline has handled what was submitted before."""
-        pending = [len(self.runtimes)]
+        """``callback`` once every community's pipeline has handled what was submitted before: the
+        pipelines handed something since the last mark (the others' earlier items have marks of
+        their own), or every pipeline when nothing was handed (a source's last mark before it
+        stops then follows everything queued before it). Called from the source's thread, as
+        ``submit`` and ``reject`` are."""
+        touched, self._touched = self._touched, {}
+        slugs = list(touched) or list(self.runtimes)
+        pending = [len(slugs)]
         lock = threading.Lock()
 
         def one():
@@ -116,5 +144,5 @@ class PipelineRouter:
                 last = pending[0] == 0
             if last:
                 callback()
-        for rt in self.runtimes.values():
-            rt.pipeline.mark(one)
+        for slug in slugs:
+            self.runtimes[slug].pipeline.mark(one)

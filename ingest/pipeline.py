@@ -149,15 +149,18 @@ IDLE_S = 0.005
 class Pipeline:
     def __init__(self, community, *, queue_size: int = 100_000, batch_max: int = 5000,
                  flush_s: float = 0.5, intervals_every_s: float = 10.0, hold_timeout_s: float = 900.0,
-                 log_every_s: float = 60.0):
+                 log_every_s: float = 60.0, group: "PipelineGroup | None" = None):
         self.community = community
+        self.group = group
+        if group is not None:                 # written with the group's rounds (see PipelineGroup)
+            flush_s = max(flush_s, group.flush_s)
         self.batch_max = batch_max
         self.flush_s = flush_s
         self.intervals_every_s = intervals_every_s
         self.hold_timeout_s = hold_timeout_s
         self.log_every_s = log_every_s
         # SimpleQueue (C, no per-item locking in Python) bounded by polling its size in _put
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._q = queue.SimpleQueue() if group is None else _GroupQueue(group, self)
         self.queue_size = queue_size
         self._lock = threading.Lock()             # guards the status dicts read by other threads
         self._states: dict[str, _State] = {}
@@ -194,6 +197,9 @@ class Pipeline:
     def start(self) -> "Pipeline":
         if self._thread is not None:
             raise RuntimeError("pipeline already started")
+        if self.group is not None:
+            self._thread = self.group.attach(self)
+            return self
         self._thread = threading.Thread(target=self._run, name="ingest-pipeline", daemon=True)
         self._thread.start()
         return self
@@ -203,8 +209,13 @@ class Pipeline:
         (waits for it: stopping early would lose what is buffered)."""
         if self._thread is None:
             return
-        self._q.put(_STOP)
-        self._thread.join()
+        if self.group is not None:
+            done = threading.Event()
+            self._q.put((_STOP, done))
+            done.wait()
+        else:
+            self._q.put(_STOP)
+            self._thread.join()
         self._thread = None
 
     def flush(self, timeout: float = 30.0) -> None:
@@ -353,43 +364,55 @@ class Pipeline:
                     self._periodic()
                     time.sleep(IDLE_S)
                     continue
-                if item is _STOP:
-                    self._decide_held(force=True, stopping=True)   # only those the ledger does not keep
-                    self._write_batch(force=True)
-                    self._release_decided()
-                    self._compute_intervals(force=True)
+                if self._handle(item):
                     return
-                if item[0] == "parse":
-                    self._on_parse(*item[1:])
-                elif item[0] == "reading":
-                    self._on_reading(item[1], item[2])
-                elif item[0] == "reject":
-                    self._on_reject(*item[1:])
-                elif item[0] == "mark":
-                    self._marks.append(item[1])
-                    self._write_batch(force=True)
-                    if not self._batch:
-                        self._fire_marks()
-                elif item[0] == "reload":
-                    self.reload_meters()
-                    item[1].set()
-                elif item[0] is _FLUSH:
-                    self._decide_held(force=True)
-                    self._write_batch(force=True)
-                    self._release_decided()
-                    self._compute_intervals(force=True)
-                    item[1].set()
                 handled += 1
                 if handled % 256 == 0 or len(self._batch) >= self.batch_max:
                     self._periodic()
             except Exception:            # never let one bad item end ingest
                 log.exception("ingest pipeline: unexpected error (continuing)")
 
-    def _periodic(self) -> None:
+    def _handle(self, item) -> bool:
+        """One item of the queue (in the worker: this pipeline's thread or its group's); True
+        once the pipeline has stopped."""
+        if item is _STOP or (type(item) is tuple and item[0] is _STOP):
+            self._decide_held(force=True, stopping=True)   # only those the ledger does not keep
+            self._write_batch(force=True)
+            self._release_decided()
+            self._compute_intervals(force=True)
+            return True
+        kind = item[0]
+        if kind == "parse":
+            self._on_parse(*item[1:])
+        elif kind == "reading":
+            self._on_reading(item[1], item[2])
+        elif kind == "reject":
+            self._on_reject(*item[1:])
+        elif kind == "mark":
+            self._marks.append(item[1])
+            if self.group is not None and self._batch:
+                self.group.wants_write(self)               # written with the group's next round
+            else:
+                self._write_batch(force=True)
+                if not self._batch:
+                    self._fire_marks()
+        elif kind == "reload":
+            self.reload_meters()
+            item[1].set()
+        elif kind is _FLUSH:
+            self._decide_held(force=True)
+            self._write_batch(force=True)
+            self._release_decided()
+            self._compute_intervals(force=True)
+            item[1].set()
+        return False
+
+    def _periodic(self, intervals: bool = True) -> None:
         self._decide_held(force=False)
         self._write_batch(force=False)
         self._release_decided()
-        self._compute_intervals(force=False)
+        if intervals:
+            self._compute_intervals(force=False)
 
     def _on_parse(self, parse, meter_id, received, source) -> None:
         try:
@@ -687,6 +710,9 @@ class Pipeline:
             except Exception:
                 log.exception("ingest pipeline: a source's acknowledgement failed")
 
+    def _intervals_due(self) -> bool:
+        return bool(self._dirty) and time.monotonic() - self._last_intervals >= self.intervals_every_s
+
     def _compute_intervals(self, force: bool) -> None:
         if not self._dirty:
             return
@@ -714,3 +740,153 @@ class Pipeline:
                     a, b = self._dirty[meter_id]
                     lo, hi = min(lo, a), max(hi, b)
                 self._dirty[meter_id] = (lo, hi)
+
+
+class _GroupQueue:
+    """A pipeline's queue in a ``PipelineGroup``: its items go to the group's one queue, tagged
+    with the pipeline; the size is the group's (the back-pressure of the one worker)."""
+
+    def __init__(self, group: "PipelineGroup", pipeline: Pipeline):
+        self._group, self._pipeline = group, pipeline
+
+    def put(self, item) -> None:
+        self._group._q.put((self._pipeline, item))
+
+    def qsize(self) -> int:
+        return self._group._q.qsize()
+
+    def get_nowait(self):
+        raise queue.Empty
+
+
+class PipelineGroup:
+    """One worker thread for the pipelines of many communities (``instance.py``).
+
+    A thread per community does not scale: 200 polling workers take a core while idle and fight
+    over the interpreter lock while busy, and each source acknowledgement (``mark``, an MQTT batch
+    every 100 ms with readings of nearly every community) made every community write its few
+    readings at once. In a group each pipeline keeps its own state, store and intervals, but the
+    group's thread handles the items of all of them in arrival order, and writes in *rounds*: a
+    mark waits until the round that writes every pipeline with marks waiting, which comes when the
+    worker has nothing queued and the oldest mark waited ``ack_min_s``, else after ``ack_max_s``
+    or ``ack_readings`` readings (kept under the broker's in-flight window, ``max_inflight_messages
+    1000``, or the broker would stop delivering until the round). Readings without marks (polled
+    sources) are written at least every ``flush_s``. The interval computations due are run one
+    pipeline at a time between the items (never 200 at once).
+
+    Trade-off: one community's slow store delays the others (they share the thread); a store that
+    fails is retried as before and does not block the round of the others."""
+
+    def __init__(self, *, ack_min_s: float = 0.25, ack_max_s: float = 1.0, ack_readings: int = 900,
+                 flush_s: float = 1.0, sweep_s: float = 0.05):
+        self.ack_min_s, self.ack_max_s, self.ack_readings = ack_min_s, ack_max_s, ack_readings
+        self.flush_s, self.sweep_s = flush_s, sweep_s
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._members: list[Pipeline] = []
+        self._thread: threading.Thread | None = None
+        self._waiting: dict[Pipeline, None] = {}       # pipelines with marks waiting for the round
+        self._waiting_since: float | None = None
+        self._readings_since_round = 0
+        self._next_intervals = 0                       # round-robin over the members
+        self.rounds = 0
+        self.round_writes = 0
+
+    @property
+    def queued(self) -> int:
+        return self._q.qsize()
+
+    @property
+    def members(self) -> list[Pipeline]:
+        return list(self._members)
+
+    def attach(self, pipeline: Pipeline) -> threading.Thread:
+        with self._lock:
+            self._members.append(pipeline)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ingest-pipelines", daemon=True)
+                self._thread.start()
+            return self._thread
+
+    def wants_write(self, pipeline: Pipeline) -> None:
+        if not self._waiting:
+            self._waiting_since = time.monotonic()
+        self._waiting[pipeline] = None
+
+    def _round(self) -> None:
+        waiting, self._waiting, self._waiting_since = self._waiting, {}, None
+        self._readings_since_round = 0
+        self.rounds += 1
+        for p in waiting:
+            try:
+                p._write_batch(force=True)
+                self.round_writes += 1
+                if not p._batch:
+                    p._fire_marks()
+                else:                                   # the write failed: in the next round again
+                    self.wants_write(p)
+            except Exception:
+                log.exception("ingest pipeline: unexpected error in a write round (continuing)")
+
+    def _maybe_round(self, idle: bool) -> None:
+        if not self._waiting:
+            self._readings_since_round = 0
+            return
+        age = time.monotonic() - self._waiting_since
+        if age >= self.ack_max_s or self._readings_since_round >= self.ack_readings or \
+                (idle and age >= self.ack_min_s):
+            self._round()
+
+    def _sweep(self) -> None:
+        """Every member's periodic work (held readings, writes due by ``flush_s``) and at most one
+        interval computation, the pipelines in turn."""
+        members = self._members
+        for p in members:
+            try:
+                p._periodic(intervals=False)
+            except Exception:
+                log.exception("ingest pipeline: unexpected error (continuing)")
+        for k in range(len(members)):
+            p = members[(self._next_intervals + k) % len(members)]
+            if p._intervals_due():
+                self._next_intervals = (self._next_intervals + k + 1) % len(members)
+                try:
+                    p._compute_intervals(force=False)
+                except Exception:
+                    log.exception("ingest pipeline: unexpected error (continuing)")
+                break
+
+    def _run(self) -> None:
+        last_sweep = 0.0
+        while True:
+            try:
+                p, item = self._q.get_nowait()
+            except queue.Empty:
+                p = item = None
+            try:
+                if item is None:
+                    self._maybe_round(idle=True)
+                    if time.monotonic() - last_sweep >= self.sweep_s:
+                        self._sweep()
+                        last_sweep = time.monotonic()
+                    with self._lock:
+                        if not self._members and self._q.qsize() == 0:
+                            self._thread = None
+                            return
+                    time.sleep(IDLE_S)
+                    continue
+                if type(item) is tuple and item[0] in ("reading", "parse"):
+                    self._readings_since_round += 1
+                if p._handle(item):
+                    self._waiting.pop(p, None)
+                    with self._lock:
+                        self._members.remove(p)
+                    item[1].set()
+                elif len(p._batch) >= p.batch_max:
+                    p._periodic(intervals=False)
+                self._maybe_round(idle=False)
+                if time.monotonic() - last_sweep >= self.sweep_s:
+                    self._sweep()
+                    last_sweep = time.monotonic()
+            except Exception:            # never let one bad item end ingest
+                log.exception("ingest pipeline: unexpected error (continuing)")

@@ -286,3 +286,66 @@ def test_one_app_runs_both_communities_over_one_mqtt_subscription(tmp_path):
     assert "2 communities: bergblick, sonnenhalde" in out, out[-3000:]
     assert "meter M9 belongs to no community" in out, out[-3000:]
     assert not list((tmp_path / "data").glob("*/control.json")), "control files removed at the stop"
+
+
+def test_the_pipelines_of_all_communities_run_in_one_thread_and_acknowledge_after_the_write(tmp_path):
+    """One ``PipelineGroup`` for every community (as ``app.py run`` starts them): one worker
+    thread, readings routed by meter, a mark answered only once the readings handed before it are
+    in their community's store, and only the communities handed something write for it."""
+    import threading
+    import time
+    from datetime import datetime, timedelta, timezone
+
+    from community import Community
+    from ingest.pipeline import PipelineGroup
+    from ingest.readings import Reading
+    from ingest.runtime import IngestRuntime
+    from instance import PipelineRouter
+
+    configs = parse_communities(yaml.safe_load(two_communities(tmp_path).read_text()), source="test")
+    group = PipelineGroup(ack_min_s=0.2)
+    before = {t.name for t in threading.enumerate()}
+    communities = {s: Community.open(cfg) for s, cfg in configs.items()}
+    runtimes = {s: IngestRuntime(c, mqtt=False, pipeline_options={"group": group}).start()
+                for s, c in communities.items()}
+    try:
+        started = [t for t in threading.enumerate() if t.name.startswith("ingest-pipeline")]
+        assert [t.name for t in started] == ["ingest-pipelines"] and "ingest-pipelines" not in before
+        router = PipelineRouter(runtimes).start()
+        base = datetime.now(timezone.utc) - timedelta(minutes=5)
+        acked = threading.Event()
+        for k in range(3):
+            router.submit(Reading("M1", base + timedelta(seconds=10 * k), 10.0 + 0.01 * k, 0.0), "test")
+            router.submit(Reading("M3", base + timedelta(seconds=10 * k), 20.0 + 0.01 * k, 0.0), "test")
+        seen = {}
+
+        def done():
+            seen.update({s: len(c.store.read_readings()) for s, c in communities.items()})
+            acked.set()
+        router.mark(done)
+        assert acked.wait(10)
+        assert seen == {"sonnenhalde": 3, "bergblick": 3}            # stored before the acknowledgement
+        writes = {s: rt.pipeline.stats.writes for s, rt in runtimes.items()}
+        # a batch of one community's meter: only that community writes for its mark
+        router.submit(Reading("M1", base + timedelta(seconds=40), 10.05, 0.0), "test")
+        acked.clear()
+        router.mark(acked.set)
+        assert acked.wait(10)
+        assert runtimes["sonnenhalde"].pipeline.stats.writes == writes["sonnenhalde"] + 1
+        assert runtimes["bergblick"].pipeline.stats.writes == writes["bergblick"]
+        assert {m: s.accepted for m, s in runtimes["bergblick"].pipeline.status().items()} == {"M3": 3, "M4": 0}
+        # one community stopped: the other's pipeline keeps working in the same thread
+        runtimes.pop("sonnenhalde").stop()
+        router.runtimes = runtimes
+        router.submit(Reading("M3", base + timedelta(seconds=40), 20.05, 0.0), "test")
+        runtimes["bergblick"].pipeline.flush()
+        assert len(communities["bergblick"].store.read_readings()) == 4
+    finally:
+        for rt in runtimes.values():
+            rt.stop()
+        for c in communities.values():
+            c.close()
+    deadline = time.monotonic() + 5                   # the last member gone, the thread ends
+    while any(t.name == "ingest-pipelines" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(t.name == "ingest-pipelines" for t in threading.enumerate())
