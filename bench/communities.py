@@ -206,6 +206,20 @@ def publisher_main(port: int, n: int, houses: int, rounds: int, deciding: list[i
 
 
 # -- one backend, in a child process ----------------------------------------------------------------------
+def queues(runtimes: dict) -> list:
+    """The queues behind the pipelines: the group's one (items tagged with their pipeline) or each
+    pipeline's own."""
+    out = {}
+    for rt in runtimes.values():
+        g = rt.pipeline.group
+        out[id(g or rt.pipeline)] = g._q if g is not None else rt.pipeline._q
+    return list(out.values())
+
+
+def queued(runtimes: dict) -> int:
+    return sum(q_.qsize() for q_ in queues(runtimes))
+
+
 class Sampler:
     """Every second: stored readings, the app's and its MQTT process's memory, the app's CPU time."""
 
@@ -225,7 +239,7 @@ class Sampler:
             self.child_peak = max(self.child_peak, child)
         s = {"t": time.time(), "stored": self.stored(), "sent": self.sent_v.value if self.sent_v else 0,
              "rss": rss_mib(os.getpid()), "child": child, "cpu": cpu_s(os.getpid()),
-             "queued": sum(rt.pipeline.queued for rt in self.runtimes.values())}
+             "queued": queued(self.runtimes)}
         self.samples.append(s)
         return s
 
@@ -257,14 +271,16 @@ def discard_backlog(runtimes: dict, mqtt_src) -> dict:
 
     def drain_once() -> int:
         got = 0
-        for rt in runtimes.values():
-            q_, keep = rt.pipeline._q, []
+        for q_ in queues(runtimes):
+            keep = []
             while True:
                 try:
-                    item = q_.get_nowait()
+                    got_item = q_.get_nowait()
                 except queue_mod.Empty:
                     break
                 got += 1
+                item = got_item[1] if isinstance(got_item, tuple) and len(got_item) == 2 and \
+                    hasattr(got_item[0], "_handle") else got_item
                 if isinstance(item, tuple) and item[0] in ("reading", "parse", "reject"):
                     counts["readings"] += 1
                 elif isinstance(item, tuple) and item[0] == "mark":
@@ -274,10 +290,10 @@ def discard_backlog(runtimes: dict, mqtt_src) -> dict:
                     except Exception:
                         pass
                 else:
-                    keep.append(item)
+                    keep.append(got_item)
             for item in keep:
                 counts["other"] += 1
-                q_.put(item)
+                q_.put(item)                          # as it was (tagged, in a group's queue)
         return got
 
     def drainer():
@@ -323,7 +339,7 @@ def run_backend(args, backend: str, out_path: Path) -> None:
     from billing.settlement import parse_period, recent_periods
     from ingest.mqtt_process import MqttProcessSource
     from ingest.runtime import IngestRuntime
-    from instance import PipelineRouter, instance_dir
+    from instance import PipelineRouter, instance_dir, pipeline_group
     from settle import Spec, generate, house_params, time_features
 
     res: dict = {"backend": backend, "communities": args.communities, "houses": args.houses,
@@ -359,10 +375,11 @@ def run_backend(args, backend: str, out_path: Path) -> None:
         logged = LogCount()
         logging.getLogger().addHandler(logged)
         t = time.perf_counter()
+        group = pipeline_group()
         try:
             for k, (s, cfg) in enumerate(configs.items()):
                 communities[s] = app_module._open(str(cfg_path), cfg, what="starting it again")
-                runtimes[s] = IngestRuntime(communities[s], mqtt=False).start()
+                runtimes[s] = IngestRuntime(communities[s], mqtt=False, pipeline_options={"group": group}).start()
         except BaseException as exc:             # a limit (memory, files, threads): say which and where
             res["start_failed"] = {"after": len(runtimes), "error": f"{type(exc).__name__}: {exc}"[:500],
                                    "open_files": open_files(), "threads": proc_status().get("Threads"),
@@ -537,6 +554,8 @@ def run_backend(args, backend: str, out_path: Path) -> None:
             "mqtt_messages": mqtt_src.messages, "mqtt_connects": mqtt_src.connects,
             "mqtt_restarts": mqtt_src.restarts,
             "interval_runs": sum(rt.pipeline.stats.interval_runs for rt in runtimes.values()),
+            "intervals_s": sum(rt.pipeline.stats.intervals_seconds_sum for rt in runtimes.values()),
+            "write_rounds": group.rounds, "round_writes": group.round_writes,
         }
         res["lag"] = {"intervals": len(expected), "measured": len(lags), "missing": missing, "early": len(early),
                       "p50": pct(lags, 50), "p95": pct(lags, 95), "max": max(lags) if lags else None,
@@ -690,8 +709,9 @@ def render(args, results: dict[str, dict], wall_s: float, command: str) -> str:
         f"{n} communities x {hh} houses = {n * hh:,} meters in one instance, each meter publishing every "
         f"10 s ({need:,.0f} readings/s in real time), {args.rounds} rounds ({args.rounds * 10 / 60:.1f} minutes "
         f"of simulated time) published as fast as the broker takes them, through one MQTT subscription "
-        f"(`MqttProcessSource` -> `PipelineRouter` -> one pipeline per community, as `python app.py run` "
-        f"starts them; the web app not started). `bench/communities.py`.",
+        f"(`MqttProcessSource` -> `PipelineRouter` -> a pipeline per community, all handled by one "
+        f"thread, `PipelineGroup`, that writes them in rounds, as `python app.py run` starts them; the web "
+        f"app not started). `bench/communities.py`.",
         "",
         f"- **Machine and date**: {machine()}",
         f"- **Command**: `{command}`; wall time of the whole script {wall_s / 60:.1f} min; code: commit "
@@ -743,6 +763,8 @@ def render(args, results: dict[str, dict], wall_s: float, command: str) -> str:
     row("app process CPU while ingesting (cores)", lambda r: f"{r['ingest']['cpu_cores']:.2f}")
     row("store writes (all communities) / readings per write",
         lambda r: f"{r['ingest']['writes']:,} / {r['ingest']['stored'] / max(1, r['ingest']['writes']):.1f}")
+    row("write rounds of the pipeline group (a round writes every community with readings waiting) / "
+        "time in interval computations", lambda r: f"{r['ingest']['write_rounds']:,} / {r['ingest']['intervals_s']:,.0f} s")
     row("MQTT batches handed to the router / store writes per batch",
         lambda r: f"{r['ingest']['handed_batches']:,} / {r['ingest']['writes'] / max(1, r['ingest']['handed_batches']):.1f}")
     row("time in store writes, summed over the pipelines / per write (mean, max)",
