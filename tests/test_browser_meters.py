@@ -55,7 +55,7 @@ def test_add_a_modbus_meter_and_test_its_connection(tmp_path):
             setting("import-address").fill("0")
             page.click("#mf-test")
             result = page.locator("#mf-result")
-            result.get_by_text("read import 1,234.500 kWh").wait_for()
+            result.get_by_text("read import 1’234.500 kWh").wait_for()
             # a register the device does not have: the Modbus exception by name
             setting("import-address").fill("4000")
             page.click("#mf-test")

@@ -266,7 +266,7 @@ def test_test_connection_from_the_form_and_the_command_line(tmp_path):
             values = {"id": "new", "type": "apartment", "house": "1", "connection": "modbus", "active": True}
             settings = {("modbus", "host"): "127.0.0.1", ("modbus", "port"): server.port,
                         ("modbus", "import-address"): 2, ("modbus", "import-word_order"): "little"}
-            assert "read import 1,234.500 kWh" in str(meter_form.test(c, values, settings))
+            assert "read import 1’234.500 kWh" in str(meter_form.test(c, values, settings))
             server.stop()
             assert "cannot connect" in str(meter_form.test(c, values, settings))
         finally:
