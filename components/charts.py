@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from i18n import tr
+from i18n import LANGUAGES, LOCALES, N_, catalogue, tr
 
 CONSUMPTION, PRODUCTION, GRID, PRICE = "#c0392b", "#f1c40f", "#7f8c8d", "#2c3e50"
 GRID_FED_IN = "#bdc3c7"
@@ -70,3 +70,41 @@ def share_figure(shares) -> go.Figure:
     fig.add_bar(x=shares["start"], y=shares["grid_fed_in_kwh"], name=tr("Grid share fed in"),
                 marker_color=GRID_FED_IN)
     return _layout(fig, tr("LEG share and grid share"), "kWh")
+
+
+# plotly.js's own texts that these charts can show (the mode bar, a double click, a snapshot),
+# translated through the catalogues; plotly's locale of each language (assets/plotly-locales.js)
+PLOTLY_TEXTS = (N_("Download plot as a png"), N_("Zoom"), N_("Pan"), N_("Box Select"), N_("Lasso Select"),
+                N_("Zoom in"), N_("Zoom out"), N_("Autoscale"), N_("Reset axes"), N_("Toggle Spike Lines"),
+                N_("Show closest data on hover"), N_("Compare data on hover"), N_("Double-click to zoom back out"),
+                N_("Taking snapshot - this may take a few seconds"), N_("Snapshot succeeded"))
+PLOTLY_DATE = {"de": "%d.%m.%Y", "fr": "%d.%m.%Y", "it": "%d.%m.%Y"}
+
+
+def plotly_locale(lang: str) -> dict:
+    """plotly.js's locale of ``lang`` (its ``dictionary`` and ``format``): month and day names and
+    number symbols from Babel (the Swiss locale), the texts from the catalogue."""
+    from babel.dates import get_day_names, get_month_names
+    from babel.numbers import get_decimal_symbol, get_group_symbol
+    loc = LOCALES[lang]
+    days = lambda width: [get_day_names(width, locale=loc)[i] for i in (6, 0, 1, 2, 3, 4, 5)]   # Sunday first
+    months = lambda width: [get_month_names(width, locale=loc)[i] for i in range(1, 13)]
+    return {"moduleType": "locale", "name": lang,
+            "dictionary": {t: catalogue(lang)[t] for t in PLOTLY_TEXTS if t in catalogue(lang)},
+            "format": {"days": days("wide"), "shortDays": days("abbreviated"), "months": months("wide"),
+                       "shortMonths": months("abbreviated"), "date": PLOTLY_DATE[lang],
+                       "decimal": get_decimal_symbol(loc), "thousands": get_group_symbol(loc)}}
+
+
+def plotly_locales_js() -> str:
+    """assets/plotly-locales.js: each language's locale, registered with plotly.js whether it is
+    loaded already or later (plotly.js reads ``window.PlotlyLocales`` when it starts)."""
+    import json
+    out = ["// Written by `python scripts/i18n.py plotly` from Babel and the catalogues; do not edit.\n"]
+    for lang in LANGUAGES:
+        if lang == "en":
+            continue
+        out.append(f"(function () {{ var locale = {json.dumps(plotly_locale(lang), ensure_ascii=False, sort_keys=True)};\n"
+                   "  if (typeof Plotly === 'undefined') { (window.PlotlyLocales = window.PlotlyLocales || []).push(locale); }\n"
+                   "  else { Plotly.register(locale); } })();\n")
+    return "".join(out)

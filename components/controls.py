@@ -10,7 +10,7 @@ from dash import Input, Output, callback, dcc, html
 
 import analytics
 from analytics import BUCKETS, RANGES
-from i18n import N_, chf, number, tr
+from i18n import N_, chf, language, number, tr
 
 REFRESH_MS = 60_000
 # the labels of analytics.RANGES and BUCKETS, marked for the catalogues (shown with tr())
@@ -130,3 +130,9 @@ def data_grid(**kwargs) -> dag.AgGrid:
     """An AG Grid table whose own texts are in the request's language (GRID_TEXTS)."""
     options = {"localeText": {key: tr(text) for key, text in GRID_TEXTS.items()}, **kwargs.pop("dashGridOptions", {})}
     return dag.AgGrid(dashGridOptions=options, **kwargs)
+
+
+def graph(**kwargs) -> dcc.Graph:
+    """A chart in the request's language: month and day names, number symbols and the mode bar's
+    texts from plotly's locale (assets/plotly-locales.js, components/charts.py plotly_locale)."""
+    return dcc.Graph(config={"locale": language(), "displaylogo": False}, **kwargs)

@@ -13,7 +13,7 @@ from dash.exceptions import PreventUpdate
 import analytics
 from billing.settlement import SettlementError, invoice_rows, period_of
 from components.charts import energy_figure, grid_figures, price_figure, share_figure, value_figure
-from components.controls import data_grid, kpi_cards
+from components.controls import data_grid, graph, kpi_cards
 from i18n import LOCALES, N_, chf, language, number, tr
 from ingest.csv_files import parse_timestamp
 from ingest.readings import ReadingError
@@ -112,7 +112,6 @@ def share_section(shares) -> list:
     """The LEG share and grid share figure with its totals; nothing outside pricing.mode leg."""
     if shares is None:
         return []
-    from dash import dcc
     k = analytics.share_kpis(shares)
     pct = tr("n/a") if k["leg_share_of_consumption"] is None else f"{k['leg_share_of_consumption']:.0%}"
     text = tr("From the grid operator's data: LEG share consumed {leg_con} kWh, grid share consumed {grid_con} kWh "
@@ -120,7 +119,7 @@ def share_section(shares) -> list:
               "{grid_fed} kWh. The grid operator bills the grid share itself.",
               leg_con=number(k["leg_consumed_kwh"], 1), grid_con=number(k["grid_consumed_kwh"], 1), pct=pct,
               leg_pro=number(k["leg_produced_kwh"], 1), grid_fed=number(k["grid_fed_in_kwh"], 1))
-    return [dbc.Alert(text, color="light", className="small py-2 mb-1"), dcc.Graph(figure=share_figure(shares))]
+    return [dbc.Alert(text, color="light", className="small py-2 mb-1"), graph(figure=share_figure(shares))]
 
 
 def house_view(community, house_id: str, rng: analytics.Range, now: pd.Timestamp):

@@ -1,9 +1,9 @@
 """Community: energy flow, value flow, price signal and KPIs over a chosen range."""
 import dash
 import pandas as pd
-from dash import Output, callback, dcc, html
+from dash import Output, callback, html
 
-from components.controls import range_callbacks, range_controls, range_inputs
+from components.controls import graph, range_callbacks, range_controls, range_inputs
 from components.views import community_view, page_range
 from auth.web import page_denied
 from i18n import N_, tr
@@ -19,7 +19,7 @@ def layout(**_):
         html.H3(tr("Community")),
         range_controls("community"),
         html.Div(id="community-kpis"),
-        dcc.Graph(id="community-energy"), dcc.Graph(id="community-value"), dcc.Graph(id="community-price"),
+        graph(id="community-energy"), graph(id="community-value"), graph(id="community-price"),
         html.Div(id="community-shares"),
     ])
 

@@ -1,9 +1,9 @@
 """Grid: the community's exchange with the grid, energy and value."""
 import dash
 import pandas as pd
-from dash import Output, callback, dcc, html
+from dash import Output, callback, html
 
-from components.controls import range_callbacks, range_controls, range_inputs
+from components.controls import graph, range_callbacks, range_controls, range_inputs
 from components.views import grid_view, page_range
 from auth.web import page_denied
 from i18n import N_, tr
@@ -15,8 +15,8 @@ dash.register_page(__name__, path="/grid", name=N_("Grid"), order=1)
 def layout(**_):
     if (denied := page_denied()) is not None:
         return denied
-    return html.Div([html.H3(tr("Grid")), range_controls("grid"), dcc.Graph(id="grid-energy"),
-                     dcc.Graph(id="grid-value"), html.Div(id="grid-shares")])
+    return html.Div([html.H3(tr("Grid")), range_controls("grid"), graph(id="grid-energy"),
+                     graph(id="grid-value"), html.Div(id="grid-shares")])
 
 
 @callback(Output("grid-energy", "figure"), Output("grid-value", "figure"), Output("grid-shares", "children"),

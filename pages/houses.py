@@ -8,7 +8,7 @@ from dash.exceptions import PreventUpdate
 
 from auth.principal import can_see_house, visible_houses
 from auth.web import current_principal
-from components.controls import range_callbacks, range_controls, range_inputs
+from components.controls import graph, range_callbacks, range_controls, range_inputs
 from components.views import house_view, page_range
 from i18n import N_, tr
 from web import current
@@ -33,8 +33,8 @@ def layout(house_id=None, **_):
                                                           options=[{"label": h.name, "value": h.house_id} for h in houses])],
                         md=4), className="mb-2"),
         range_controls("house"),
-        html.Div(id="house-power"), html.Div(id="house-invoice"), dcc.Graph(id="house-energy"),
-        dcc.Graph(id="house-value"), html.Div(id="house-shares"),
+        html.Div(id="house-power"), html.Div(id="house-invoice"), graph(id="house-energy"),
+        graph(id="house-value"), html.Div(id="house-shares"),
     ])
 
 

@@ -6,6 +6,7 @@ from dash import Input, Output, callback, dcc, html
 from dash.exceptions import PreventUpdate
 
 from auth.web import page_denied
+from components.controls import graph
 from components.year_view import year_choices, year_summary, year_view
 from i18n import N_, tr
 from web import current
@@ -28,7 +29,7 @@ def layout(**kwargs):
                          href=f"{base}api/year/{years[0]}.xlsx")],
                  className="d-flex align-items-center mb-3"),
         html.P(id="year-summary"),
-        dcc.Graph(id="year-energy"), dcc.Graph(id="year-autarky"), dcc.Graph(id="year-savings"),
+        graph(id="year-energy"), graph(id="year-autarky"), graph(id="year-savings"),
     ])
 
 

@@ -1,7 +1,9 @@
 """The web app's catalogues: ``python scripts/i18n.py check`` lists the texts of the code
 (``tr("...")`` and ``N_("...")``, extracted by Babel) that a catalogue lacks; ``python
 scripts/i18n.py merge FILE.json...`` adds translations given as {msgid: {"de": .., "fr": .., "it": ..}}
-to ``locale/<lang>/LC_MESSAGES/messages.po``, keeping what is there, sorted by msgid."""
+to ``locale/<lang>/LC_MESSAGES/messages.po``, keeping what is there, sorted by msgid, and writes
+``assets/plotly-locales.js`` again (the charts' month names, number symbols and mode bar texts;
+``python scripts/i18n.py plotly`` writes only that)."""
 from __future__ import annotations
 
 import json
@@ -68,6 +70,18 @@ def merge(files: list[str]) -> None:
         save(lang, cat)
 
 
+PLOTLY_LOCALES = ROOT / "assets" / "plotly-locales.js"
+
+
+def write_plotly_locales() -> None:
+    import subprocess
+    # a fresh interpreter: the catalogues as just written (i18n.catalogue reads each once)
+    js = subprocess.run([sys.executable, "-c", "from components.charts import plotly_locales_js; "
+                         "import sys; sys.stdout.write(plotly_locales_js())"], cwd=ROOT, capture_output=True,
+                        text=True, check=True).stdout
+    PLOTLY_LOCALES.write_text(js, encoding="utf-8")
+
+
 def missing() -> dict[str, list[str]]:
     """lang -> the msgids of the code its catalogue lacks."""
     code = code_messages()
@@ -83,6 +97,9 @@ def missing() -> dict[str, list[str]]:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["merge"]:
         merge(sys.argv[2:])
+        write_plotly_locales()
+    elif sys.argv[1:2] == ["plotly"]:
+        write_plotly_locales()
     elif sys.argv[1:2] == ["check"]:
         gaps = missing()
         for lang, ids in gaps.items():

@@ -137,6 +137,15 @@ def test_every_page_fits_a_laptop_in_each_language(browser, app, locale):  # noq
             watch.open(path)
             watch.settle()
             no_horizontal_scrolling(watch)
+        # the charts name the months in the language (plotly's locale from assets/plotly-locales.js)
+        from babel.dates import get_month_names
+        from datetime import datetime, timezone
+        watch.open("")
+        ticks = watch.page.locator("#community-energy .xtick text")
+        expect(ticks.first).to_be_visible()
+        month = get_month_names("abbreviated", locale=locale.replace("-", "_"))[datetime.now(timezone.utc).month]
+        labels = " ".join(ticks.evaluate_all("els => els.map(e => e.textContent)"))
+        assert month in labels, (month, labels)
         watch.open("settlement")
         empty = {"fr-CH": "Aucune ligne à afficher", "it-CH": "Nessuna riga da mostrare", "de-CH": "Keine Einträge"}
         expect(watch.page.locator("#settle-overdue .ag-overlay-no-rows-center, #settle-overdue .ag-overlay")

@@ -199,3 +199,15 @@ def test_tables_show_states_in_the_language_and_keep_the_code(app, lang, expecte
         assert {r["status_text"] for r in rows} == {status_text("draft")}
         feb = next(p for p in period_rows(c) if p["period_id"] == "2026-02")
         assert feb["status"] == "open" and feb["status_text"] == i18n.catalogue(lang).get("open", "open")
+
+
+def test_the_charts_locale_file_is_current_and_swiss():
+    """assets/plotly-locales.js is what Babel and the catalogues give today (``python
+    scripts/i18n.py plotly`` writes it), with Swiss number symbols and the texts translated."""
+    from components.charts import PLOTLY_TEXTS, plotly_locale, plotly_locales_js
+    assert (ROOT / "assets" / "plotly-locales.js").read_text(encoding="utf-8") == plotly_locales_js()
+    de, fr = plotly_locale("de"), plotly_locale("fr")
+    assert de["format"]["shortMonths"][2] == "März" and de["format"]["days"][0] == "Sonntag"
+    assert (de["format"]["decimal"], de["format"]["thousands"]) == (".", "\u2019")
+    assert (fr["format"]["decimal"], fr["format"]["thousands"]) == (",", "\u202f")
+    assert set(de["dictionary"]) == set(PLOTLY_TEXTS) and de["dictionary"]["Zoom in"] == "Vergrössern"
