@@ -1,0 +1,248 @@
+"""SDAT-CH import benchmark: a year of the grid operator's daily LEG deliveries.
+
+Each daily file covers the last 5 days (overlapping the previous file by 4; the newest day
+estimated, Condition 21, and revised by the next file) with the total, LEG share and grid share of
+every metering point: 200 points x 3 products = 600 MeteringData of 5 x 96 = 480 observations,
+about 288,000 observations and 38 MB per file. The files are generated one by one (not timed),
+then each is
+
+* parsed bare, in the same run: ``xml.etree.ElementTree.fromstring`` and ``lxml.etree.fromstring``
+  (a tree and nothing else: no values read, nothing checked, nothing stored);
+* imported as ``python app.py import-sdat`` does (``Community.import_sdat_file`` on the file's
+  bytes): parsed and checked (ingest/sdat.py), stored in ``sdat.sqlite`` (newest Creation wins per
+  metering point, product and quarter hour), and, as in pricing mode ``leg``, the houses'
+  15-minute intervals of the file's window derived from the LEG shares and written to the
+  community's reading store.
+
+SDAT values themselves are kept only in ``sdat.sqlite``, whatever the storage backend; what
+reaches the reading store (the embedded DuckDB store or InfluxDB) is the derived intervals. The
+import runs once with the embedded store and once with ``storage.backend: influxdb`` against a
+real influxd (Debian's influxdb package) on free ports, each in a process of its own so that
+peak RSS is the import's.
+
+    .venv/bin/python bench/sdat.py                         # a year, 200 points; writes its section
+    .venv/bin/python bench/sdat.py --days 30 --no-write    # a smaller run
+    .venv/bin/python bench/sdat.py --backends embedded
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
+
+import numpy as np  # noqa: E402
+from lxml import etree  # noqa: E402
+
+from benchfile import machine, write_section  # noqa: E402
+from sdat_files import leg_document, local_day  # noqa: E402
+
+WINDOW_DAYS = 5
+FIRST_DAY = date(2026, 1, 1)
+
+
+def points(n: int) -> dict[str, str]:
+    """Metering point -> direction: every tenth point a producer."""
+    return {f"CH10079012345000000000000{k:08d}": ("production" if k % 10 == 9 else "consumption")
+            for k in range(n)}
+
+
+def _milli(point: int, product: int, q0: int, n: int, high: int) -> np.ndarray:
+    """Deterministic milli-kWh of a point's product for quarter hours q0 ... q0 + n - 1 (since FIRST_DAY)."""
+    q = np.arange(q0, q0 + n, dtype=np.uint64)
+    h = q * np.uint64(0x9E3779B97F4A7C15) + np.uint64((point * 2 + product + 1) * 0xBF58476D1CE4E5B9 % 2**64)
+    h ^= h >> np.uint64(31)
+    h *= np.uint64(0x94D049BB133111EB)
+    h ^= h >> np.uint64(29)
+    return (h % np.uint64(high)).astype(np.int64)
+
+
+def daily_file(day: int, pts: dict[str, str]) -> tuple[str, bytes, int]:
+    """The file sent the morning after day ``day`` (0-based): days day-4 ... day, the last estimated."""
+    first = max(0, day - WINDOW_DAYS + 1)
+    d0 = FIRST_DAY + timedelta(days=first)
+    start, end = local_day(d0.year, d0.month, d0.day, days=day - first + 1)
+    dl = FIRST_DAY + timedelta(days=day)
+    last_start, _ = local_day(dl.year, dl.month, dl.day)
+    n = int((end - start) / timedelta(minutes=15))
+    k_est = int((last_start - start) / timedelta(minutes=15))
+    q0 = int((start - local_day(FIRST_DAY.year, FIRST_DAY.month, FIRST_DAY.day)[0]) / timedelta(minutes=15))
+    series = {}
+    for k, (point, direction) in enumerate(pts.items()):
+        leg = (_milli(k, 0, q0, n, 500) / 1000).tolist()   # a quarter hour's value is the same in every file ...
+        grid = (_milli(k, 1, q0, n, 200) / 1000).tolist()
+        for q in range(k_est, n):                           # ... but the newest day: estimated, revised next day
+            leg[q] = round(leg[q] / 2, 3)
+        series[point] = (direction, leg, grid)
+    creation = datetime.combine(dl + timedelta(days=1), datetime.min.time(), timezone.utc) + timedelta(hours=5)
+    data = leg_document(f"DOC-{day:03d}", creation, start, end, series,
+                        conditions={s: "21" for s in range(k_est + 1, n + 1)})
+    name = f"{creation:%Y%m%d_%H%M%S}_12X-0000001216-O_E66_12X-LEGTESTCOM-T_{day:03d}.xml"
+    return name, data, 3 * len(pts) * n
+
+
+def config(data_dir: Path, pts: dict[str, str], influx_url: str | None) -> dict:
+    cfg = {
+        "community": {"name": "LEG benchmark", "timezone": "Europe/Zurich"},
+        "pricing": {"mode": "leg"},
+        "tariffs": {"p_pv": 15.0, "p_grid_del": 6.0, "p_grid_con": 30.0},
+        "leg": {"grid_fee_reduction": 0.4, "grid_fee_ct_per_kwh": 10.0},
+        "houses": {f"house-{k}": {"id": k + 1, "name": f"House {k + 1}", "metering_points": [p]}
+                   for k, p in enumerate(pts)},
+        "storage": {"data_dir": str(data_dir)},
+        "mqtt": {"enabled": False},
+    }
+    if influx_url:
+        cfg["storage"]["backend"] = "influxdb"
+        cfg["influxdb"] = {"url": influx_url, "database": "bench"}
+    return cfg
+
+
+def timed(fn, acc: dict, key: str):
+    def wrapper(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            acc[key] = acc.get(key, 0.0) + time.perf_counter() - t
+    return wrapper
+
+
+def run_backend(args) -> dict:
+    """One backend, in this process: every day's file generated, parsed bare, imported."""
+    import ingest.sdat
+    from community import Community
+    from config import parse_config
+    pts = points(args.points)
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        tmp = Path(tmp)
+        server = None
+        if args.backend == "influxdb":
+            from peers import Influxd
+            server = Influxd(tmp / "influxd").start()
+        try:
+            c = Community.open(parse_config(config(tmp / "data", pts, server.url if server else None), source="bench"))
+            acc: dict[str, float] = {}
+            ingest.sdat.parse_sdat = timed(ingest.sdat.parse_sdat, acc, "parse")
+            c.sdat.import_document = timed(c.sdat.import_document, acc, "store")
+            c.apply_sdat = timed(c.apply_sdat, acc, "reading_store")
+            rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            obs = files = nbytes = 0
+            t_et = t_lxml = t_import = 0.0
+            counts = {"inserted": 0, "updated": 0, "unchanged": 0}
+            for day in range(args.days):
+                name, data, n = daily_file(day, pts)
+                path = tmp / name
+                path.write_bytes(data)
+                del data
+                t = time.perf_counter()
+                ET.fromstring(path.read_bytes())
+                t_et += time.perf_counter() - t
+                t = time.perf_counter()
+                etree.fromstring(path.read_bytes(), etree.XMLParser(resolve_entities=False, no_network=True))
+                t_lxml += time.perf_counter() - t
+                t = time.perf_counter()
+                summary = c.import_sdat_file(str(path), path.read_bytes())        # as app.py import-sdat
+                t_import += time.perf_counter() - t
+                if summary.error or summary.refused:
+                    raise SystemExit(f"{name}: {summary.error or summary.refused[:3]}")
+                for k in counts:
+                    counts[k] += getattr(summary, k)
+                obs += n
+                files += 1
+                nbytes += path.stat().st_size
+                path.unlink()
+                if args.progress and (day + 1) % args.progress == 0:
+                    print(f"  {args.backend}: day {day + 1}: {obs / t_import:,.0f} obs/s imported", file=sys.stderr)
+            rows = c.sdat._con.execute("SELECT count(*) FROM sdat_values").fetchone()[0]
+            db_bytes = sum(p.stat().st_size for p in (tmp / "data").glob("sdat.sqlite*"))
+            c.close()
+        finally:
+            if server:
+                server.proc.terminate()
+                server.proc.wait(30)
+    return {"backend": args.backend, "files": files, "observations": obs, "bytes": nbytes,
+            "t_et": t_et, "t_lxml": t_lxml, "t_import": t_import, **{f"t_{k}": v for k, v in acc.items()},
+            "counts": counts, "rows": rows, "db_bytes": db_bytes,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_mb": rss0 / 1024}
+
+
+def report(results: list[dict], args) -> str:
+    r0 = results[0]
+    lines = [
+        f"{machine()}",
+        "",
+        f"Size: {r0['files']} daily files (days) x {args.points} metering points x 3 products, 5-day windows "
+        f"overlapping by 4: {r0['observations']:,} observations, {r0['bytes'] / 1e9:.2f} GB of XML "
+        f"({r0['observations'] / r0['files']:,.0f} observations and {r0['bytes'] / r0['files'] / 1e6:.1f} MB per file); "
+        f"at the end {r0['rows']:,} rows in sdat.sqlite ({r0['db_bytes'] / 1e9:.2f} GB).",
+        "",
+        "Import = `Community.import_sdat_file` as `python app.py import-sdat` calls it per file: read + parse and "
+        "check (ingest/sdat.py) + store in sdat.sqlite (storage/sdat_store.py) + the houses' intervals of the "
+        "file's window derived from the LEG shares and written to the reading store (`apply_sdat`, pricing mode "
+        "leg). SDAT values go to sdat.sqlite under either backend; \"into InfluxDB\" is the derived intervals. "
+        "Bare parse = the same bytes to a tree, nothing read or checked, in the same run.",
+        "",
+        "| backend | import obs/s | parse + sdat.sqlite obs/s | bare ElementTree obs/s | bare lxml obs/s | "
+        "bare ET / parse+store | files/s | parse s | sdat.sqlite s | reading store s | peak RSS MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        n = r["observations"]
+        ps = r.get("t_parse", 0) + r.get("t_store", 0)
+        lines.append(
+            f"| {r['backend']} | {n / r['t_import']:,.0f} | {n / ps:,.0f} | {n / r['t_et']:,.0f} | "
+            f"{n / r['t_lxml']:,.0f} | {(n / r['t_et']) / (n / ps):.2f} | {r['files'] / r['t_import']:.2f} | "
+            f"{r.get('t_parse', 0):.1f} | {r.get('t_store', 0):.1f} | {r.get('t_reading_store', 0):.1f} | "
+            f"{r['peak_rss_mb']:,.0f} |")
+    c = r0["counts"]
+    lines += [
+        "",
+        f"Summaries over the run: {c['inserted']:,} quarter-hour values new, {c['updated']:,} revised (the "
+        f"estimated newest day), {c['unchanged']:,} unchanged (the 3 days repeated by each file). "
+        "Peak RSS is the process's (`ru_maxrss`), including generating one file at a time; "
+        f"{r0['rss_before_mb']:,.0f} MB before the first file.",
+        "",
+        f"Run: `flock /tmp/cpu.lock .venv/bin/python bench/sdat.py --days {args.days} --points {args.points}` "
+        "(`--backends embedded` or `influxdb` for one).",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--days", type=int, default=365)
+    ap.add_argument("--points", type=int, default=200)
+    ap.add_argument("--backends", default="embedded,influxdb")
+    ap.add_argument("--backend", help=argparse.SUPPRESS)           # the child process of one backend
+    ap.add_argument("--tmp", default=None, help="folder for the temporary files (default: the system's)")
+    ap.add_argument("--progress", type=int, default=0, help="print the rate every N files")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    if args.backend:
+        print(json.dumps(run_backend(args)))
+        return
+    results = []
+    for backend in args.backends.split(","):
+        cmd = [sys.executable, __file__, "--backend", backend, "--days", str(args.days), "--points", str(args.points),
+               "--progress", str(args.progress)] + (["--tmp", args.tmp] if args.tmp else [])
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, check=True, text=True).stdout
+        results.append(json.loads(out.strip().splitlines()[-1]))
+        print(json.dumps(results[-1]), file=sys.stderr)
+    text = report(results, args)
+    print(text)
+    if not args.no_write:
+        write_section("sdat", f"SDAT-CH import: daily LEG deliveries of {args.points} metering points", text)
+
+
+if __name__ == "__main__":
+    main()
