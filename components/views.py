@@ -293,6 +293,32 @@ def leg_section(c, period) -> list:
     return out
 
 
+DIRECTIONS = {"consumption": N_("consumption"), "production": N_("production")}
+
+
+def metering_point_rows(c) -> list[dict]:
+    """The Meters page's table of the houses' metering points (a LEG billed from the grid
+    operator's data): per point its house, the last quarter hour delivered, the document that
+    delivered last and when the grid operator created it and it was imported (local time); a
+    point without any delivery says so. Empty when no house lists metering points."""
+    point_house = c.point_houses()
+    if not point_house:
+        return []
+    names = {h.house_id: h.name for h in c.houses()}
+    seen = {p["metering_point"]: p for p in c.sdat.points()}
+    rows = []
+    for point, house in sorted(point_house.items(), key=lambda kv: (kv[1], kv[0])):
+        p = seen.get(point)
+        direction = DIRECTIONS.get(p["direction"]) if p else None
+        rows.append({"metering_point": point, "house": names.get(house, house),
+                     "direction": tr(direction) if direction else "",
+                     "last_quarter_hour": local_time(c, p["last_start"]) if p else tr("no delivery yet"),
+                     "document_id": p["document_id"] if p else "",
+                     "created": local_time(c, p["creation"]) if p else "",
+                     "imported": local_time(c, p["imported_at"]) if p and p.get("imported_at") else ""})
+    return rows
+
+
 def local_time(c, ts) -> str:
     return pd.Timestamp(ts).tz_convert(c.tz).strftime("%Y-%m-%d %H:%M")
 

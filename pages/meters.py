@@ -24,6 +24,9 @@ METER_COLUMNS = [("meter_id", N_("Meter")), ("name", N_("Name")), ("house", N_("
                  ("rejected", N_("Rejected")), ("resets", N_("Resets"))]
 UNKNOWN_COLUMNS = [("meter_id", N_("Meter id")), ("messages", N_("Messages")), ("source", N_("Source")),
                    ("first_seen", N_("First seen")), ("last_seen", N_("Last seen"))]
+POINT_COLUMNS = [("metering_point", N_("Metering point")), ("house", N_("House")), ("direction", N_("Direction")),
+                 ("last_quarter_hour", N_("Last quarter hour")), ("document_id", N_("Last delivery")),
+                 ("created", N_("Created by the grid operator")), ("imported", N_("Imported"))]
 SDAT_COLUMNS = [("metering_point", N_("Metering point")), ("values", N_("Values")), ("first_seen", N_("First seen")),
                 ("last_seen", N_("Last seen")), ("file", N_("File"))]
 # the form's choices: (value, label shown with tr()); types and connections are config.yaml's keys
@@ -133,16 +136,21 @@ def unknown_note(runtime) -> str:
 
 
 def sdat_unknown(community):
-    """Metering points in the grid operator's files that no house lists (counted, never billed)."""
-    if not (community.cfg.data_dir / "sdat.sqlite").exists():
-        return None
-    rows = community.sdat.unknown()
-    if not rows:
-        return None
-    return html.Div([
-        html.H5(tr("In the grid operator's files but not listed by any house (not billed)"), className="mt-3"),
-        data_grid(id="meters-sdat-grid", rowData=rows, columnDefs=columns(SDAT_COLUMNS),
-                   columnSize="sizeToFit", style={"height": "160px"})])
+    """The metering points of the houses with the grid operator's last delivery for each, and the
+    metering points in its files that no house lists (counted, never billed)."""
+    from components.views import metering_point_rows
+    points = metering_point_rows(community)
+    out = []
+    if points:
+        out += [html.H5(tr("Metering points (data from the grid operator)"), className="mt-3"),
+                data_grid(id="meters-sdat-points", rowData=points, columnDefs=columns(POINT_COLUMNS),
+                          columnSize="sizeToFit", style={"height": "200px"})]
+    rows = community.sdat.unknown() if (community.cfg.data_dir / "sdat.sqlite").exists() else []
+    if rows:
+        out += [html.H5(tr("In the grid operator's files but not listed by any house (not billed)"), className="mt-3"),
+                data_grid(id="meters-sdat-grid", rowData=rows, columnDefs=columns(SDAT_COLUMNS),
+                          columnSize="sizeToFit", style={"height": "160px"})]
+    return html.Div(out) if out else None
 
 
 @callback(Output("meters-grid", "rowData"), Output("meters-unknown", "rowData"), Output("meters-store", "children"),

@@ -15,7 +15,7 @@ import json
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from itertools import repeat
 from pathlib import Path
 
@@ -44,6 +44,15 @@ CREATE TABLE IF NOT EXISTS sdat_values (
     creation TEXT NOT NULL,
     PRIMARY KEY (metering_point, product, start)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sdat_points (    -- per known metering point: its last delivery (the Meters page)
+    metering_point TEXT PRIMARY KEY,
+    direction TEXT NOT NULL,
+    last_start TEXT NOT NULL,             -- the latest quarter hour any document delivered, UTC, ISO
+    document_id TEXT NOT NULL,            -- the newest document (by Creation) that delivered the point
+    creation TEXT NOT NULL,
+    file_name TEXT NOT NULL,
+    imported_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sdat_unknown (
     metering_point TEXT PRIMARY KEY,
     values_seen INTEGER NOT NULL,
@@ -115,6 +124,20 @@ class SdatStore:
         self._con.execute("PRAGMA synchronous=NORMAL")
         self._con.executescript(SCHEMA)
         self._con.executescript(STAGING)
+        self._fill_points()
+
+    def _fill_points(self) -> None:
+        """A store written before ``sdat_points`` existed: its points' last deliveries, once."""
+        if self._con.execute("SELECT 1 FROM sdat_points LIMIT 1").fetchone() or \
+                not self._con.execute("SELECT 1 FROM sdat_values LIMIT 1").fetchone():
+            return
+        with self._tx() as con:
+            # the bare columns come from the row of max(creation) (SQLite's rule for one min/max)
+            con.execute("INSERT OR IGNORE INTO sdat_points SELECT v.metering_point, v.direction, "
+                        "(SELECT max(start) FROM sdat_values w WHERE w.metering_point = v.metering_point), "
+                        "v.document_id, max(v.creation), coalesce(d.file_name, ''), coalesce(d.imported_at, '') "
+                        "FROM sdat_values v LEFT JOIN sdat_documents d ON d.document_id = v.document_id "
+                        "GROUP BY v.metering_point")
 
     def close(self) -> None:
         self._con.close()
@@ -157,6 +180,7 @@ class SdatStore:
                 return s
             if staged:
                 self._merge(con, known, staged, doc.document_id, creation, s)
+                self._delivered(con, known, doc, creation, now)
             for point, n in unknown.items():
                 con.execute("INSERT INTO sdat_unknown VALUES (?, ?, ?, ?, ?) ON CONFLICT(metering_point) DO UPDATE "
                             "SET values_seen = values_seen + excluded.values_seen, last_seen = excluded.last_seen, "
@@ -166,6 +190,30 @@ class SdatStore:
                          json.dumps({"inserted": s.inserted, "updated": s.updated, "unchanged": s.unchanged,
                                      "unknown": s.unknown_points, "refused": s.refused[:100]})))
         return s
+
+    @staticmethod
+    def _delivered(con, series_list, doc: SdatDocument, creation: str, now: str) -> None:
+        """Each point's last delivery: the latest quarter hour ever delivered, and the newest document."""
+        last: dict[str, tuple[str, str]] = {}
+        for x in series_list:
+            if len(x):
+                end = (x.start + timedelta(minutes=15 * int(x.offsets.max()))).astimezone(timezone.utc).isoformat()
+                last[x.metering_point] = (x.direction, max(end, last.get(x.metering_point, ("", ""))[1]))
+        for point, (direction, end) in last.items():
+            con.execute("INSERT INTO sdat_points VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(metering_point) DO UPDATE "
+                        "SET last_start = max(sdat_points.last_start, excluded.last_start)",
+                        (point, direction, end, doc.document_id, creation, doc.name[:200], now))
+            con.execute("UPDATE sdat_points SET direction = ?, document_id = ?, creation = ?, file_name = ?, "
+                        "imported_at = ? WHERE metering_point = ? AND (creation, document_id) <= (?, ?)",
+                        (direction, doc.document_id, creation, doc.name[:200], now, point, creation, doc.document_id))
+
+    def points(self) -> list[dict]:
+        """The known metering points' last deliveries: metering_point, direction, last_start (the
+        latest quarter hour delivered), document_id and creation of the newest document,
+        file_name, imported_at (UTC, ISO)."""
+        keys = ("metering_point", "direction", "last_start", "document_id", "creation", "file_name", "imported_at")
+        cur = self._con.execute(f"SELECT {', '.join(keys)} FROM sdat_points ORDER BY metering_point")
+        return [dict(zip(keys, r)) for r in cur]
 
     @staticmethod
     def _merge(con, series_list, staged: int, document_id: str, creation: str, s: ImportSummary) -> None:

@@ -280,6 +280,22 @@ def test_october_shuffled_and_imported_twice_settles_to_hand_computed_figures(tm
         assert "96 Viertelstunden dieser Periode beruhen auf vom Netzbetreiber geschätzten Werten" in html
         assert "Nachbarwerten" not in html
         assert render_pdf(doc)[:5] == b"%PDF-"
+        # the Meters page: each metering point with its last delivery, whatever the import order
+        from components.views import metering_point_rows
+        rows = {r["metering_point"]: r for r in metering_point_rows(c)}
+        assert set(rows) == {C1, C2, P3}
+        assert rows[P3]["house"] == "House 3" and rows[P3]["direction"] == "production"
+        assert (rows[C1]["last_quarter_hour"], rows[C1]["document_id"], rows[C1]["created"]) == (
+            "2026-10-31 23:45", "DOC-10-31", "2026-11-01 06:00")            # 05:00 UTC in winter time
+        # a store written before the table of last deliveries: filled once when opened
+        from storage.sdat_store import SdatStore
+        c.sdat._con.execute("DELETE FROM sdat_points")
+        again = SdatStore(c.sdat.path)
+        try:
+            assert {p["metering_point"]: (p["document_id"], p["last_start"]) for p in again.points()}[C1] == (
+                "DOC-10-31", "2026-10-31T22:45:00+00:00")
+        finally:
+            again.close()
     finally:
         c.close()
 
