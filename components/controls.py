@@ -95,6 +95,8 @@ def range_callbacks(prefix: str) -> None:
 MONEY_COLUMN = {"valueFormatter": {"function": "params.data && params.data.shown && "
                                                "params.data.shown[params.colDef.field] || params.value"},
                 "cellDataType": "number"}
+# the same for any number with its text under ``shown`` (kWh in the language's number format)
+NUMBER_COLUMN = MONEY_COLUMN
 # every table of the app fits its grid's width: the columns share it, long headers and texts wrap
 FITTED_GRID = {"columnSize": "responsiveSizeToFit",
                "defaultColDef": {"wrapHeaderText": True, "autoHeaderHeight": True, "minWidth": 90}}

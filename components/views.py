@@ -79,6 +79,18 @@ def grid_money(row: dict, amounts: dict) -> dict:
     return out
 
 
+def grid_kwh(row: dict, fields: tuple[str, ...]) -> dict:
+    """``row`` with its energy ``fields`` (kWh) as numbers for a ``controls.MONEY_COLUMN``-style
+    column: sorted as numbers, shown with three decimals in the language's number format."""
+    out = {**row, "shown": dict(row.get("shown", {}))}
+    for field in fields:
+        if out.get(field) in (None, ""):
+            continue
+        value = Decimal(str(out[field]))
+        out[field], out["shown"][field] = float(value), number(value, 3)
+    return out
+
+
 # the grids' columns that show an invoice's net as "owes CHF x" / "is owed CHF x"
 NET_FIELDS = {"net_amount_chf", "net"}
 
@@ -200,7 +212,8 @@ def settlement_view(c, period: str, base: str = "/"):
     link = lambda doc_id: f"[PDF]({base}api/invoices/{doc_id}.pdf)"
     rows = []
     for r in invoice_rows(s.invoices):
-        row = grid_money({k: (str(v) if v is not None else "") for k, v in r.items()},
+        row = grid_money(grid_kwh({k: (str(v) if v is not None else "") for k, v in r.items()},
+                                  ("energy_imported_kwh", "energy_exported_kwh")),
                          {"import_cost_chf": chf_of_ct(r["import_cost_ct"]),
                           "export_revenue_chf": chf_of_ct(r["export_revenue_ct"]), "net_amount_chf": r["net_amount_chf"]})
         row["download"] = f"{link(r['invoice_id'])} · [CSV]({base}api/invoices/{r['invoice_id']}.csv)"

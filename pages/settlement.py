@@ -5,7 +5,7 @@ import dash_bootstrap_components as dbc
 from dash import Input, Output, State, callback, dcc, html, no_update
 
 from billing.mail import configured as mail_configured
-from components.controls import FITTED_GRID, MONEY_COLUMN, WRAPPED_COLUMN, data_grid
+from components.controls import FITTED_GRID, MONEY_COLUMN, NUMBER_COLUMN, WRAPPED_COLUMN, data_grid
 from components.views import (assign_payment, close_job, invoice_action, job_progress, mail_job, payment_grids,
                               period_rows, settlement_view, upload_bank_files)
 from auth.web import actor, page_denied
@@ -24,6 +24,7 @@ INVOICE_GRID = dict(download={"cellRenderer": "markdown", "minWidth": 110, "sort
                     invoice_id={"minWidth": 130, **WRAPPED_COLUMN}, house_name=WRAPPED_COLUMN,
                     net_amount_chf={**MONEY_COLUMN, **WRAPPED_COLUMN, "minWidth": 130},
                     import_cost_chf=MONEY_COLUMN, export_revenue_chf=MONEY_COLUMN, status_text=WRAPPED_COLUMN,
+                    energy_imported_kwh=NUMBER_COLUMN, energy_exported_kwh=NUMBER_COLUMN,
                     flags=WRAPPED_COLUMN, mail={**WRAPPED_COLUMN, "minWidth": 130})
 OVERDUE_COLUMNS = [("invoice_id", N_("Invoice")), ("house_id", N_("House")), ("house_name", N_("Name")),
                    ("due_on", N_("Due on")), ("amount_due_chf", N_("Amount due CHF")), ("paid_chf", N_("Paid CHF")),

@@ -197,6 +197,10 @@ def test_tables_show_states_in_the_language_and_keep_the_code(app, lang, expecte
         _alert, rows, _ = settlement_view(c, "2026-02")
         assert rows and {r["status"] for r in rows} == {"draft"}
         assert {r["status_text"] for r in rows} == {status_text("draft")}
+        # energy sorts as a number and shows in the language's format (2’688.000, 2 688,000)
+        one = next(r for r in rows if r["house_id"] == "1")
+        assert one["energy_imported_kwh"] == 2688.0
+        assert one["shown"]["energy_imported_kwh"] == i18n.number(2688, 3, lang)
         feb = next(p for p in period_rows(c) if p["period_id"] == "2026-02")
         assert feb["status"] == "open" and feb["status_text"] == i18n.catalogue(lang).get("open", "open")
 

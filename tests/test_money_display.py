@@ -90,7 +90,10 @@ def test_the_settlement_table_shows_chf_and_no_centimes(community):  # noqa: F81
     headers = [d["headerName"] for d in defs]
     assert headers[0] == "Download" and not [h for h in headers if h.endswith(" ct")], headers
     money = [d["field"] for d in defs if d.get("valueFormatter") == MONEY_COLUMN["valueFormatter"]]
-    assert money == ["net_amount_chf", "import_cost_chf", "export_revenue_chf"]
+    # the amounts, and the energy, sort as numbers and show their text (CHF, kWh in the language)
+    assert money == ["net_amount_chf", "import_cost_chf", "export_revenue_chf", "energy_imported_kwh",
+                     "energy_exported_kwh"]
+    money = money[:3]
     one = next(r for r in rows if r["house_id"] == "1")
     assert (one["import_cost_chf"], one["net_amount_chf"]) == (806.4, -806.4)          # 2688 kWh x 30 ct
     assert one["shown"]["import_cost_chf"] == "806.40" and one["shown"]["net_amount_chf"] == "owes CHF 806.40"
