@@ -363,6 +363,17 @@ def invoice_setup_notes(cfg) -> list[str]:
     return notes
 
 
+def mail_summary(run) -> Later:
+    """A mailing's result (billing/mail.py MailRun) as the settlement page shows it, in the
+    reader's language: how many were sent, not sent and failed, with the first documents' reasons."""
+    details = "; ".join([f"{k}: {v}" for k, v in list(run.skipped.items())[:5]]
+                        + [f"{k}: {v}" for k, v in list(run.failed.items())[:5]])
+    if not details:
+        return Later(N_("{sent} sent"), sent=len(run.sent))
+    return Later(N_("{sent} sent, {skipped} not sent, {failed} failed ({details})"), sent=len(run.sent),
+                 skipped=len(run.skipped), failed=len(run.failed), details=details)
+
+
 def _mail_text(m: dict | None) -> str:
     if m is None:
         return ""
@@ -393,7 +404,7 @@ def mail_job(services, period: str, by: str = "web") -> tuple[dict | None, str]:
     c = services.community
     return _start(services, f"mail:{period}", Later(N_("Mailing {period}"), period=period),
                   lambda progress: Later(N_("Mailing {period}: {summary}"), period=period,
-                                         summary=mail.send_period(c, period, by, progress).summary()))
+                                         summary=mail_summary(mail.send_period(c, period, by, progress))))
 
 
 def _start(services, key: str, label: str, run):

@@ -215,3 +215,17 @@ def test_the_charts_locale_file_is_current_and_swiss():
     assert (de["format"]["decimal"], de["format"]["thousands"]) == (".", "\u2019")
     assert (fr["format"]["decimal"], fr["format"]["thousands"]) == (",", "\u202f")
     assert set(de["dictionary"]) == set(PLOTLY_TEXTS) and de["dictionary"]["Zoom in"] == "Vergrössern"
+
+
+def test_the_mailing_summary_is_translated_when_shown(app):
+    """A mailing runs in a worker thread (no request, no language); its summary is translated when
+    the settlement page shows it."""
+    from billing.mail import MailRun
+    from components.views import mail_summary
+    run = MailRun(sent=["INV-2026-001", "INV-2026-002"], skipped={"INV-2026-003": "already sent"})
+    text = mail_summary(run)
+    assert str(text) == "2 sent, 1 not sent, 0 failed (INV-2026-003: already sent)"      # no request: English
+    server = app[1].server
+    with server.test_request_context("/", headers={"Accept-Language": "de"}):
+        assert str(text) == "2 versendet, 1 nicht versendet, 0 fehlgeschlagen (INV-2026-003: already sent)"
+        assert str(mail_summary(MailRun(sent=["INV-2026-001"]))) == "1 versendet"
