@@ -128,7 +128,9 @@ class UptimeClock:
     * one that arrives more than ``DRIFT_S`` later than ``B + ts`` is either a backlog (messages the
       broker held while the app or the broker was down: they arrive in a burst, far faster than
       their uptimes advance; timed by ``B``) or a device clock that drifted (messages paced live, as
-      their uptimes advance: re-anchored at the receive time);
+      their uptimes advance: re-anchored at the receive time). The pace is judged between two
+      messages this process received: the first after a restart (boot times from ``restore``)
+      may head a backlog that merely arrives one send interval after the last message before;
     * ``ts`` going down is an old message delivered again when it lies within the uptimes seen since
       the device last started (timed by ``B`` as when it first came), else a device restart:
       re-anchored at the receive time;
@@ -153,6 +155,9 @@ class UptimeClock:
         self._lock = threading.Lock()      # time_of runs in the network thread, snapshot in another
         self._last: dict[str, tuple] = {}          # meter -> (ts, key, time) of its last message
         self._memo: dict[str, dict] = {}           # meter -> {(ts, key): time} of bumped messages
+        # meters whose last receive time comes from a snapshot (the app ran before): the gap to
+        # their first message now says nothing about the pace they are sent at
+        self._restored: set[str] = set()
 
     def time_of(self, meter_id: str, uptime_s, received: datetime, key=None) -> datetime:
         """The reading time of a message with uptime ``uptime_s`` received at ``received``; ``key``
@@ -188,10 +193,11 @@ class UptimeClock:
             candidate = r - ts
             if candidate < boot:
                 boot = candidate             # it arrived sooner than any before: the earliest boot time fits
-            elif candidate > boot + self.DRIFT_S:
+            elif candidate > boot + self.DRIFT_S and meter_id not in self._restored:
                 gap_sent, gap_received = ts - last_ts, r - last_r
                 if abs(gap_received - gap_sent) <= max(self.JITTER_S, 0.25 * gap_sent):
                     boot = candidate                                     # paced live: the clock drifted
+            self._restored.discard(meter_id)
             if ts == last_ts:                                            # the same second as the last one
                 est = last_est + self.TICK_S
             else:
@@ -223,6 +229,11 @@ class UptimeClock:
                 elif len(v) == 2:
                     u, t = float(v[0]), float(v[1])
                     self._state[str(k)] = [t - u, u, t, t, u]
+                else:
+                    continue
+                # the first message after the restart may be the head of a backlog that happens to
+                # arrive one send interval after the last one before it: not a sign of live pace
+                self._restored.add(str(k))
 
 
 class SensorIntake:

@@ -101,6 +101,27 @@ def test_a_drifting_clock_re_anchors_once_the_drift_exceeds_the_bound():
     assert min(lag[300:]) < 5                                             # re-anchored on the way
 
 
+def test_a_backlog_after_a_restart_arriving_one_send_interval_later_keeps_the_meters_times():
+    """A backlog (messages every 10 s of uptime, delivered within milliseconds) is taken, the app
+    stops (its boot times saved) and starts again 10 s after the last message it took: one send
+    interval of the meter, so the rest of the backlog's first message looks paced live. It must not
+    re-anchor the clock (that squeezed the rest of the burst into milliseconds, 1 ms apart)."""
+    boot = at(-2 * 86400)                               # the meter was last heard two days ago
+    before = UptimeClock()
+    before.restore({"M": [0, boot.timestamp()]})
+    first = [before.time_of("M", 10 * k, at(0.001 * k)) for k in range(1, 101)]
+    assert first == [boot + timedelta(seconds=10 * k) for k in range(1, 101)]
+    c = UptimeClock()
+    c.restore(before.snapshot())
+    got = [c.time_of("M", 10 * k, at(10.1 + 0.001 * k)) for k in range(101, 201)]
+    assert got == [boot + timedelta(seconds=10 * k) for k in range(101, 201)]
+    # a live meter whose clock drifted is still re-anchored, from its second message after the restart
+    d = UptimeClock()
+    d.restore(before.snapshot())
+    d.time_of("M", 1010, at(10.1))
+    assert d.time_of("M", 1020, at(20.1)) == at(20.1)
+
+
 def test_several_messages_in_one_second_get_distinct_increasing_times_and_copies_repeat_them():
     c = UptimeClock()
     got = [c.time_of("M", 7, at(0.02 * k), (100.0 + k, 0.0)) for k in range(50)]
