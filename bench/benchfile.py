@@ -45,3 +45,21 @@ def write_section(key: str, title: str, body: str) -> None:
     pattern = re.compile(rf"<!-- bench:{key} -->.*?<!-- /bench:{key} -->", re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     BENCHMARKS.write_text(text)
+
+
+def counting_publisher(port: int, client_id: str):
+    """(client, acked): a started paho client on 127.0.0.1:``port`` with up to 1000 messages in
+    flight and no queue of its own, and a one-item list counting the broker's acknowledgements."""
+    import paho.mqtt.client as mqtt
+    acked = [0]
+
+    def on_publish(client, userdata, mid, reason_code, properties):
+        acked[0] += 1
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    return client, acked

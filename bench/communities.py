@@ -64,7 +64,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from benchfile import machine, write_section  # noqa: E402
+from benchfile import counting_publisher, machine, write_section  # noqa: E402
 from peers import Influxd, Mosquitto  # noqa: E402
 from soak import cpu_s, rss_mib  # noqa: E402
 
@@ -137,8 +137,6 @@ def write_config(path: Path, n: int, houses: int, mqtt_port: int, data_dir: Path
 # -- the publisher (a process of its own) ---------------------------------------------------------------
 def publisher_main(port: int, n: int, houses: int, rounds: int, deciding: list[int], go, stop, sent_v,
                    out) -> None:
-    import paho.mqtt.client as mqtt
-
     from ingest.sensor import sensor_payload
     rng = np.random.default_rng(7)
     meters = [(c, h) for c in range(n) for h in range(houses)]
@@ -150,17 +148,7 @@ def publisher_main(port: int, n: int, houses: int, rounds: int, deciding: list[i
     pv_kw = np.where(rng.random(m) < 0.33, rng.uniform(0.5, 4.0, m), 0.0)
     ei = rng.uniform(1000, 20000, m)
     eo = np.where(pv_kw > 0, rng.uniform(500, 9000, m), 0.0)
-    acked = [0]
-
-    def on_publish(client, userdata, mid, reason_code, properties):
-        acked[0] += 1
-
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="leg-bench-publisher")
-    client.max_inflight_messages_set(1000)
-    client.max_queued_messages_set(0)
-    client.on_publish = on_publish
-    client.connect("127.0.0.1", port)
-    client.loop_start()
+    client, acked = counting_publisher(port, "leg-bench-publisher")
     go.wait()
     deciding = set(deciding)
     round_times, published_at = [], {}

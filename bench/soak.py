@@ -56,7 +56,7 @@ import numpy as np  # noqa: E402
 import paho.mqtt.client as mqtt  # noqa: E402
 import yaml  # noqa: E402
 
-from benchfile import machine, write_section  # noqa: E402
+from benchfile import counting_publisher, machine, write_section  # noqa: E402
 from peers import Mosquitto, free_port  # noqa: E402
 
 PY = sys.executable
@@ -194,17 +194,7 @@ def publisher_main(cfg_path: str, port: int, interval: float, ready, stop, sent_
     ei, eo = start[:, 0].copy(), start[:, 1].copy()
     boot_offset = [3600 * (1 + p.index % 200) for p in profiles]      # devices booted at different times
 
-    acked = [0]
-
-    def on_publish(client, userdata, mid, reason_code, properties):
-        acked[0] += 1
-
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="leg-soak-publisher")
-    client.max_inflight_messages_set(1000)
-    client.max_queued_messages_set(0)
-    client.on_publish = on_publish
-    client.connect("127.0.0.1", port)
-    client.loop_start()
+    client, acked = counting_publisher(port, "leg-soak-publisher")
     sent = ticks = 0
     max_lag = 0.0
     waited_for_acks = 0.0
