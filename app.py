@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 import sys
-import threading
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -168,14 +168,27 @@ def cli(ctx, config_path):
         ctx.invoke(run, config_path=config_path)
 
 
+def _sigterm_stops() -> None:
+    """From now on SIGTERM stops the command as Ctrl-C does: a KeyboardInterrupt in the main thread
+    wherever it is, so the command's ``finally`` flushes and closes. Only the first one: a second
+    SIGTERM does not break that clean stop (systemd sends SIGKILL after its stop timeout). A handler
+    that sets an Event instead can deadlock with the main thread's own wait on that Event."""
+    def terminate(*_):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt()
+    signal.signal(signal.SIGTERM, terminate)
+
+
 def _wait_for_signal(status=None, every_s: float = 60.0) -> None:
     """Block until SIGTERM or SIGINT; call ``status()`` every ``every_s`` seconds."""
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(every_s):
-        if status:
-            status()
+    _sigterm_stops()
+    try:
+        while True:
+            time.sleep(every_s)
+            if status:
+                status()
+    except KeyboardInterrupt:
+        pass
 
 
 def _print_status(runtime) -> None:
@@ -210,9 +223,7 @@ def run(config_path, once, debug, no_ingest, threads):
                                    "writing process: run the app with its ingest)")
     runtime = None if (read_only or no_ingest) else IngestRuntime(community, simulate=cfg.is_demo)
 
-    def terminate(*_):
-        raise KeyboardInterrupt()
-    signal.signal(signal.SIGTERM, terminate)          # SIGTERM at any point: stop cleanly (finally below)
+    _sigterm_stops()                                  # SIGTERM at any point: stop cleanly (finally below)
     try:
         if runtime:
             runtime.start()
@@ -289,9 +300,7 @@ def _run_many(configs: dict, config_path, once: bool, debug: bool, no_ingest: bo
     communities, runtimes, mqtt = {}, {}, None
     accounts_ledger = None
 
-    def terminate(*_):
-        raise KeyboardInterrupt()
-    signal.signal(signal.SIGTERM, terminate)
+    _sigterm_stops()
     group = pipeline_group()                         # one ingest thread for every community
     try:
         for slug, cfg in configs.items():
@@ -361,6 +370,7 @@ def collect(config_path):
         community.close()
         raise click.ClickException("influxdb.mode is read_only: another collector writes the data")
     runtime = IngestRuntime(community)
+    _sigterm_stops()                                  # also while starting: the finally flushes
     try:
         runtime.start()
         sources = ([f"MQTT {cfg.mqtt.broker}:{cfg.mqtt.port} topic {cfg.mqtt.topic}"] if cfg.mqtt.enabled else []) \
@@ -368,8 +378,10 @@ def collect(config_path):
             + ([f"{len(polled)} Loxone or Modbus connection(s)"] if polled else [])
         click.echo(f"collecting from {', '.join(sources)}; stop with SIGTERM")
         _wait_for_signal(lambda: _print_status(runtime))
-        click.echo("stopping: writing buffered readings")
+    except KeyboardInterrupt:
+        pass
     finally:
+        click.echo("stopping: writing buffered readings")
         runtime.stop()
         community.close()
 
@@ -425,13 +437,17 @@ def simulate(broker, seed, offset_months, backfill, all_houses, interval, config
     if cfg.mqtt.use_tls and not broker:
         client.tls_set()
     client.reconnect_delay_set(1, 60)
-    client.connect_async(host, port)
-    client.loop_start()
     thread = SimulatorThread(sim, lambda mac, payload: client.publish(f"{mac}/SENSOR", payload, qos=1),
-                             interval_s=interval).start()
-    click.echo(f"publishing {len(profiles)} houses to {host}:{port} every {interval:g} s; stop with Ctrl-C")
+                             interval_s=interval)
+    _sigterm_stops()                                  # from here a SIGTERM still saves the counters
     try:
+        client.connect_async(host, port)
+        client.loop_start()
+        thread.start()
+        click.echo(f"publishing {len(profiles)} houses to {host}:{port} every {interval:g} s; stop with Ctrl-C")
         _wait_for_signal()
+    except KeyboardInterrupt:
+        pass
     finally:
         thread.stop()
         client.disconnect()

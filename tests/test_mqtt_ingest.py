@@ -206,6 +206,40 @@ storage: {{data_dir: "{tmp_path / 'sim'}"}}
     assert state[MAC1]["import_kwh"] >= max(b["Ei"] for t, b in got if t.startswith(MAC1)) - 0.001
 
 
+def test_simulate_stops_cleanly_on_sigterm_at_any_moment(tmp_path):
+    """SIGTERM the moment the simulator says it publishes (its first wait, where a handler that set
+    an Event could deadlock with the main thread's own wait on it, and where SIGTERM used to kill it
+    before its handler was installed): every run exits with status 0 within 10 s and saves the
+    counters. No broker is needed: port 1 refuses, the simulator keeps its messages queued."""
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(f"""
+houses:
+  "{MAC1}": {{id: 2, name: House 2, type: simulated}}
+storage: {{data_dir: "{tmp_path / 'sim'}"}}
+""")
+    for run in range(6):
+        state = tmp_path / "sim" / "simulator_state.json"
+        state.unlink(missing_ok=True)
+        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "simulate", "--broker", "127.0.0.1:1",
+                                 "--config", str(cfg_path)], cwd=tmp_path, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("publishing"):
+                break
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        try:
+            lines += proc.communicate(timeout=20)[0].splitlines(keepends=True)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"run {run}: simulate still running 20 s after SIGTERM")
+        assert proc.returncode == 0, f"run {run}: exit status {proc.returncode}\n{''.join(lines)}"
+        assert time.monotonic() - started < 10
+        assert MAC1 in json.loads(state.read_text()), f"run {run}: counters not saved"
+
+
 def test_collect_command_stores_and_flushes_on_sigterm(tmp_path, broker):
     cfg = make_config(tmp_path, broker.port, client_id="leg-collector")
     seed_anchors(cfg, MAC1)
