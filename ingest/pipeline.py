@@ -173,6 +173,8 @@ class Pipeline:
         self._last_held_check = 0.0
         self._meters = {}
         self._batch: list[Reading] = []
+        self._journaled = 0                       # readings at the head of _batch in the group's journal
+        self._journal_seq = 0                     # the journal's number of the last of them
         self._batch_spans: dict[str, tuple[datetime, datetime]] = {}
         self._batch_since = 0.0
         self._dirty: dict[str, tuple[pd.Timestamp, pd.Timestamp]] = {}
@@ -190,6 +192,8 @@ class Pipeline:
         self.stats = PipelineStats()
         self._marks: list = []
         self._release: set[tuple[str, str]] = set()   # (meter, ts) of decided held readings (see _release_decided)
+        if group is not None:
+            self._recover_journal()
         self._restored = self._load_held()
         self.reload_meters()
 
@@ -255,6 +259,31 @@ class Pipeline:
                 self._unknown.pop(mid, None)
         for mid in new:
             self._restore_held(mid)
+
+    def _recover_journal(self) -> None:
+        """Readings a group acknowledged from its journal but the store did not get before the
+        last run ended: written now, before the meters' last readings are loaded."""
+        journal = self.group.journal_for(self.community)
+        if journal is None:
+            return
+        key = self.group.journal_key(self.community)
+        try:
+            df, upto = journal.rows(key)
+        except Exception:
+            log.exception("cannot read the ingest journal %s", journal.path)
+            return
+        if df.empty:
+            return
+        try:
+            self.community.store.write_readings(df)
+        except Exception as exc:
+            log.error("%d journaled readings could not be written to the store (%s): they stay in the "
+                      "journal for the next start", len(df), describe_store_error(exc))
+            return
+        for meter_id, g in df.groupby("meter_id")["ts"]:
+            self._dirty[meter_id] = (pd.Timestamp(g.min()), pd.Timestamp(g.max()))
+        journal.commit([], [(key, upto)])
+        log.info("%d readings acknowledged before the last run ended were written from the ingest journal", len(df))
 
     # -- held readings survive a crash -------------------------------------------------------------
     # A held reading's message is acknowledged with the ones around it (holding back the
@@ -327,10 +356,11 @@ class Pipeline:
 
     def _put(self, item) -> None:
         if self._q.qsize() >= self.queue_size:
-            if not self._full_logged:
+            owner = self if self.group is None else self.group    # a group's queue is one: one warning
+            if not owner._full_logged:
+                owner._full_logged = True
                 log.warning("ingest queue full (%d items): sources wait until the store catches up",
                             self.queue_size)
-                self._full_logged = True
             while self._q.qsize() >= self.queue_size:
                 time.sleep(0.001)
         self._q.put(item)
@@ -407,9 +437,10 @@ class Pipeline:
             item[1].set()
         return False
 
-    def _periodic(self, intervals: bool = True) -> None:
+    def _periodic(self, intervals: bool = True, write: bool = True) -> None:
         self._decide_held(force=False)
-        self._write_batch(force=False)
+        if write:
+            self._write_batch(force=False)
         self._release_decided()
         if intervals:
             self._compute_intervals(force=False)
@@ -656,11 +687,23 @@ class Pipeline:
             st.last_rejection_at = r.ts_utc
         self._log_rejection(r.meter_id, message)
 
-    def _write_batch(self, force: bool) -> None:
+    def _write_due(self) -> bool:
+        """Is the batch due (``flush_s`` after its first reading, or ``batch_max`` readings)? A batch
+        the group's journal holds entirely is due after the group's ``store_s`` or ``store_readings``
+        (its readings are acknowledged already: fewer, larger writes)."""
+        if not self._batch:
+            return False
+        if self._journaled and self._journaled == len(self._batch):
+            return len(self._batch) >= self.group.store_readings or \
+                time.monotonic() - self._batch_since >= self.group.store_s
+        return len(self._batch) >= self.batch_max or time.monotonic() - self._batch_since >= self.flush_s
+
+    def _write_batch(self, force: bool, fire: bool = True) -> None:
+        """Write the batch when it is due (or ``force``); ``fire``: answer the marks waiting once
+        it is written (a group's round answers them itself, after every pipeline of the round)."""
         if not self._batch:
             return
-        if not force and len(self._batch) < self.batch_max and \
-                time.monotonic() - self._batch_since < self.flush_s:
+        if not force and not self._write_due():
             return
         batch = self._batch
         df = pd.DataFrame({
@@ -693,8 +736,12 @@ class Pipeline:
         if self.stats.dirty_since is None:
             self.stats.dirty_since = time.monotonic()
         self._batch = []
+        if self._journaled:                       # stored: the journal may forget them
+            self.group.journal_stored(self, self._journal_seq)
+            self._journaled = 0
         self.stored += result.inserted
-        self._fire_marks()
+        if fire:
+            self._fire_marks()
         for meter_id, (lo, hi) in self._batch_spans.items():
             if meter_id in self._dirty:
                 a, b = self._dirty[meter_id]
@@ -759,28 +806,127 @@ class _GroupQueue:
         raise queue.Empty
 
 
+def _write_member(p: Pipeline) -> bool:
+    """A group member's batch written (its marks not yet answered); False after an unexpected error."""
+    try:
+        p._write_batch(force=True, fire=False)
+        return True
+    except Exception:
+        log.exception("ingest pipeline: unexpected error in a write round (continuing)")
+        return False
+
+
+JOURNAL_FILE = "ingest_journal.sqlite"      # beside the communities' folders (instance.instance_dir)
+
+
+class IngestJournal:
+    """The readings a group acknowledged before its members' stores have them (SQLite, WAL, a
+    commit per round with ``synchronous=FULL``: on disk before the broker is told). Each row is
+    forgotten once its community's store has it; what is left when a run ends is written by
+    ``Pipeline._recover_journal`` at the next start."""
+
+    COLUMNS = ("meter_id", "ts", "import_kwh", "export_kwh", "power_in_kw", "power_out_kw")
+
+    def __init__(self, path):
+        import sqlite3
+        self.path = str(path)
+        self._con = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._con.execute("PRAGMA journal_mode=WAL")
+        self._con.execute("PRAGMA synchronous=FULL")
+        self._con.execute("CREATE TABLE IF NOT EXISTS journal (seq INTEGER PRIMARY KEY, community TEXT NOT NULL, "
+                          "meter_id TEXT NOT NULL, ts TEXT NOT NULL, import_kwh REAL, export_kwh REAL, "
+                          "power_in_kw REAL, power_out_kw REAL)")
+        self._con.execute("CREATE INDEX IF NOT EXISTS journal_community ON journal (community, seq)")
+        self._lock = threading.Lock()
+        self.seq = self._con.execute("SELECT coalesce(max(seq), 0) FROM journal").fetchone()[0]
+        self.commits = 0
+
+    def commit(self, rows: list[tuple], stored: list[tuple[str, int]]) -> None:
+        """One transaction: ``rows`` (community, Reading) added with the next numbers, and every
+        community's rows up to its number in ``stored`` forgotten."""
+        with self._lock:
+            con = self._con
+            con.execute("BEGIN")
+            try:
+                if stored:
+                    con.executemany("DELETE FROM journal WHERE community = ? AND seq <= ?", stored)
+                if rows:
+                    first = self.seq + 1
+                    con.executemany("INSERT INTO journal VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
+                        (first + k, c, r.meter_id, r.ts_utc.isoformat(), _opt(r.import_kwh), _opt(r.export_kwh),
+                         _opt(r.power_in_kw), _opt(r.power_out_kw)) for k, (c, r) in enumerate(rows)])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            self.seq += len(rows)
+            self.commits += 1
+
+    def rows(self, community: str) -> tuple[pd.DataFrame, int]:
+        """A community's rows as readings (the store's columns) and the number of the last."""
+        with self._lock:
+            got = self._con.execute(f"SELECT seq, {', '.join(self.COLUMNS)} FROM journal WHERE community = ? "
+                                    "ORDER BY seq", (community,)).fetchall()
+        df = pd.DataFrame([g[1:] for g in got], columns=list(self.COLUMNS))
+        if len(df):
+            df["ts"] = pd.to_datetime(df["ts"], utc=True, format="ISO8601").astype("datetime64[us, UTC]")
+            for c in self.COLUMNS[2:]:
+                df[c] = df[c].astype("float64")
+        return df, (got[-1][0] if got else 0)
+
+    def close(self) -> None:
+        with self._lock:
+            self._con.close()
+
+
 class PipelineGroup:
     """One worker thread for the pipelines of many communities (``instance.py``).
 
     A thread per community does not scale: 200 polling workers take a core while idle and fight
-    over the interpreter lock while busy, and each source acknowledgement (``mark``, an MQTT batch
-    every 100 ms with readings of nearly every community) made every community write its few
-    readings at once. In a group each pipeline keeps its own state, store and intervals, but the
-    group's thread handles the items of all of them in arrival order, and writes in *rounds*: a
-    mark waits until the round that writes every pipeline with marks waiting, which comes when the
-    worker has nothing queued and the oldest mark waited ``ack_min_s``, else after ``ack_max_s``
-    or ``ack_readings`` readings (kept under the broker's in-flight window, ``max_inflight_messages
-    1000``, or the broker would stop delivering until the round). Readings without marks (polled
-    sources) are written at least every ``flush_s``. The interval computations due are run one
-    pipeline at a time between the items (never 200 at once).
+    over the interpreter lock while busy. In a group each pipeline keeps its own state, store and
+    intervals, but the group's thread handles the items of all of them in arrival order.
+
+    **Rounds and the journal.** A source's acknowledgement (``mark``, an MQTT batch every 100 ms
+    with readings of nearly every community) waits for a *round*, which comes when the worker has
+    nothing queued and the oldest mark waited ``ack_min_s``, else after ``ack_max_s`` or
+    ``ack_readings`` readings (kept under the broker's in-flight window, ``max_inflight_messages
+    1000``, or the broker would stop delivering until the round). So a round holds at most about
+    1,000 readings, 5 per community of 200: writing every community's store in each round made
+    200 store writes of 5 readings per 1,000 readings (7-11 ms each, most of it fixed cost). A
+    round of more than ``direct_members`` communities therefore writes their new readings into one journal
+    (``IngestJournal``, ``ingest_journal.sqlite`` beside the communities' folders: one commit),
+    answers the marks, and each community's store gets its readings later in larger writes: when
+    its batch is ``store_s`` old or has ``store_readings`` readings, at most ``writes_per_sweep``
+    stores per sweep (spread, never 200 at once), on ``writers`` threads (the writes spend most of
+    their time outside the interpreter lock). A store write makes the journal forget those rows
+    (with its next commit); a stop writes every batch; after a crash, ``Pipeline._recover_journal``
+    writes what the journal still holds before the pipeline starts. A round of a few communities
+    (little arriving) writes their stores directly, as does every round without a journal (it cannot
+    be opened, or a commit failed).
+
+    Readings without marks (polled sources) are written at least every ``flush_s``. The interval
+    computations due are run one pipeline at a time between the items (never 200 at once).
 
     Trade-off: one community's slow store delays the others (they share the thread); a store that
-    fails is retried as before and does not block the round of the others."""
+    fails is retried as before and does not block the others; a reading reaches the store (and its
+    intervals) up to ``store_s`` after it arrived."""
 
     def __init__(self, *, ack_min_s: float = 0.25, ack_max_s: float = 1.0, ack_readings: int = 900,
-                 flush_s: float = 1.0, sweep_s: float = 0.05):
+                 flush_s: float = 1.0, sweep_s: float = 0.05, writers: int = 4, store_threads: int = 1,
+                 journal: bool = True, store_s: float = 10.0, store_readings: int = 2000,
+                 writes_per_sweep: int = 8, direct_members: int = 8):
         self.ack_min_s, self.ack_max_s, self.ack_readings = ack_min_s, ack_max_s, ack_readings
         self.flush_s, self.sweep_s = flush_s, sweep_s
+        self.writers = writers                         # store writes run on this many threads
+        self.store_threads = store_threads             # a member's embedded store queries on this many
+        self.use_journal = journal
+        self.store_s, self.store_readings, self.writes_per_sweep = store_s, store_readings, writes_per_sweep
+        self.direct_members = direct_members           # a round of this many members writes their stores
+        self.journal: IngestJournal | None = None
+        self._journal_failed = False
+        self._forget: dict[str, int] = {}              # community -> journal rows stored up to this number
+        self._pool = None
+        self._full_logged = False
         self._q: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._members: list[Pipeline] = []
@@ -791,6 +937,8 @@ class PipelineGroup:
         self._next_intervals = 0                       # round-robin over the members
         self.rounds = 0
         self.round_writes = 0
+        self.journaled = 0                             # readings acknowledged from the journal
+        self.round_seconds = 0.0
 
     @property
     def queued(self) -> int:
@@ -800,7 +948,71 @@ class PipelineGroup:
     def members(self) -> list[Pipeline]:
         return list(self._members)
 
+    # -- the journal ---------------------------------------------------------------------------------
+    @staticmethod
+    def journal_key(community) -> str:
+        return getattr(getattr(community, "cfg", None), "slug", None) or ""
+
+    def journal_for(self, community) -> IngestJournal | None:
+        """The group's journal, opened with the first member (in the folder above its data folder)."""
+        if not self.use_journal or self._journal_failed:
+            return None
+        with self._lock:
+            if self.journal is None:
+                try:
+                    from pathlib import Path
+                    self.journal = IngestJournal(Path(community.cfg.data_dir).parent / JOURNAL_FILE)
+                except Exception:
+                    log.exception("cannot open the ingest journal: every round writes the stores")
+                    self._journal_failed = True
+            return self.journal
+
+    def journal_stored(self, pipeline: Pipeline, upto: int) -> None:
+        """``pipeline``'s store has its journaled readings up to number ``upto`` (any thread)."""
+        key = self.journal_key(pipeline.community)
+        with self._lock:
+            self._forget[key] = max(upto, self._forget.get(key, 0))
+
+    def _journal_round(self, waiting: list[Pipeline]) -> bool:
+        """The new readings of the pipelines waiting in the journal (one commit); False if it failed."""
+        journal = self.journal
+        rows, tails = [], []
+        for p in waiting:
+            key = self.journal_key(p.community)
+            new = p._batch[p._journaled:]
+            rows += [(key, r) for r in new]
+            tails.append(len(new))
+        with self._lock:
+            forget, self._forget = self._forget, {}
+        try:
+            journal.commit(rows, list(forget.items()))
+        except Exception:
+            with self._lock:
+                for k, v in forget.items():
+                    self._forget[k] = max(v, self._forget.get(k, 0))
+            log.exception("the ingest journal failed: the rounds write every store again")
+            self._journal_failed = True
+            return False
+        seq = journal.seq - len(rows)
+        for p, n in zip(waiting, tails):
+            if n:
+                seq += n
+                p._journaled, p._journal_seq = len(p._batch), seq
+        self.journaled += len(rows)
+        return True
+
+    def _forget_stored(self) -> None:
+        if self.journal is not None and not self._journal_failed and self._forget:
+            try:
+                self._journal_round([])
+            except Exception:
+                log.exception("ingest journal: cannot forget stored readings (retrying)")
+
+    # -- members -------------------------------------------------------------------------------------
     def attach(self, pipeline: Pipeline) -> threading.Thread:
+        set_threads = getattr(pipeline.community.store, "set_threads", None)
+        if set_threads is not None and self.store_threads:
+            set_threads(self.store_threads)
         with self._lock:
             self._members.append(pipeline)
             if self._thread is None:
@@ -813,20 +1025,45 @@ class PipelineGroup:
             self._waiting_since = time.monotonic()
         self._waiting[pipeline] = None
 
-    def _round(self) -> None:
-        waiting, self._waiting, self._waiting_since = self._waiting, {}, None
-        self._readings_since_round = 0
-        self.rounds += 1
-        for p in waiting:
+    def _write_members(self, members: list[Pipeline]) -> None:
+        """Write the members' batches (a few at a time), then answer their marks (here)."""
+        if self.writers > 1 and len(members) > 1:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+                self._pool = ThreadPoolExecutor(self.writers, thread_name_prefix="ingest-write")
+            outcomes = list(self._pool.map(_write_member, members))
+        else:
+            outcomes = [_write_member(p) for p in members]
+        for p, ok in zip(members, outcomes):
             try:
-                p._write_batch(force=True)
-                self.round_writes += 1
+                if ok:
+                    self.round_writes += 1
                 if not p._batch:
                     p._fire_marks()
-                else:                                   # the write failed: in the next round again
+                    p._release_decided()
+                elif p._marks:                          # the write failed: in the next round again
                     self.wants_write(p)
             except Exception:
                 log.exception("ingest pipeline: unexpected error in a write round (continuing)")
+
+    def _round(self) -> None:
+        t0 = time.monotonic()
+        waiting, self._waiting, self._waiting_since = list(self._waiting), {}, None
+        self._readings_since_round = 0
+        self.rounds += 1
+        journal = self.journal_for(waiting[0].community) if len(waiting) > self.direct_members else None
+        # a member whose store fails is written directly: its marks wait for its store (the broker
+        # holds its messages) instead of its batch growing in memory behind the journal
+        healthy = [p for p in waiting if not p.write_failures] if journal is not None else []
+        if healthy and self._journal_round(healthy):
+            for p in healthy:
+                try:
+                    p._fire_marks()
+                except Exception:
+                    log.exception("ingest pipeline: unexpected error in a write round (continuing)")
+            waiting = [p for p in waiting if p.write_failures]
+        self._write_members(waiting)
+        self.round_seconds += time.monotonic() - t0
 
     def _maybe_round(self, idle: bool) -> None:
         if not self._waiting:
@@ -838,14 +1075,23 @@ class PipelineGroup:
             self._round()
 
     def _sweep(self) -> None:
-        """Every member's periodic work (held readings, writes due by ``flush_s``) and at most one
-        interval computation, the pipelines in turn."""
+        """Every member's periodic work (held readings, writes due: at most ``writes_per_sweep``,
+        the oldest batches first) and at most one interval computation, the pipelines in turn."""
         members = self._members
+        due = []
         for p in members:
-            try:
-                p._periodic(intervals=False)
+            try:                 # a member with marks waiting is written by the round (with the others)
+                p._decide_held(force=False)
+                if p not in self._waiting and p._write_due():
+                    due.append(p)
+                else:
+                    p._release_decided()
             except Exception:
                 log.exception("ingest pipeline: unexpected error (continuing)")
+        if due:
+            due.sort(key=lambda p: p._batch_since)
+            self._write_members(due[:self.writes_per_sweep])
+        self._forget_stored()
         for k in range(len(members)):
             p = members[(self._next_intervals + k) % len(members)]
             if p._intervals_due():
@@ -872,6 +1118,12 @@ class PipelineGroup:
                     with self._lock:
                         if not self._members and self._q.qsize() == 0:
                             self._thread = None
+                            pool, self._pool = self._pool, None
+                            if pool is not None:
+                                pool.shutdown(wait=False)
+                            journal, self.journal = self.journal, None
+                            if journal is not None:
+                                journal.close()
                             return
                     time.sleep(IDLE_S)
                     continue
@@ -879,6 +1131,7 @@ class PipelineGroup:
                     self._readings_since_round += 1
                 if p._handle(item):
                     self._waiting.pop(p, None)
+                    self._forget_stored()              # its journaled readings are stored: forgotten now
                     with self._lock:
                         self._members.remove(p)
                     item[1].set()

@@ -1,0 +1,179 @@
+"""The rounds of a ``PipelineGroup`` with its journal (``ingest/pipeline.py``): a round of many
+communities acknowledges from one journal commit and the stores get larger writes later; nothing
+is lost at a stop or after a crash; one "queue full" warning for the group."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import yaml
+
+from config import parse_communities
+from test_communities import two_communities
+
+
+@pytest.fixture
+def instance(tmp_path):
+    from community import Community
+    configs = parse_communities(yaml.safe_load(two_communities(tmp_path).read_text()), source="test")
+    communities = {s: Community.open(cfg) for s, cfg in configs.items()}
+    yield tmp_path, communities
+    for c in communities.values():
+        c.close()
+
+
+def start(communities, group):
+    from ingest.runtime import IngestRuntime
+    from instance import PipelineRouter
+    runtimes = {s: IngestRuntime(c, mqtt=False, pipeline_options={"group": group}).start()
+                for s, c in communities.items()}
+    return runtimes, PipelineRouter(runtimes).start()
+
+
+def journal_rows(tmp_path) -> int:
+    import sqlite3
+    con = sqlite3.connect(tmp_path / "data" / "ingest_journal.sqlite")
+    try:
+        return con.execute("SELECT count(*) FROM journal").fetchone()[0]
+    finally:
+        con.close()
+
+
+def submit(router, meter, base, k0, n, start_kwh):
+    from ingest.readings import Reading
+    for k in range(k0, k0 + n):
+        router.submit(Reading(meter, base + timedelta(seconds=10 * k), start_kwh + 0.01 * k, 0.0), "test")
+
+
+def stored(communities) -> dict[str, int]:
+    return {s: len(c.store.read_readings()) for s, c in communities.items()}
+
+
+def wait_for(cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return cond()
+
+
+def test_a_round_acknowledges_from_the_journal_and_the_stores_get_one_larger_write_later(instance):
+    from ingest.pipeline import PipelineGroup
+    tmp_path, communities = instance
+    group = PipelineGroup(ack_min_s=0.05, direct_members=0, store_s=1.5)
+    runtimes, router = start(communities, group)
+    try:
+        base = datetime.now(timezone.utc) - timedelta(minutes=5)
+        seen, acked = {}, threading.Event()
+        for batch in range(3):                      # three acknowledged batches of each community
+            submit(router, "M1", base, 2 * batch, 2, 10.0)
+            submit(router, "M3", base, 2 * batch, 2, 20.0)
+            acked.clear()
+            t0 = time.monotonic()
+            router.mark(lambda: (seen.update(stored(communities), journal=journal_rows(tmp_path)), acked.set()))
+            assert acked.wait(5)
+            assert time.monotonic() - t0 < 1.0         # promptly, not after store_s
+            assert seen == {"sonnenhalde": 0, "bergblick": 0, "journal": 2 * (batch + 1) * 2}
+        assert group.journaled == 12
+        t0 = time.monotonic()
+        assert wait_for(lambda: stored(communities) == {"sonnenhalde": 6, "bergblick": 6})
+        # gathered for store_s: one write per community with all six readings
+        assert {s: rt.pipeline.stats.writes for s, rt in runtimes.items()} == {"sonnenhalde": 1, "bergblick": 1}
+        assert time.monotonic() - t0 < 3.0
+        assert wait_for(lambda: journal_rows(tmp_path) == 0)   # forgotten once stored
+    finally:
+        for rt in runtimes.values():
+            rt.stop()
+
+
+def test_a_journaled_batch_is_written_once_it_has_store_readings(instance):
+    from ingest.pipeline import PipelineGroup
+    tmp_path, communities = instance
+    group = PipelineGroup(ack_min_s=0.05, direct_members=0, store_s=600, store_readings=5)
+    runtimes, router = start(communities, group)
+    try:
+        base = datetime.now(timezone.utc) - timedelta(minutes=5)
+        submit(router, "M1", base, 0, 6, 10.0)
+        submit(router, "M3", base, 0, 2, 20.0)
+        acked = threading.Event()
+        router.mark(acked.set)
+        assert acked.wait(5)
+        assert wait_for(lambda: stored(communities)["sonnenhalde"] == 6, 5)
+        time.sleep(0.3)
+        assert stored(communities)["bergblick"] == 0            # 2 readings: waits for store_s
+    finally:
+        for rt in runtimes.values():
+            rt.stop()
+    assert stored(communities) == {"sonnenhalde": 6, "bergblick": 2}    # the stop writes the rest
+    assert journal_rows(tmp_path) == 0
+
+
+def test_a_round_of_few_communities_writes_their_stores_before_the_acknowledgement(instance):
+    from ingest.pipeline import PipelineGroup
+    tmp_path, communities = instance
+    group = PipelineGroup(ack_min_s=0.05, store_s=600)            # direct_members 8 > 2 communities
+    runtimes, router = start(communities, group)
+    try:
+        base = datetime.now(timezone.utc) - timedelta(minutes=5)
+        submit(router, "M1", base, 0, 3, 10.0)
+        submit(router, "M3", base, 0, 3, 20.0)
+        seen, acked = {}, threading.Event()
+        router.mark(lambda: (seen.update(stored(communities)), acked.set()))
+        assert acked.wait(5)
+        assert seen == {"sonnenhalde": 3, "bergblick": 3}
+        assert group.journaled == 0
+    finally:
+        for rt in runtimes.values():
+            rt.stop()
+
+
+def test_what_the_journal_holds_after_a_crash_is_stored_at_the_next_start(instance):
+    from ingest.pipeline import JOURNAL_FILE, IngestJournal, PipelineGroup
+    from ingest.readings import Reading
+    tmp_path, communities = instance
+    base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=5)
+    # acknowledged from the journal, then the process died before the store write
+    journal = IngestJournal(tmp_path / "data" / JOURNAL_FILE)
+    journal.commit([("sonnenhalde", Reading("M1", base + timedelta(seconds=10 * k), 10.0 + 0.01 * k, 0.0, 0.5, None))
+                    for k in range(4)], [])
+    journal.close()
+    group = PipelineGroup(ack_min_s=0.05, direct_members=0)
+    runtimes, router = start(communities, group)
+    try:
+        got = communities["sonnenhalde"].store.read_readings("M1")
+        assert got["import_kwh"].round(2).tolist() == [10.0, 10.01, 10.02, 10.03]
+        assert got["ts"].tolist() == [base + timedelta(seconds=10 * k) for k in range(4)]
+        assert got["power_in_kw"].tolist() == [0.5] * 4
+        assert journal_rows(tmp_path) == 0
+        assert stored(communities)["bergblick"] == 0
+        # the pipeline goes on from the recovered readings: a copy of one is a duplicate
+        submit(router, "M1", base, 3, 2, 10.0)
+        runtimes["sonnenhalde"].pipeline.flush()
+        st = runtimes["sonnenhalde"].pipeline.status()["M1"]
+        assert (st.accepted, st.duplicates, st.rejected_total) == (1, 1, 0)
+    finally:
+        for rt in runtimes.values():
+            rt.stop()
+    assert stored(communities)["sonnenhalde"] == 5
+
+
+def test_a_full_queue_of_the_group_is_warned_about_once(instance, caplog):
+    from ingest.pipeline import Pipeline, PipelineGroup
+    tmp_path, communities = instance
+    group = PipelineGroup()
+    pipelines = [Pipeline(c, group=group, queue_size=2) for c in communities.values()]   # not started
+    for _ in range(2):
+        group._q.put((pipelines[0], ("mark", lambda: None)))
+    caplog.set_level(logging.WARNING, logger="ingest.pipeline")
+    threads = [threading.Thread(target=p.mark, args=(lambda: None,)) for p in pipelines]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    while group._q.qsize():
+        group._q.get_nowait()
+    for t in threads:
+        t.join(5)
+    assert [r.getMessage() for r in caplog.records if "queue full" in r.getMessage()] == \
+        ["ingest queue full (2 items): sources wait until the store catches up"]
