@@ -623,13 +623,7 @@ def import_sdat(paths, config_path):
     community = _open(config_path, what="importing")
     imported = 0
     try:
-        for f in files:
-            try:
-                raw = f.read_bytes()
-            except OSError as exc:
-                click.echo(f"{f}: cannot be read: {exc.strerror or exc}", err=True)
-                continue
-            summary = community.import_sdat_file(str(f), raw)
+        for f, summary in community.import_sdat_paths(files):
             for r in summary.refused:
                 click.echo(f"{f}: refused: {r}", err=True)
             click.echo(summary.line(), err=summary.error is not None)

@@ -99,16 +99,55 @@ class Community:
     def import_sdat_file(self, name: str, raw: bytes):
         """Import one SDAT-CH file: an ImportSummary (``error`` set when the file as a whole was
         refused). In leg mode the intervals of the houses it concerns are derived again."""
-        from ingest.sdat import SdatError, parse_sdat
-        from storage.sdat_store import ImportSummary
+        from ingest.sdat import ReadFile, SdatError, parse_sdat
+        from storage.sdat_store import content_digest
         try:
-            doc = parse_sdat(raw, name)
+            read = ReadFile(name, content_digest(raw), parse_sdat(raw, name))
         except SdatError as exc:
-            return ImportSummary(name, error=str(exc).removeprefix(f"{name}: "))
-        summary = self.sdat.import_document(doc, raw, set(self.point_houses()))
-        spans = [(s.start, s.end) for s in doc.series]
-        if spans and self.cfg.pricing.mode == "leg" and (summary.inserted or summary.updated):
-            self.apply_sdat(pd.Timestamp(min(a for a, _ in spans)), pd.Timestamp(max(b for _, b in spans)))
+            read = ReadFile(name, "", error=str(exc).removeprefix(f"{name}: "))
+        return self._import_sdat(read)
+
+    def import_sdat_paths(self, paths, names=None):
+        """Import files in their order, yielding ``(path, ImportSummary)`` as each is stored. With
+        more than one file the next ones are read and parsed in a worker process meanwhile
+        (``ingest.sdat.read_sdat_file``), so that parsing and storing use two cores; a store
+        error ends the import at that file (the files before it are stored)."""
+        from ingest.sdat import read_sdat_file
+        paths = list(paths)
+        names = list(names) if names is not None else [str(p) for p in paths]
+        if len(paths) < 2:
+            for path, name in zip(paths, names):
+                yield path, self._import_sdat(read_sdat_file(str(path), name))
+            return
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            pending = []
+            ahead = iter(zip(paths, names))
+            for path, name in ahead:                    # two files ahead: one parsing, one waiting
+                pending.append((path, pool.submit(read_sdat_file, str(path), name)))
+                if len(pending) == 2:
+                    break
+            try:
+                while pending:
+                    path, future = pending.pop(0)
+                    read = future.result()
+                    nxt = next(ahead, None)
+                    if nxt is not None:
+                        pending.append((nxt[0], pool.submit(read_sdat_file, str(nxt[0]), nxt[1])))
+                    yield path, self._import_sdat(read)
+            finally:
+                for _, future in pending:
+                    future.cancel()
+
+    def _import_sdat(self, read):
+        from storage.sdat_store import ImportSummary
+        if read.document is None:
+            return ImportSummary(read.name, error=read.error)
+        doc = read.document
+        summary = self.sdat.import_document(doc, read.digest, set(self.point_houses()))
+        if summary.changed and self.cfg.pricing.mode == "leg":         # only where values are new or revised
+            self.apply_sdat(pd.Timestamp(summary.changed[0]), pd.Timestamp(summary.changed[1]))
         return summary
 
     def apply_sdat(self, start: pd.Timestamp, end: pd.Timestamp) -> None:
@@ -118,7 +157,7 @@ class Community:
         houses = self.sdat_billed()
         if not houses:
             return
-        values = self.sdat.values(start, end, list(point_house))
+        values = self.sdat.values(start, end, list(point_house), product="leg")
         intervals = leg_intervals(values, point_house)
         with self._compute_lock:
             self.store.replace_intervals_many({h: (start, end) for h in houses}, intervals)

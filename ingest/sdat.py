@@ -26,13 +26,17 @@ series with a wrong unit or resolution, a sequence outside its interval, or (whe
 the total and both shares of a point and window) a total that differs from LEG + grid share by
 more than ``TOTAL_TOLERANCE_KWH`` in any quarter hour is refused; the rest of the file counts.
 
-Speed: a daily LEG delivery of 200 points carries about 288,000 observations. Where a file has
-no comments, CDATA or processing instructions and all its elements are in one namespace (as every
-delivery is), each series is read with a few compiled XPath queries that return the texts of all
-its volumes, sequences and conditions at once; the sequences must be exactly 1, 2, ... and the
-volumes plain decimal numbers, else (and for everything else) the series is read element by
-element, which gives the exact refusal. Values are kept as arrays (``SdatSeries.offsets``,
-``volumes``, ``texts``, ``conditions``); ``SdatSeries.values`` builds the per-quarter-hour map.
+Speed: a daily LEG delivery of 200 points carries about 288,000 observations. Where the file has
+the plain shape (no comment, CDATA, DOCTYPE or processing instruction, each observation exactly
+``<Observation><Position><Sequence>n</Sequence></Position><Volume>d.ddd</Volume>[<Condition>c
+</Condition>]</Observation>`` with the root's prefix, only whitespace between the tags, the
+observations last in their MeteringData), ``_scan`` reads every observation straight from the
+bytes with numpy (positions of '<' and '>', tag kinds, digits to numbers: a volume of up to 15
+digits is its integer digits / 10^decimals, one correctly rounded division, so exactly
+``float(text)``) and hands lxml the file without them; anything else is read element by element,
+which gives the same values and the same refusals. ``read_sdat_file`` does it in a worker process
+for ``Community.import_sdat_paths``. Values are kept as arrays (``SdatSeries.offsets``,
+``volumes``, ``conditions``; the texts on demand); ``SdatSeries.values`` builds the per-quarter-hour map.
 """
 from __future__ import annotations
 
@@ -68,6 +72,9 @@ def check_metering_point(value: str) -> str:
     return v
 
 
+_DROPPED = "dropped"
+
+
 @dataclass
 class SdatSeries:
     metering_point: str
@@ -77,11 +84,28 @@ class SdatSeries:
     end: datetime
     offsets: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))    # quarter hours from start
     volumes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float64))  # kWh, per offset
-    texts: list[str] = field(default_factory=list)          # the volumes as written (exact decimals)
     conditions: dict[int, str] = field(default_factory=dict)  # offset -> condition code, where set
+    # the volumes as written (exact decimals): a list, or (file bytes, starts, ends) read when asked
+    _texts: list[str] | tuple | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.offsets)
+
+    @property
+    def texts(self) -> list[str]:
+        if self._texts == _DROPPED:
+            raise RuntimeError("the volumes' texts were not kept (the file was read in a worker process)")
+        if isinstance(self._texts, tuple):
+            data, a, b = self._texts
+            self._texts = [data[i:j].decode("ascii") for i, j in zip(a.tolist(), b.tolist())]
+        return self._texts or []
+
+    def text(self, k: int) -> str:
+        """The k-th volume as written."""
+        if isinstance(self._texts, tuple) and self._texts[0] is not None:
+            data, a, b = self._texts
+            return data[int(a[k]):int(b[k])].decode("ascii")
+        return self.texts[k]
 
     @property
     def values(self) -> dict[datetime, tuple[Decimal, str | None]]:
@@ -167,8 +191,6 @@ def _utc(text: str | None, what: str) -> datetime:
 # -- parsing -----------------------------------------------------------------------------------------
 _PARSER_OPTIONS = dict(resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False,
                        dtd_validation=False, collect_ids=False)
-_VOLUME_RE = re.compile(r"(?:\d{1,8}(?:\.\d{1,12})?\n)*\d{1,8}(?:\.\d{1,12})?")
-_SEQ_TEXTS: list[str] = [str(k) for k in range(1, 2 * 96 * 31 + 1)]        # "1" ... (two months of quarter hours)
 
 
 _DOCTYPE = (b"<!DOCTYPE", "<!DOCTYPE".encode("utf-16-le"), "<!DOCTYPE".encode("utf-16-be"))
@@ -187,61 +209,222 @@ def _parser() -> etree.XMLParser:
     return p
 
 
-class _Fast:
-    """Compiled queries for one namespace: every series of a block in a few calls (see module doc)."""
-    _cache: dict[str | None, "_Fast"] = {}
-
-    def __init__(self, ns: str | None):
-        kw = {"namespaces": {"r": ns}} if ns else {}
-        p = "r:" if ns else ""
-        q = lambda expr: etree.XPath(expr.replace("r:", p), smart_strings=False, **kw)
-        self.count = q("count(r:Observation)")
-        self.volumes = q("r:Observation/r:Volume[1]/text()")
-        self.sequences = q("r:Observation/r:Position[1]/r:Sequence[1]/text()")
-        self.cond_texts = q("r:Observation/r:Condition[1]/text()")
-        self.cond_sequences = q("r:Observation[r:Condition[1]/text()]/r:Position[1]/r:Sequence[1]/text()")
-
-    @classmethod
-    def get(cls, ns: str | None) -> "_Fast":
-        if ns not in cls._cache:
-            cls._cache[ns] = cls(ns)
-        return cls._cache[ns]
+@dataclass
+class _Run:
+    """A MeteringData's observations as the scan read them (all checked): 1-based sequences,
+    volumes, the volumes' text positions in the file, conditions (offset -> code)."""
+    sequences: np.ndarray
+    volumes: np.ndarray
+    text_starts: np.ndarray
+    text_ends: np.ndarray
+    conditions: dict[int, str]
+    source: bytes                                   # the file: the volumes' texts are read from it when asked
 
 
-def _fast_namespace(data: bytes, root: Element):
-    """The namespace every element of the file is in, when the fast reading applies; else False."""
-    head = data[:256].lstrip(b"\xef\xbb\xbf \t\r\n")
-    if b"<!--" in data or b"<![CDATA[" in data or data.count(b"<?") > (1 if head.startswith(b"<?xml") else 0):
-        return False
-    end_of_root_tag = data.find(b">", data.find(b"ValidatedMeteredData_"))
-    if end_of_root_tag < 0 or data.find(b"xmlns", end_of_root_tag) >= 0:
-        return False                                    # namespaces declared below the root
-    ns = etree.QName(root).namespace
-    own = root.prefix
-    if own is not None:                                 # every tag has the root's prefix (text holds no '<')
-        pre = own.encode()
-        tags = data.count(b"<" + pre + b":") + data.count(b"</" + pre + b":")
-        return ns if data.count(b"<") == tags + (1 if head.startswith(b"<?xml") else 0) else False
-    for prefix, uri in root.nsmap.items():
-        if prefix == own:
-            continue
-        if prefix is None or b"<" + prefix.encode() + b":" in data:
-            return False                                # elements of another namespace may occur
-    return ns
+_OBS_TAGS = ("Observation", "Position", "Sequence", "Volume", "Condition", "MeteringData")
+_O, _P, _S, _V, _C, _M = range(1, 7)            # tag kinds; a closing tag is the negative
+_NOT_SPACE = np.ones(256, dtype=np.uint8)
+_NOT_SPACE[[9, 10, 13, 32]] = 0
+_CODE_CHARS = np.zeros(256, dtype=bool)
+_CODE_CHARS[np.frombuffer(b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz._-", np.uint8)] = True
+_POW10 = 10.0 ** np.arange(13)
+_POW10_INT = 10 ** np.arange(16, dtype=np.int64)
 
 
-def parse_sdat(data: bytes, name: str = "<file>") -> SdatDocument:
-    """The document in ``data``; SdatError when the file as a whole cannot be used."""
+def _digits(arr: np.ndarray, a: np.ndarray, b: np.ndarray, most: int):
+    """The texts arr[a:b] as a (n, width) matrix of bytes (0 beyond each text's end, width the
+    longest text), or None if one is empty or longer than ``most``."""
+    lens = b - a
+    if not len(lens) or lens.min() < 1 or lens.max() > most:
+        return None
+    width = int(lens.max())
+    cols = np.arange(width)
+    inside = cols < lens[:, None]
+    chars = arr[np.minimum(a[:, None] + cols, len(arr) - 1)]
+    return np.where(inside, chars, 0), inside, lens
+
+
+def _scan(data: bytes, prefix: str | None):
+    """The observations of every MeteringData read straight from the bytes, and the file without
+    them (the skeleton, for lxml): ``(skeleton, runs)`` with ``runs[k]`` the k-th MeteringData's
+    _Run (None: it has no Observation). None when anything differs from the plain shape
+    ``<Observation><Position><Sequence>n</Sequence></Position><Volume>d.ddd</Volume>
+    [<Condition>c</Condition>]</Observation>`` (tags exactly so, with the root's prefix, only
+    whitespace between them, observations last in their MeteringData, sequences 1 ... n and volumes
+    plain decimals): the file is then read element by element. Every tag of those names must
+    belong to such an observation, so what the scan takes out is well-formed and the skeleton is
+    well-formed exactly when the file is."""
+    p = (prefix + ":").encode() if prefix else b""
+    arr = np.frombuffer(data, np.uint8)
+    lt, gt = np.flatnonzero(arr == 60), np.flatnonzero(arr == 62)
+    if not len(lt) or len(lt) != len(gt) or not (lt < gt).all() or not (gt[:-1] < lt[1:]).all():
+        return None                                     # a '>' in a text or an attribute: not the plain shape
+    # no comment, CDATA, DOCTYPE or processing instruction but the XML declaration
+    first_char = arr[lt + 1]
+    if (first_char == 33).any() or (first_char[1:] == 63).any() or (first_char[0] == 63 and not data.startswith(b"<?xml")):
+        return None
+    closing = first_char == 47
+    # each tag's kind by its length, '/', first and last letter of the name (then counted exactly)
+    key = ((gt - lt + 1) << 17) | (closing.astype(np.int64) << 16) \
+        | (arr[np.minimum(lt + 1 + closing + len(p), len(arr) - 1)].astype(np.int64) << 8) | arr[gt - 1]
+    keys, kinds = [], []
+    for code, name in enumerate(_OBS_TAGS, 1):
+        for close in (0, 1):
+            tag = b"<" + b"/" * close + p + name.encode() + b">"
+            keys.append((len(tag) << 17) | (close << 16) | (tag[1 + close + len(p)] << 8) | tag[-2])
+            kinds.append(-code if close else code)
+    order = np.argsort(keys)
+    keys, kinds = np.array(keys)[order], np.array(kinds, np.int8)[order]
+    at = np.minimum(np.searchsorted(keys, key), len(keys) - 1)
+    kind = np.where(keys[at] == key, kinds[at], 0).astype(np.int8)
+    counts = np.bincount(kind.astype(np.int64) + 6, minlength=13)
+    for code, name in enumerate(_OBS_TAGS, 1):          # "rsm:Volume>" ends exactly the tags <rsm:Volume>, </rsm:Volume>
+        if counts[code + 6] + counts[6 - code] != data.count(p + name.encode() + b">"):
+            return None                                 # another tag of that length, first and last letter
+    o = np.flatnonzero(kind == _O)
+    blocks_open, blocks_close = np.flatnonzero(kind == _M), np.flatnonzero(kind == -_M)
+    if not len(o) or not len(blocks_open) or len(blocks_open) != len(blocks_close) \
+            or not (blocks_open < blocks_close).all() or not (blocks_close[:-1] < blocks_open[1:]).all() \
+            or o[-1] + 7 >= len(kind):
+        return None
+    for step, want in enumerate((_P, _S, -_S, -_P, _V, -_V), 1):
+        if not (kind[o + step] == want).all():
+            return None
+    cond = kind[o + 7] == _C
+    end = o + 7 + 2 * cond                              # the closing Observation tag
+    if (end >= len(kind)).any() or not (kind[end] == -_O).all() or not (kind[o[cond] + 8] == -_C).all():
+        return None
+    if {int(counts[k + 6]) for k in (_P, -_P, _S, -_S, _V, -_V, -_O)} != {len(o)} \
+            or counts[_C + 6] != cond.sum() or counts[-_C + 6] != cond.sum():
+        return None                                     # a tag of those names outside an observation
+    block = np.searchsorted(blocks_open, o) - 1
+    if (block < 0).any() or (o > blocks_close[block]).any():
+        return None
+    first = np.ones(len(o), bool)
+    first[1:] = block[1:] != block[:-1]
+    last = np.ones(len(o), bool)
+    last[:-1] = block[:-1] != block[1:]
+    if not (o[~first] == end[:-1][~first[1:]] + 1).all() or not (end[last] + 1 == blocks_close[block[last]]).all():
+        return None                                     # something between observations, or after them
+    # between the tags of the observations only whitespace ('&', control characters: lxml decides)
+    inside_run = np.zeros(len(lt), bool)                          # tag t to t + 1 inside a run of observations
+    for i, j in zip(o[first].tolist(), end[last].tolist()):
+        inside_run[i:j] = True
+    inside_run[np.concatenate([o + 2, o + 5, o[cond] + 7])] = False    # after <Sequence>, <Volume>, <Condition>
+    gaps = np.flatnonzero(inside_run)
+    sizes = lt[gaps + 1] - gt[gaps] - 1
+    if sizes.any():
+        wide = gaps[sizes > 0]
+        bounds = np.column_stack([gt[wide] + 1, lt[wide + 1]]).ravel()
+        if np.add.reduceat(_NOT_SPACE[arr], bounds, dtype=np.int64)[::2].any():
+            return None
+    # sequences: 1 to 6 digits
+    a, b = gt[o + 2] + 1, lt[o + 3]
+    got = _digits(arr, a, b, 6)
+    if got is None:
+        return None
+    chars, inside, lens = got
+    d = chars.astype(np.int64) - 48
+    if ((d < 0) | (d > 9))[inside].any():
+        return None
+    place = lens[:, None] - 1 - np.arange(chars.shape[1])
+    sequences = np.where(inside, d * _POW10_INT[np.clip(place, 0, 15)], 0).sum(axis=1)
+    # volumes: \d{1,8}(\.\d{1,12})?, at most 15 digits (exact in a double's mantissa), <= 10,000,000
+    a, b = gt[o + 5] + 1, lt[o + 6]
+    got = _digits(arr, a, b, 21)
+    if got is None:
+        return None
+    chars, inside, lens = got
+    dot = (chars == 46) & inside
+    dots = dot.sum(axis=1)
+    d = chars.astype(np.int64) - 48
+    if (((d < 0) | (d > 9)) & inside & ~dot).any() or (dots > 1).any():
+        return None
+    dot_at = np.where(dots == 1, dot.argmax(axis=1), lens)
+    frac = lens - dot_at - (dots == 1)
+    if (dot_at < 1).any() or (dot_at > 8).any() or ((dots == 1) & (frac < 1)).any() or (frac > 12).any() \
+            or (dot_at + frac > 15).any():
+        return None
+    digit = inside & ~dot
+    col = np.arange(chars.shape[1])
+    place = np.where(col < dot_at[:, None], (frac + dot_at - 1)[:, None] - col, (dot_at + frac)[:, None] - col)
+    mantissa = np.where(digit, d * _POW10_INT[np.clip(place, 0, 15)], 0).sum(axis=1)   # digits after each digit
+    volumes = mantissa / _POW10[frac]                                  # exact integers, one rounding
+    if len(volumes) and volumes.max() > 10_000_000:
+        return None
+    # conditions: 1 to 16 letters, digits, '.', '_', '-'
+    with_code = np.flatnonzero(cond)
+    code_texts: list[str] = []
+    if len(with_code):
+        a, b = gt[o[with_code] + 7] + 1, lt[o[with_code] + 8]
+        got = _digits(arr, a, b, 16)
+        if got is None:
+            return None
+        chars, inside, _ = got
+        if not _CODE_CHARS[chars][inside].all():
+            return None
+        same, which = np.unique(chars, axis=0, return_inverse=True)    # usually one code or two
+        names = np.array([bytes(row[row > 0]).decode("ascii") for row in same], dtype=object)
+        code_texts = names[which.reshape(-1)].tolist()
+    # the runs by block, and the skeleton without them
+    runs: list[_Run | None] = [None] * len(blocks_open)
+    pieces, at = [], 0
+    vol_a, vol_b = gt[o + 5] + 1, lt[o + 6]
+    for i, j in zip(np.flatnonzero(first).tolist(), (np.flatnonzero(last) + 1).tolist()):
+        c0, c1 = np.searchsorted(with_code, [i, j])
+        conditions = dict(zip((sequences[with_code[c0:c1]] - 1).tolist(), code_texts[c0:c1]))
+        runs[int(block[i])] = _Run(sequences[i:j], volumes[i:j], vol_a[i:j], vol_b[i:j], conditions, data)
+        pieces.append(data[at:int(lt[o[i]])])
+        at = int(gt[end[j - 1]]) + 1
+    pieces.append(data[at:])
+    return b"".join(pieces), runs
+
+
+_ROOT_TAG = re.compile(rb"<(?:([A-Za-z_][\w.-]*):)?ValidatedMeteredData_\d+[\s/>]")
+_DECLARATION = re.compile(rb"^(?:\xef\xbb\xbf)?<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)[\"']")
+
+
+def _root_prefix(data: bytes) -> str | None:
+    m = _ROOT_TAG.search(data, 0, 8192)
+    return m.group(1).decode("ascii") if m and m.group(1) else None
+
+
+def _ascii_compatible(data: bytes) -> bool:
+    """Where '<' and '>' are those bytes whatever the text (UTF-8 and the single-byte Latin encodings)."""
+    if b"\x00" in data[:4] or data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return False                                    # UTF-16 or UTF-32
+    m = _DECLARATION.match(data)
+    return m is None or m.group(1).decode("ascii").lower() in ("utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1",
+                                                             "latin-1", "latin1", "windows-1252", "iso-8859-15")
+
+
+_LEFT_IN_SKELETON = etree.XPath("boolean(//*[local-name() = 'Observation' or local-name() = 'Position' or "
+                                "local-name() = 'Sequence' or local-name() = 'Volume' or local-name() = 'Condition'])")
+
+
+def parse_sdat(data: bytes, name: str = "<file>", *, scan: bool = True) -> SdatDocument:
+    """The document in ``data``; SdatError when the file as a whole cannot be used. The
+    observations are read by ``_scan`` where the file has the plain shape, else (and with
+    ``scan=False``) element by element; both read the same file alike."""
     if len(data) > MAX_FILE_BYTES:
         raise SdatError(f"{name}: {len(data):,} bytes exceeds the limit of {MAX_FILE_BYTES:,}")
-    if any(d in data for d in _DOCTYPE):
+    # a file the scan reads has no '<!' at all; any other is searched for a DOCTYPE before lxml sees it
+    scanned = _scan(data, _root_prefix(data)) if scan and _ascii_compatible(data) else None
+    if scanned is None and any(d in data for d in _DOCTYPE):
         raise SdatError(f"{name}: refused XML construct (DOCTYPE): DTDs and entities are not allowed")
-    try:
-        tree = etree.fromstring(data, _parser()).getroottree()
-    except SdatError as exc:
-        raise SdatError(f"{name}: refused XML construct ({exc}): DTDs and entities are not allowed") from None
-    except etree.XMLSyntaxError as exc:
-        raise SdatError(f"{name}: not well-formed XML ({exc})") from None
+    tree = None
+    if scanned is not None:
+        try:
+            tree = etree.fromstring(scanned[0], _parser()).getroottree()
+        except (SdatError, etree.XMLSyntaxError):
+            scanned = None                              # the error as the whole file gives it (below)
+    if tree is None:
+        try:
+            tree = etree.fromstring(data, _parser()).getroottree()
+        except SdatError as exc:
+            raise SdatError(f"{name}: refused XML construct ({exc}): DTDs and entities are not allowed") from None
+        except etree.XMLSyntaxError as exc:
+            raise SdatError(f"{name}: not well-formed XML ({exc})") from None
     if tree.docinfo.doctype or tree.docinfo.internalDTD is not None:
         raise SdatError(f"{name}: refused XML construct (DOCTYPE): DTDs and entities are not allowed")
     root = tree.getroot()
@@ -271,15 +454,17 @@ def parse_sdat(data: bytes, name: str = "<file>") -> SdatDocument:
     blocks = _children(root, "MeteringData")
     if not blocks:
         raise SdatError(f"{name}: no MeteringData")
-    ns = _fast_namespace(data, root)
-    fast = None if ns is False else _Fast.get(ns)
-    for block in blocks:
+    runs = scanned[1] if scanned is not None else None
+    if runs is not None and (len(runs) != len(blocks) or root.prefix != _root_prefix(data)
+                             or _LEFT_IN_SKELETON(root)):      # e.g. an Observation in another prefix
+        return parse_sdat(data, name, scan=False)       # not the plain shape after all
+    for k, block in enumerate(blocks):
         point = _text(block, "ConsumptionMeteringPoint", "VSENationalID")
         direction = "consumption"
         if point is None:
             point, direction = _text(block, "ProductionMeteringPoint", "VSENationalID"), "production"
         try:
-            series = _series(block, point, direction, fast)
+            series = _series(block, point, direction, runs[k] if runs is not None else None)
         except ValueError as exc:
             out.refused.append(SdatRefusal(point, str(exc)))
             continue
@@ -291,7 +476,40 @@ def parse_sdat(data: bytes, name: str = "<file>") -> SdatDocument:
     return out
 
 
-def _series(block: Element, point: str | None, direction: str, fast: _Fast | None = None) -> SdatSeries:
+@dataclass
+class ReadFile:
+    """A file as ``read_sdat_file`` returns it (from a worker process): the document or the error
+    that refused it whole, the content's SHA-256 and the seconds parsing took."""
+    name: str
+    digest: str
+    document: SdatDocument | None = None
+    error: str | None = None
+    parse_s: float = 0.0
+
+
+def read_sdat_file(path: str, name: str | None = None, keep_texts: bool = False) -> ReadFile:
+    """Read and parse one file (see ``parse_sdat``). Without ``keep_texts`` the volumes' texts are
+    not kept (they would carry the whole file to another process); the values are."""
+    import hashlib
+    import time
+    name = name or path
+    try:
+        data = open(path, "rb").read()
+    except OSError as exc:
+        return ReadFile(name, "", error=f"cannot be read: {exc.strerror or exc}")
+    digest = hashlib.sha256(data).hexdigest()
+    t = time.perf_counter()
+    try:
+        doc = parse_sdat(data, name)
+    except SdatError as exc:
+        return ReadFile(name, digest, error=str(exc).removeprefix(f"{name}: "), parse_s=time.perf_counter() - t)
+    if not keep_texts:
+        for series in doc.series:
+            series._texts = _DROPPED
+    return ReadFile(name, digest, doc, parse_s=time.perf_counter() - t)
+
+
+def _series(block: Element, point: str | None, direction: str, run: _Run | None = None) -> SdatSeries:
     if point is None:
         raise ValueError("neither ConsumptionMeteringPoint nor ProductionMeteringPoint has a VSENationalID")
     check_metering_point(point)
@@ -316,8 +534,8 @@ def _series(block: Element, point: str | None, direction: str, fast: _Fast | Non
     if start.minute % RESOLUTION_MIN or start.second or start.microsecond:
         raise ValueError(f"interval start {start:%Y-%m-%dT%H:%M:%S.%fZ} is not on a quarter hour")
     s = SdatSeries(point, direction, product, start, end)
-    if fast is not None and _read_fast(block, s, n, fast):
-        return s
+    if run is not None:
+        return _from_run(s, run, n)
     label = PRODUCT_LABELS[product]
     offsets, texts, conditions = [], [], {}
     seen = set()
@@ -349,36 +567,30 @@ def _series(block: Element, point: str | None, direction: str, fast: _Fast | Non
         raise ValueError(f"{label}: no Observation")
     s.offsets = np.array(offsets, dtype=np.int64)
     s.volumes = np.array([float(Decimal(t)) for t in texts], dtype=np.float64)
-    s.texts, s.conditions = texts, conditions
+    s._texts, s.conditions = texts, conditions
     return s
 
 
-def _read_fast(block: Element, s: SdatSeries, n: int, fast: _Fast) -> bool:
-    """The observations of a series with the common shape (sequences 1, 2, ..., plain decimal
-    volumes), read in a few XPath calls; False where anything differs (then read element by element)."""
-    k = int(fast.count(block))                          # every element is in the namespace (_fast_namespace)
-    if k == 0 or k > n or k > len(_SEQ_TEXTS):
-        return False
-    seqs = fast.sequences(block)
-    if len(seqs) != k or seqs != _SEQ_TEXTS[:k]:
-        return False
-    texts = fast.volumes(block)
-    if len(texts) != k or not _VOLUME_RE.fullmatch("\n".join(texts)):
-        return False
-    volumes = np.array(texts, dtype=np.float64)
-    if volumes.max() > 10_000_000:
-        return False
-    cond_texts = fast.cond_texts(block)
-    cond_seqs = fast.cond_sequences(block) if cond_texts else []
-    if len(cond_texts) != len(cond_seqs):
-        return False
-    conditions = {}
-    for seq, c in zip(cond_seqs, cond_texts):
-        c = c.strip()
-        if c:
-            conditions[int(seq) - 1] = c
-    s.offsets, s.volumes, s.texts, s.conditions = np.arange(k, dtype=np.int64), volumes, texts, conditions
-    return True
+def _from_run(s: SdatSeries, run: _Run, n: int) -> SdatSeries:
+    """The series' observations as ``_scan`` read them, with the element reading's refusals."""
+    label = PRODUCT_LABELS[s.product]
+    seq = run.sequences
+    if not (len(seq) <= n and np.array_equal(seq, np.arange(1, len(seq) + 1))):
+        outside = (seq < 1) | (seq > n)
+        _, first_at = np.unique(seq, return_index=True)
+        repeated = np.ones(len(seq), bool)
+        repeated[first_at] = False
+        bad = np.flatnonzero(outside | repeated)
+        if len(bad):
+            k = int(bad[0])
+            if outside[k]:
+                raise ValueError(f"{label}: sequence {int(seq[k])} is outside the interval "
+                                 f"({n} quarter hours from {s.start:%Y-%m-%dT%H:%MZ})")
+            raise ValueError(f"{label}: sequence {int(seq[k])} appears twice")
+    s.offsets, s.volumes = seq.astype(np.int64) - 1, run.volumes
+    s._texts = (run.source, run.text_starts, run.text_ends)
+    s.conditions = run.conditions
+    return s
 
 
 def _check_totals(doc: SdatDocument) -> None:
@@ -404,7 +616,7 @@ def _check_totals(doc: SdatDocument) -> None:
             ti, li, gi = ti[order], li[order], gi[order]
         diff = np.abs(total.volumes[ti] - (leg.volumes[li] + grid.volumes[gi]))
         for j in np.flatnonzero(diff > TOTAL_TOLERANCE_KWH - 1e-6):
-            t, a, b = Decimal(total.texts[ti[j]]), Decimal(leg.texts[li[j]]), Decimal(grid.texts[gi[j]])
+            t, a, b = Decimal(total.text(ti[j])), Decimal(leg.text(li[j])), Decimal(grid.text(gi[j]))
             if abs(t - (a + b)) > tol:
                 at = total.start + int(total.offsets[ti[j]]) * timedelta(minutes=RESOLUTION_MIN)
                 bad.add(key)

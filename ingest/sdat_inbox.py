@@ -1,5 +1,5 @@
 """The SDAT-CH inbox: a folder (``sdat.inbox``) the running app watches for the grid operator's
-files. Each ``*.xml`` is imported (``Community.import_sdat_file``) and moved to ``done/`` when
+files. Each ``*.xml`` is imported (``Community.import_sdat_paths``) and moved to ``done/`` when
 anything of it could be used, else to ``rejected/`` with a ``.reason.txt`` beside it saying why.
 A file still being written (its size or time changed within the last poll) waits for the next."""
 from __future__ import annotations
@@ -62,7 +62,7 @@ class SdatInbox:
     def poll(self, settle: bool = True) -> int:
         """Import the files that are complete; returns how many were handled. With ``settle``, a
         file is taken only once its size and time were the same at the previous poll."""
-        handled = 0
+        ready = []
         for f in sdat_files([self.folder]):
             st = f.stat()
             now = (st.st_size, st.st_mtime)
@@ -70,27 +70,32 @@ class SdatInbox:
                 self._seen[f] = now
                 continue
             self._seen.pop(f, None)
-            handled += 1
-            try:
-                summary = self.community.import_sdat_file(f.name, f.read_bytes())
-            except Exception as exc:               # e.g. the store refused the write: retried next poll
-                self.last_error = f"{f.name}: {exc}"
-                log.exception("SDAT-CH inbox: %s could not be imported (retrying)", f.name)
-                continue
-            for r in summary.refused:
-                log.warning("SDAT-CH inbox: %s: refused: %s", f.name, r)
-            if summary.imported_anything or summary.already_imported:
-                self.imported += 1
-                log.info("SDAT-CH inbox: %s", summary.line())
-                self._move(f, "done")
-            else:
-                self.rejected += 1
-                self.last_error = summary.line()
-                log.warning("SDAT-CH inbox: %s", summary.line())
-                dest = self._move(f, "rejected")
-                dest.with_name(dest.name + ".reason.txt").write_text(
-                    summary.line() + "\n" + "".join(f"refused: {r}\n" for r in summary.refused), encoding="utf-8")
+            ready.append(f)
+        handled = 0
+        try:
+            for f, summary in self.community.import_sdat_paths(ready, [f.name for f in ready]):
+                self._done(f, summary)
+                handled += 1
+        except Exception as exc:                   # e.g. the store refused the write: retried next poll
+            f = ready[handled]
+            self.last_error = f"{f.name}: {exc}"
+            log.exception("SDAT-CH inbox: %s could not be imported (retrying)", f.name)
         return handled
+
+    def _done(self, f: Path, summary) -> None:
+        for r in summary.refused:
+            log.warning("SDAT-CH inbox: %s: refused: %s", f.name, r)
+        if summary.imported_anything or summary.already_imported:
+            self.imported += 1
+            log.info("SDAT-CH inbox: %s", summary.line())
+            self._move(f, "done")
+        else:
+            self.rejected += 1
+            self.last_error = summary.line()
+            log.warning("SDAT-CH inbox: %s", summary.line())
+            dest = self._move(f, "rejected")
+            dest.with_name(dest.name + ".reason.txt").write_text(
+                summary.line() + "\n" + "".join(f"refused: {r}\n" for r in summary.refused), encoding="utf-8")
 
     def _move(self, f: Path, sub: str) -> Path:
         dest = self.folder / sub / f.name

@@ -1,12 +1,15 @@
 """The grid operator's quarter-hour values (SDAT-CH), kept in ``data_dir/sdat.sqlite``.
 
-One row per metering point, product (total, LEG share, grid share) and quarter hour, with the
-document it came from. DSOs send a file every day covering the last days again (estimated values
-revised), so for each row the value of the document with the newest ``Creation`` wins, whatever
-the order files are imported in (for equal creation times the greater document ID, so the outcome
-never depends on the order); importing a file again changes nothing. A file of its own beside the
-ledger: a year of a 25-house LEG is about 5 million rows, which the ledger (small, transactional)
-should not carry; SQLite in WAL mode, safe for the app and a command line beside it.
+A row of ``sdat_days`` holds one metering point's product (total, LEG share, grid share) over one
+UTC day: its 96 volumes, the source document of each and their conditions. DSOs send a file every
+day covering the last days again (estimated values revised), so for each quarter hour the value
+of the document with the newest ``Creation`` wins, whatever the order files are imported in (for
+equal creation times the greater document ID, so the outcome never depends on the order);
+importing a file again changes nothing. A day row per point and product keeps a year of a
+200-point LEG at 219,000 rows instead of 21 million, and an import reads and writes some 3,600 of
+them. A file of its own beside the ledger (small, transactional); SQLite in WAL mode, safe for
+the app and a command line beside it. A store of an earlier version (a row per quarter hour) is
+moved to day rows when opened.
 """
 from __future__ import annotations
 
@@ -16,7 +19,6 @@ import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from itertools import repeat
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ import pandas as pd
 
 from ingest.sdat import SdatDocument
 
+SLOTS = 96                                # quarter hours of a UTC day: a row of sdat_days
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sdat_documents (
     sha256 TEXT PRIMARY KEY,              -- the file's content: the same file imported again
@@ -33,17 +36,24 @@ CREATE TABLE IF NOT EXISTS sdat_documents (
     imported_at TEXT NOT NULL,
     summary TEXT NOT NULL                 -- JSON: counts and refusals
 );
-CREATE TABLE IF NOT EXISTS sdat_values (
+CREATE TABLE IF NOT EXISTS sdat_sources (   -- what a value came from: the newest (creation, document_id) wins
+    id INTEGER PRIMARY KEY,
+    document_id TEXT NOT NULL,
+    creation TEXT NOT NULL,               -- UTC, ISO
+    UNIQUE (document_id, creation)
+);
+CREATE TABLE IF NOT EXISTS sdat_days (      -- a metering point's product over one UTC day: 96 quarter hours
     metering_point TEXT NOT NULL,
     product TEXT NOT NULL,                -- total | leg | grid
-    start TEXT NOT NULL,                  -- quarter-hour start, UTC, ISO
-    direction TEXT NOT NULL,              -- consumption | production
-    volume_kwh REAL NOT NULL,
-    condition TEXT,                       -- the DSO's Condition code (e.g. 21: estimated), NULL if none
-    document_id TEXT NOT NULL,
-    creation TEXT NOT NULL,
-    PRIMARY KEY (metering_point, product, start)
+    day INTEGER NOT NULL,                 -- days since 1970-01-01 UTC: quarter hour (s since the epoch / 900) // 96
+    direction TEXT NOT NULL,              -- consumption | production (of the newest document)
+    volumes BLOB NOT NULL,                -- 96 float64 (little-endian), kWh; NaN where no value
+    sources BLOB NOT NULL,                -- 96 int32 (little-endian): sdat_sources.id of each value, 0 where none
+    conditions TEXT,                      -- the DSO's Condition code per quarter hour joined by '|' ('' where none),
+                                          -- NULL when none is set that day
+    PRIMARY KEY (metering_point, product, day)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS sdat_days_by_day ON sdat_days (day, product);
 CREATE TABLE IF NOT EXISTS sdat_points (    -- per known metering point: its last delivery (the Meters page)
     metering_point TEXT PRIMARY KEY,
     direction TEXT NOT NULL,
@@ -61,24 +71,25 @@ CREATE TABLE IF NOT EXISTS sdat_unknown (
     last_file TEXT NOT NULL
 );
 """
-# per import, in the connection's temporary database: the document's values before they are merged
-STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS sdat_stage (metering_point TEXT, product TEXT, start TEXT, direction TEXT,
-                                            volume_kwh REAL, condition TEXT);
-"""
-_ISO: dict[int, str] = {}                 # quarter hour since the epoch -> its start as stored (UTC, ISO)
+_F8, _I4 = np.dtype("<f8"), np.dtype("<i4")
+_VALUE_COLUMNS = ["metering_point", "product", "start", "direction", "volume_kwh", "condition"]
 
 
-def _iso_quarters(quarters: list[int]) -> list[str]:
-    """The ISO starts of quarter hours (seconds since the epoch / 900), as datetime.isoformat() writes them."""
-    iso = _ISO
-    missing = [q for q in set(quarters) if q not in iso] if len(iso) < 2_000_000 else None
-    if missing is None:
-        iso.clear()
-        missing = set(quarters)
-    for q in missing:
-        iso[q] = datetime.fromtimestamp(q * 900, timezone.utc).isoformat()
-    return [iso[q] for q in quarters]
+def content_digest(raw: bytes) -> str:
+    """A file's identity: the SHA-256 of its content (the same file imported again changes nothing)."""
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _iso(quarter: int) -> str:
+    """A quarter hour (seconds since the epoch / 900) as stored in sdat_points (UTC, ISO)."""
+    return datetime.fromtimestamp(int(quarter) * 900, timezone.utc).isoformat()
+
+
+def _codes(text: str) -> np.ndarray:
+    """A day's condition codes (object array of 96: the code or None)."""
+    out = np.array(text.split("|"), dtype=object)
+    out[out == ""] = None
+    return out
 
 
 @dataclass
@@ -94,6 +105,7 @@ class ImportSummary:
     refused: list[str] = field(default_factory=list)
     error: str | None = None               # the whole file could not be used
     already_imported: bool = False
+    changed: tuple[datetime, datetime] | None = None   # [first, end) of the quarter hours new or revised, UTC
 
     @property
     def imported_anything(self) -> bool:
@@ -123,21 +135,8 @@ class SdatStore:
         self._con.execute("PRAGMA journal_mode=WAL")
         self._con.execute("PRAGMA synchronous=NORMAL")
         self._con.executescript(SCHEMA)
-        self._con.executescript(STAGING)
+        self._upgrade_rows()
         self._fill_points()
-
-    def _fill_points(self) -> None:
-        """A store written before ``sdat_points`` existed: its points' last deliveries, once."""
-        if self._con.execute("SELECT 1 FROM sdat_points LIMIT 1").fetchone() or \
-                not self._con.execute("SELECT 1 FROM sdat_values LIMIT 1").fetchone():
-            return
-        with self._tx() as con:
-            # the bare columns come from the row of max(creation) (SQLite's rule for one min/max)
-            con.execute("INSERT OR IGNORE INTO sdat_points SELECT v.metering_point, v.direction, "
-                        "(SELECT max(start) FROM sdat_values w WHERE w.metering_point = v.metering_point), "
-                        "v.document_id, max(v.creation), coalesce(d.file_name, ''), coalesce(d.imported_at, '') "
-                        "FROM sdat_values v LEFT JOIN sdat_documents d ON d.document_id = v.document_id "
-                        "GROUP BY v.metering_point")
 
     def close(self) -> None:
         self._con.close()
@@ -152,16 +151,16 @@ class SdatStore:
             raise
         self._con.execute("COMMIT")
 
-    def import_document(self, doc: SdatDocument, raw: bytes, known_points: set[str]) -> ImportSummary:
-        """Store the document's values (newest Creation wins per point, product and quarter hour);
+    # -- import ------------------------------------------------------------------------------------
+    def import_document(self, doc: SdatDocument, digest: str, known_points: set[str]) -> ImportSummary:
+        """Store the document's values (``digest``: the file's SHA-256, ``content_digest``) (newest Creation wins per point, product and quarter hour);
         values of metering points no house lists are counted as unknown, never stored for billing.
 
-        In bulk: the values go into a temporary staging table (one ``executemany`` per series),
-        the counts come from one join with the stored rows and the store is changed by one
-        ``INSERT ... ON CONFLICT DO UPDATE WHERE`` newer, all inside SQLite."""
+        A row of ``sdat_days`` holds a point's product over a UTC day (96 quarter hours, DST never
+        changes it) with the source of every value: a file of 600 series touches some 3,600 rows,
+        read once, merged with numpy and written back in one transaction."""
         s = ImportSummary(doc.name, doc.document_id, doc.creation.strftime("%Y-%m-%dT%H:%M:%SZ"),
                           refused=[str(r) for r in doc.refused])
-        digest = hashlib.sha256(raw).hexdigest()
         creation = doc.creation.astimezone(timezone.utc).isoformat()
         now = datetime.now(timezone.utc).isoformat()
         known, unknown = [], {}
@@ -179,7 +178,7 @@ class SdatStore:
                 s.unchanged = staged
                 return s
             if staged:
-                self._merge(con, known, staged, doc.document_id, creation, s)
+                self._merge(con, known, doc.document_id, creation, s)
                 self._delivered(con, known, doc, creation, now)
             for point, n in unknown.items():
                 con.execute("INSERT INTO sdat_unknown VALUES (?, ?, ?, ?, ?) ON CONFLICT(metering_point) DO UPDATE "
@@ -192,6 +191,99 @@ class SdatStore:
         return s
 
     @staticmethod
+    def _source(con, document_id: str, creation: str) -> tuple[int, np.ndarray]:
+        """The id of the document's source, and every source's rank by (creation, document_id)
+        (index: source id; the greater rank is the newer document)."""
+        con.execute("INSERT OR IGNORE INTO sdat_sources (document_id, creation) VALUES (?, ?)", (document_id, creation))
+        rows = con.execute("SELECT id, creation, document_id FROM sdat_sources").fetchall()
+        rank = np.zeros(max(r[0] for r in rows) + 1, dtype=np.int64)       # 0: no value
+        for k, (sid, *_) in enumerate(sorted(rows, key=lambda r: (r[1], r[2])), start=1):
+            rank[sid] = k
+        mine = con.execute("SELECT id FROM sdat_sources WHERE document_id = ? AND creation = ?",
+                           (document_id, creation)).fetchone()[0]
+        return mine, rank
+
+    def _merge(self, con, series_list, document_id: str, creation: str, s: ImportSummary) -> None:
+        """All series of the document at once on a grid of cells: one per (point, product) and
+        quarter hour of the UTC days the document touches, filled from the stored day rows."""
+        series_list = [x for x in series_list if len(x)]
+        if not series_list:
+            return
+        source, rank = self._source(con, document_id, creation)
+        groups: dict[tuple[str, str], int] = {}
+        for x in series_list:
+            groups.setdefault((x.metering_point, x.product), len(groups))
+        quarters = [(int(x.start.timestamp()) // 900) + x.offsets for x in series_list]
+        lo = min(int(q.min()) for q in quarters) // SLOTS
+        hi = max(int(q.max()) for q in quarters) // SLOTS
+        days = hi - lo + 1
+        width = days * SLOTS                                    # cells of a group
+        vol = np.full(len(groups) * width, np.nan, dtype=_F8)
+        src = np.zeros(len(groups) * width, dtype=_I4)
+        codes = np.full(len(groups) * width, None, dtype=object)
+        found_g, found_d, vol_blobs, src_blobs = [], [], [], []
+        for point, product, day, v, sr, cond in con.execute(
+                "SELECT metering_point, product, day, volumes, sources, conditions FROM sdat_days "
+                "WHERE day BETWEEN ? AND ?", (lo, hi)):
+            g = groups.get((point, product))
+            if g is not None:
+                found_g.append(g)
+                found_d.append(day - lo)
+                vol_blobs.append(v)
+                src_blobs.append(sr)
+                if cond:
+                    at = g * width + (day - lo) * SLOTS
+                    codes[at:at + SLOTS] = _codes(cond)
+        if found_g:
+            cells = (np.array(found_g) * width + np.array(found_d) * SLOTS)[:, None] + np.arange(SLOTS)
+            vol[cells] = np.frombuffer(b"".join(vol_blobs), _F8).reshape(-1, SLOTS)
+            src[cells] = np.frombuffer(b"".join(src_blobs), _I4).reshape(-1, SLOTS)
+        # the document's values on that grid, in document order
+        keys = np.concatenate([groups[(x.metering_point, x.product)] * width + (q - lo * SLOTS)
+                               for x, q in zip(series_list, quarters)])
+        vols = np.concatenate([x.volumes for x in series_list])
+        cond = np.full(len(keys), None, dtype=object)
+        at = 0
+        for x in series_list:
+            if x.conditions:
+                if int(x.offsets[0]) == 0 and int(x.offsets[-1]) == len(x) - 1:        # offsets 0, 1, ... n-1
+                    cond[at + np.fromiter(x.conditions, np.int64, len(x.conditions))] = list(x.conditions.values())
+                else:
+                    pos = {int(o): k for k, o in enumerate(x.offsets.tolist())}
+                    for o, code in x.conditions.items():
+                        cond[at + pos[o]] = code
+            at += len(x)
+        if np.bincount(keys, minlength=len(vol)).max() > 1:    # a key twice in the document: the first counts
+            _, first = np.unique(keys, return_index=True)
+            keys, vols, cond = keys[first], vols[first], cond[first]
+        was = src[keys]
+        new = was == 0
+        newer = ~new & (rank[was] < rank[source])
+        changed = newer & ((vol[keys] != vols) | (codes[keys] != cond))
+        write = new | newer
+        w = keys[write]
+        vol[w], src[w], codes[w] = vols[write], source, cond[write]
+        differs = keys[new | changed]
+        s.inserted, s.updated = int(np.count_nonzero(new)), int(np.count_nonzero(changed))
+        s.unchanged = sum(len(x) for x in series_list) - s.inserted - s.updated
+        if len(differs):
+            q = differs % width + lo * SLOTS
+            s.changed = (datetime.fromtimestamp(int(q.min()) * 900, timezone.utc),
+                         datetime.fromtimestamp((int(q.max()) + 1) * 900, timezone.utc))
+        # the day rows written: every (group, day) with a value written
+        rows_at = np.unique(w // SLOTS)                         # group * days + day
+        direction = {groups[(x.metering_point, x.product)]: x.direction for x in series_list}
+        names = {g: key for key, g in groups.items()}
+        vol2, src2, codes2 = vol.reshape(-1, SLOTS), src.reshape(-1, SLOTS), codes.reshape(-1, SLOTS)
+        coded = (codes2[rows_at] != None).any(axis=1)          # noqa: E711 (elementwise on objects)
+        rows = []
+        for r, has_codes in zip(rows_at.tolist(), coded.tolist()):
+            g, d = divmod(r, days)
+            rows.append((*names[g], lo + d, direction[g], vol2[r].tobytes(), src2[r].tobytes(),
+                         "|".join(c or "" for c in codes2[r]) if has_codes else None))
+        con.executemany("INSERT OR REPLACE INTO sdat_days VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    @staticmethod
     def _delivered(con, series_list, doc: SdatDocument, creation: str, now: str) -> None:
         """Each point's last delivery: the latest quarter hour ever delivered, and the newest document."""
         last: dict[str, tuple[str, str]] = {}
@@ -199,13 +291,67 @@ class SdatStore:
             if len(x):
                 end = (x.start + timedelta(minutes=15 * int(x.offsets.max()))).astimezone(timezone.utc).isoformat()
                 last[x.metering_point] = (x.direction, max(end, last.get(x.metering_point, ("", ""))[1]))
-        for point, (direction, end) in last.items():
-            con.execute("INSERT INTO sdat_points VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(metering_point) DO UPDATE "
+        con.executemany("INSERT INTO sdat_points VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(metering_point) DO UPDATE "
                         "SET last_start = max(sdat_points.last_start, excluded.last_start)",
-                        (point, direction, end, doc.document_id, creation, doc.name[:200], now))
-            con.execute("UPDATE sdat_points SET direction = ?, document_id = ?, creation = ?, file_name = ?, "
+                        [(point, direction, end, doc.document_id, creation, doc.name[:200], now)
+                         for point, (direction, end) in last.items()])
+        con.executemany("UPDATE sdat_points SET direction = ?, document_id = ?, creation = ?, file_name = ?, "
                         "imported_at = ? WHERE metering_point = ? AND (creation, document_id) <= (?, ?)",
-                        (direction, doc.document_id, creation, doc.name[:200], now, point, creation, doc.document_id))
+                        [(direction, doc.document_id, creation, doc.name[:200], now, point, creation, doc.document_id)
+                         for point, (direction, _) in last.items()])
+
+    # -- reading -----------------------------------------------------------------------------------
+    def _days(self, lo: int, hi: int, points: list[str] | None, product: str | None = None):
+        q = ("SELECT metering_point, product, day, direction, volumes, sources, conditions FROM sdat_days "
+             "WHERE day BETWEEN ? AND ?")
+        args: list = [lo, hi]
+        if product is not None:
+            q += " AND product = ?"
+            args.append(product)
+        if points is not None:
+            q += f" AND metering_point IN ({','.join('?' * len(points))})"
+            args += list(points)
+        return self._con.execute(q, args).fetchall()
+
+    def values(self, start: pd.Timestamp, end: pd.Timestamp, points: list[str] | None = None,
+               product: str | None = None) -> pd.DataFrame:
+        """Rows with start <= quarter hour < end: metering_point, product, start (UTC), direction,
+        volume_kwh, condition (of one ``product`` only, if given)."""
+        q0 = int(pd.Timestamp(start).timestamp()) // 900
+        q1 = -(-int(pd.Timestamp(end).timestamp()) // 900)
+        if points is not None and not points:
+            return pd.DataFrame(columns=_VALUE_COLUMNS)
+        rows = self._days(q0 // SLOTS, (q1 - 1) // SLOTS, points, product)
+        if not rows:
+            return pd.DataFrame(columns=_VALUE_COLUMNS)
+        n = len(rows)
+        vol = np.frombuffer(b"".join(r[4] for r in rows), _F8).reshape(n, SLOTS)
+        src = np.frombuffer(b"".join(r[5] for r in rows), _I4).reshape(n, SLOTS)
+        quarter = np.array([r[2] for r in rows], np.int64)[:, None] * SLOTS + np.arange(SLOTS)
+        keep = (src != 0) & (quarter >= q0) & (quarter < q1)
+        row_of, slot = np.nonzero(keep)
+        codes = np.full((n, SLOTS), None, dtype=object)
+        for k, r in enumerate(rows):
+            if r[6]:
+                codes[k] = _codes(r[6])
+        cond = codes[row_of, slot]
+        pick = lambda j: np.array([r[j] for r in rows], dtype=object)[row_of]
+        return pd.DataFrame({"metering_point": pick(0), "product": pick(1),
+                             "start": pd.to_datetime(quarter[row_of, slot] * 900, unit="s", utc=True),
+                             "direction": pick(3), "volume_kwh": vol[row_of, slot], "condition": cond})
+
+    def span(self) -> tuple[pd.Timestamp, pd.Timestamp] | None:
+        """The first and the last quarter hour with a value, or None."""
+        lo, hi = self._con.execute("SELECT min(day), max(day) FROM sdat_days").fetchone()
+        if lo is None:
+            return None
+
+        def slots(day: int) -> np.ndarray:
+            src = [np.frombuffer(r[0], _I4) for r in self._con.execute("SELECT sources FROM sdat_days WHERE day = ?",
+                                                                       (day,))]
+            return np.flatnonzero(np.any(np.stack(src) != 0, axis=0))
+        first, last = lo * SLOTS + int(slots(lo).min()), hi * SLOTS + int(slots(hi).max())
+        return pd.Timestamp(first * 900, unit="s", tz="UTC"), pd.Timestamp(last * 900, unit="s", tz="UTC")
 
     def points(self) -> list[dict]:
         """The known metering points' last deliveries: metering_point, direction, last_start (the
@@ -215,79 +361,6 @@ class SdatStore:
         cur = self._con.execute(f"SELECT {', '.join(keys)} FROM sdat_points ORDER BY metering_point")
         return [dict(zip(keys, r)) for r in cur]
 
-    @staticmethod
-    def _merge(con, series_list, staged: int, document_id: str, creation: str, s: ImportSummary) -> None:
-        seen: dict[tuple[str, str], set[int]] = {}            # a key twice in the document: the first counts
-        try:
-            for x in series_list:
-                q0 = int(x.start.timestamp()) // 900
-                mine = seen.setdefault((x.metering_point, x.product), set())
-                by_code: dict[str, list[int]] = {}
-                for off, code in x.conditions.items():
-                    by_code.setdefault(code, []).append(off)
-                if not mine and len(by_code) <= 8 and np.array_equal(x.offsets, np.arange(len(x))):
-                    # one statement per series: SQLite reads the volumes from a JSON array (the float's
-                    # shortest repr, read back to the same double) and the conditions by code
-                    case = ("CASE " + " ".join("WHEN v.key IN (SELECT value FROM json_each(?)) THEN ?" for _ in by_code)
-                            + " END") if by_code else "NULL"
-                    args = [x.metering_point, x.product, q0, x.direction]
-                    for code, offs in by_code.items():
-                        args += [json.dumps(offs), code]
-                    con.execute("INSERT INTO temp.sdat_stage SELECT ?, ?, strftime('%Y-%m-%dT%H:%M:%S+00:00', "
-                                f"(? + v.key) * 900, 'unixepoch'), ?, v.value, {case} FROM json_each(?) v",
-                                args + [json.dumps(x.volumes.tolist())])
-                    mine.update(range(q0, q0 + len(x)))
-                    continue
-                quarters = (x.offsets + q0).tolist()
-                volumes = x.volumes.tolist()
-                conds = [x.conditions.get(o) for o in x.offsets.tolist()]
-                if mine:
-                    keep = [k for k, q in enumerate(quarters) if q not in mine]
-                    quarters, volumes, conds = ([v[k] for k in keep] for v in (quarters, volumes, conds))
-                mine.update(quarters)
-                con.executemany("INSERT INTO temp.sdat_stage VALUES (?, ?, ?, ?, ?, ?)",
-                                zip(repeat(x.metering_point), repeat(x.product), _iso_quarters(quarters),
-                                    repeat(x.direction), volumes, conds))
-            inserted, updated, newer = con.execute(
-                "SELECT count(*) - count(v.metering_point), "
-                "coalesce(sum((?, ?) > (v.creation, v.document_id) AND (v.volume_kwh IS NOT n.volume_kwh "
-                "OR v.condition IS NOT n.condition)), 0), "
-                "coalesce(sum((?, ?) > (v.creation, v.document_id)), 0) "
-                "FROM temp.sdat_stage n LEFT JOIN sdat_values v ON v.metering_point = n.metering_point "
-                "AND v.product = n.product AND v.start = n.start",
-                (creation, document_id, creation, document_id)).fetchone()
-            if inserted or newer:
-                con.execute(
-                    "INSERT INTO sdat_values SELECT metering_point, product, start, direction, volume_kwh, condition, "
-                    "?, ? FROM temp.sdat_stage WHERE true ON CONFLICT (metering_point, product, start) DO UPDATE "
-                    "SET direction = excluded.direction, volume_kwh = excluded.volume_kwh, "
-                    "condition = excluded.condition, document_id = excluded.document_id, creation = excluded.creation "
-                    "WHERE (excluded.creation, excluded.document_id) > (sdat_values.creation, sdat_values.document_id)",
-                    (document_id, creation))
-            s.inserted, s.updated = inserted, updated
-            s.unchanged = staged - inserted - updated
-        finally:
-            con.execute("DELETE FROM temp.sdat_stage")
-
-    def values(self, start: pd.Timestamp, end: pd.Timestamp, points: list[str] | None = None) -> pd.DataFrame:
-        """Rows with start <= quarter hour < end: metering_point, product, start (UTC), direction,
-        volume_kwh, condition."""
-        q = ("SELECT metering_point, product, start, direction, volume_kwh, condition FROM sdat_values "
-             "WHERE start >= ? AND start < ?")
-        args: list = [pd.Timestamp(start).tz_convert("UTC").isoformat(), pd.Timestamp(end).tz_convert("UTC").isoformat()]
-        if points is not None:
-            if not points:
-                return pd.DataFrame(columns=["metering_point", "product", "start", "direction", "volume_kwh", "condition"])
-            q += f" AND metering_point IN ({','.join('?' * len(points))})"
-            args += list(points)
-        df = pd.read_sql_query(q, self._con, params=args)
-        df["start"] = pd.to_datetime(df["start"], utc=True)
-        return df
-
-    def span(self) -> tuple[pd.Timestamp, pd.Timestamp] | None:
-        lo, hi = self._con.execute("SELECT min(start), max(start) FROM sdat_values").fetchone()
-        return None if lo is None else (pd.Timestamp(lo), pd.Timestamp(hi))
-
     def unknown(self) -> list[dict]:
         cur = self._con.execute("SELECT metering_point, values_seen, first_seen, last_seen, last_file FROM sdat_unknown "
                                 "ORDER BY last_seen DESC LIMIT 1000")
@@ -295,3 +368,71 @@ class SdatStore:
 
     def documents(self) -> int:
         return self._con.execute("SELECT count(*) FROM sdat_documents").fetchone()[0]
+
+    def value_count(self) -> int:
+        """Quarter-hour values stored (every point and product)."""
+        return sum(int(np.count_nonzero(np.frombuffer(r[0], _I4)))
+                   for r in self._con.execute("SELECT sources FROM sdat_days"))
+
+    # -- stores of earlier versions --------------------------------------------------------------
+    def _upgrade_rows(self) -> None:
+        """A store of an earlier version kept a row per quarter hour (``sdat_values``): its values
+        move into ``sdat_days`` once, with their documents, and the old table is dropped."""
+        if not self._con.execute("SELECT 1 FROM sqlite_master WHERE name = 'sdat_values'").fetchone():
+            return
+        with self._tx() as con:
+            for document_id, creation in con.execute("SELECT DISTINCT document_id, creation FROM sdat_values").fetchall():
+                con.execute("INSERT OR IGNORE INTO sdat_sources (document_id, creation) VALUES (?, ?)",
+                            (document_id, creation))
+            ids = {(d, c): i for i, d, c in con.execute("SELECT id, document_id, creation FROM sdat_sources")}
+            key, acc = None, None
+            rows = []
+
+            def flush():
+                if key is not None:
+                    vol, src, codes, direction = acc
+                    text = "|".join(c or "" for c in codes) if any(c is not None for c in codes) else None
+                    rows.append((*key, direction, vol.astype(_F8).tobytes(), src.astype(_I4).tobytes(), text))
+            for point, product, start, direction, volume, condition, document_id, creation in con.execute(
+                    "SELECT metering_point, product, start, direction, volume_kwh, condition, document_id, creation "
+                    "FROM sdat_values ORDER BY metering_point, product, start").fetchall():
+                q = int(datetime.fromisoformat(start).timestamp()) // 900
+                k = (point, product, q // SLOTS)
+                if k != key:
+                    flush()
+                    key, acc = k, [np.full(SLOTS, np.nan), np.zeros(SLOTS, np.int32),
+                                   np.full(SLOTS, None, dtype=object), direction]
+                acc[0][q % SLOTS], acc[1][q % SLOTS], acc[2][q % SLOTS] = volume, ids[(document_id, creation)], condition
+                acc[3] = direction
+                if len(rows) >= 10_000:
+                    con.executemany("INSERT OR REPLACE INTO sdat_days VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                    rows.clear()
+            flush()
+            con.executemany("INSERT OR REPLACE INTO sdat_days VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            con.execute("DROP TABLE sdat_values")
+
+    def _fill_points(self) -> None:
+        """A store written before ``sdat_points`` existed: its points' last deliveries, once."""
+        if self._con.execute("SELECT 1 FROM sdat_points LIMIT 1").fetchone() or \
+                not self._con.execute("SELECT 1 FROM sdat_days LIMIT 1").fetchone():
+            return
+        sources = {i: (c, d) for i, d, c in self._con.execute("SELECT id, document_id, creation FROM sdat_sources")}
+        files = {d: (f, t) for d, f, t in self._con.execute(
+            "SELECT document_id, file_name, imported_at FROM sdat_documents ORDER BY imported_at")}
+        best: dict[str, list] = {}                        # point -> [direction, last quarter, newest source]
+        for point, day, direction, src in self._con.execute(
+                "SELECT metering_point, day, direction, sources FROM sdat_days"):
+            ids = np.frombuffer(src, _I4)
+            slots = np.flatnonzero(ids)
+            if not len(slots):
+                continue
+            newest = max((sources[int(i)] for i in np.unique(ids[slots])))
+            b = best.setdefault(point, [direction, -1, ("", "")])
+            b[1] = max(b[1], day * SLOTS + int(slots.max()))
+            if newest >= b[2]:
+                b[0], b[2] = direction, newest
+        with self._tx() as con:
+            for point, (direction, last, (creation, document_id)) in best.items():
+                file_name, imported_at = files.get(document_id, ("", ""))
+                con.execute("INSERT OR IGNORE INTO sdat_points VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (point, direction, _iso(last), document_id, creation, file_name, imported_at))

@@ -2,6 +2,7 @@
 and every refusal naming the file, the metering point and the reason."""
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 
@@ -166,20 +167,20 @@ def test_sequences_out_of_order_or_with_gaps_read_element_by_element():
 
 
 def test_the_store_counts_new_revised_and_unchanged_values(tmp_path):
-    from storage.sdat_store import SdatStore
+    from storage.sdat_store import SdatStore, content_digest
     store = SdatStore(tmp_path / "sdat.sqlite")
     try:
         start, end = local_day(2026, 3, 1, days=2)
         first = leg_document("D1", CREATED, start, end, two_points(192), conditions={190: "21"})
-        s = store.import_document(parse_sdat(first, "1.xml"), first, {P1})
+        s = store.import_document(parse_sdat(first, "1.xml"), content_digest(first), {P1})
         assert (s.points, s.inserted, s.updated, s.unchanged, s.unknown_points) == (1, 576, 0, 0, [P2])
         points = two_points(192)
         points[P1][1][189] = 0.25                                                   # LEG share revised
         second = leg_document("D2", CREATED + timedelta(days=1), start, end, points,
                               overrides={(P1, TOTAL): {"volumes": [0.3] * 189 + [0.45] + [0.3] * 2}})
-        s = store.import_document(parse_sdat(second, "2.xml"), second, {P1})
+        s = store.import_document(parse_sdat(second, "2.xml"), content_digest(second), {P1})
         assert (s.inserted, s.updated, s.unchanged) == (0, 3, 573)                  # total, LEG: value; grid: condition
-        s = store.import_document(parse_sdat(first, "1.xml"), first, {P1})         # older: nothing changes
+        s = store.import_document(parse_sdat(first, "1.xml"), content_digest(first), {P1})         # older: nothing changes
         assert (s.already_imported, s.inserted, s.updated, s.unchanged) == (True, 0, 0, 576)
         v = store.values(start, end)
         row = v[(v["product"] == "leg") & (v["start"] == start + timedelta(minutes=15 * 189))].iloc[0]
@@ -194,3 +195,156 @@ def test_observations_outside_the_namespace_read_as_before():
     data = leg_document("D", CREATED, start, end, two_points(96))
     mixed = data.replace(b"<rsm:Observation>", b"<Observation>", 1).replace(b"</rsm:Observation>", b"</Observation>", 1)
     assert _as_read(parse_sdat(mixed, "a.xml")) == _as_read(parse_sdat(data, "a.xml"))
+
+
+def _pretty(d: bytes) -> bytes:
+    return re.sub(rb"><", b">\n      <", d)
+
+
+def _default_namespace(d: bytes) -> bytes:
+    return d.replace(b"xmlns:rsm=", b"xmlns=").replace(b"<rsm:", b"<").replace(b"</rsm:", b"</")
+
+
+def _in_an_observation(d: bytes) -> bytes:
+    return d.replace(b"</rsm:Volume></rsm:Observation>", b"</rsm:Volume><rsm:Quality>A</rsm:Quality></rsm:Observation>", 1)
+
+
+# shape -> (change, read straight from the bytes?)
+SHAPES = {
+    "compact": (lambda d: d, True),
+    "pretty-printed": (_pretty, True),
+    "default namespace": (_default_namespace, True),
+    "pretty-printed, default namespace": (lambda d: _pretty(_default_namespace(d)), True),
+    "padded volumes": (lambda d: d.replace(b"<rsm:Volume>0.100", b"<rsm:Volume> 0.100 ", 7), False),
+    "a comment": (lambda d: d.replace(b"<rsm:Observation>", b"<!-- c --><rsm:Observation>", 1), False),
+    "a character reference in a volume": (lambda d: d.replace(b"<rsm:Volume>0.100", b"<rsm:Volume>0&#46;100", 1), False),
+    "a volume of 17 digits": (lambda d: d.replace(b"<rsm:Volume>0.100", b"<rsm:Volume>0.1000000000000001", 1), False),
+    "another element in an observation": (_in_an_observation, False),
+    "a Volume outside an observation": (lambda d: d.replace(b"<rsm:Role>MDR</rsm:Role>",
+                                                            b"<rsm:Volume>1</rsm:Volume>", 1), False),
+    "a tag of the same length, first and last letter": (
+        lambda d: d.replace(b"<rsm:Position>", b"<rsm:Pxxxxxxn>", 1).replace(b"</rsm:Position>", b"</rsm:Pxxxxxxn>", 1),
+        False),
+    "a processing instruction": (lambda d: d.replace(b"<rsm:MeteringData>", b"<?pi x?><rsm:MeteringData>", 1), False),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_observations_read_from_the_bytes_agree_with_the_element_reading(shape):
+    """The scan (ingest/sdat.py ``_scan``) reads the plain shape, pretty-printed or not, with or
+    without a prefix; anything else goes element by element; both read every file alike, to the bit."""
+    from ingest.sdat import _root_prefix, _scan
+    change, scanned = SHAPES[shape]
+    start, end = local_day(2026, 3, 1)
+    points = two_points(96)
+    points[P1][1][3] = 1234567.123456
+    data = change(leg_document("D", CREATED, start, end, points, conditions={5: "21", 96: "56"},
+                               overrides={(P1, TOTAL): {"volumes": [0.3] * 3 + [1234567.323] + [0.3] * 92}}))
+    assert (_scan(data, _root_prefix(data)) is not None) == scanned
+    fast, slow = parse_sdat(data, "a.xml"), parse_sdat(data, "a.xml", scan=False)
+    assert _as_read(fast) == _as_read(slow)
+    assert [s.volumes.tobytes() for s in fast.series] == [s.volumes.tobytes() for s in slow.series]
+    if fast.refused:                                     # the changed tag name: that series, in both readings
+        assert shape == "a tag of the same length, first and last letter" and len(fast.series) == 5
+        return
+    leg = next(s for s in fast.series if s.metering_point == P1 and s.product == "leg")
+    assert leg.conditions == {4: "21", 95: "56"} and leg.volumes[3] == 1234567.123 and len(fast.series) == 6
+
+
+def test_volumes_read_from_the_bytes_are_the_nearest_double_of_the_decimal():
+    """Any decimal of up to 15 digits (up to 12 after the point) reads to float(text) exactly."""
+    import random
+    rnd = random.Random(7)
+    texts = []
+    for _ in range(5000):
+        whole = rnd.randint(1, 7)                                    # volumes are at most 10,000,000 kWh
+        frac = rnd.randint(0, min(12, 15 - whole))
+        t = str(rnd.randrange(10 ** whole)) + ("." + "".join(rnd.choice("0123456789") for _ in range(frac)) if frac else "")
+        texts.append(t)
+    start = datetime(2026, 2, 28, 23, 0, tzinfo=timezone.utc)
+    end = start + timedelta(minutes=15 * len(texts))
+    obs = "".join(f"<rsm:Observation><rsm:Position><rsm:Sequence>{k}</rsm:Sequence></rsm:Position>"
+                  f"<rsm:Volume>{t}</rsm:Volume></rsm:Observation>" for k, t in enumerate(texts, 1))
+    data = classic_document("X", CREATED, start, end, P1, "consumption", [0.0] * len(texts))
+    data = re.sub(rb"<rsm:Observation>.*</rsm:Observation>", obs.encode(), data, flags=re.S)
+    from ingest.sdat import _root_prefix, _scan
+    assert _scan(data, _root_prefix(data)) is not None
+    (series,) = parse_sdat(data, "v.xml").series
+    assert series.volumes.tolist() == [float(t) for t in texts] and series.texts == texts
+
+
+def test_refusals_read_from_the_bytes_are_those_of_the_element_reading():
+    start, end = local_day(2026, 3, 1)
+    for seqs, message in ((list(range(1, 96)) + [97], "total: sequence 97 is outside the interval"),
+                          ([1, 2, 2] + list(range(4, 97)), "total: sequence 2 appears twice"),
+                          (list(range(96, 0, -1)), None)):
+        data = leg_document("D", CREATED, start, end, two_points(96), overrides={(P1, TOTAL): {"sequences": seqs}})
+        fast, slow = parse_sdat(data, "a.xml"), parse_sdat(data, "a.xml", scan=False)
+        assert _as_read(fast) == _as_read(slow)
+        assert [str(r) for r in fast.refused] == ([f"metering point {P1}: {message} (96 quarter hours from "
+                                                   "2026-02-28T23:00Z)"] if message and "outside" in message else
+                                                  [f"metering point {P1}: {message}"] if message else [])
+
+
+def test_a_store_of_the_earlier_layout_is_moved_to_day_rows_once(tmp_path):
+    """sdat.sqlite as the previous version wrote it (a row per quarter hour in ``sdat_values``):
+    opened, its values, conditions and documents are kept, and newest-creation-wins goes on."""
+    import sqlite3
+
+    from storage.sdat_store import SdatStore, content_digest
+    path = tmp_path / "sdat.sqlite"
+    con = sqlite3.connect(path)
+    con.executescript("""
+        CREATE TABLE sdat_documents (sha256 TEXT PRIMARY KEY, document_id TEXT NOT NULL, creation TEXT NOT NULL,
+            file_name TEXT NOT NULL, imported_at TEXT NOT NULL, summary TEXT NOT NULL);
+        CREATE TABLE sdat_values (metering_point TEXT NOT NULL, product TEXT NOT NULL, start TEXT NOT NULL,
+            direction TEXT NOT NULL, volume_kwh REAL NOT NULL, condition TEXT, document_id TEXT NOT NULL,
+            creation TEXT NOT NULL, PRIMARY KEY (metering_point, product, start)) WITHOUT ROWID;""")
+    start, end = local_day(2026, 3, 1)                      # 2026-02-28 23:00 UTC: two UTC days
+    old_creation = CREATED.isoformat()
+    con.execute("INSERT INTO sdat_documents VALUES ('x', 'D-OLD', ?, 'old.xml', ?, '{}')", (old_creation, old_creation))
+    rows = [(P1, "leg", (start + timedelta(minutes=15 * k)).isoformat(), "consumption", 0.125,
+             "21" if k == 5 else None, "D-OLD", old_creation) for k in range(96)]
+    con.executemany("INSERT INTO sdat_values VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    con.commit()
+    con.close()
+    store = SdatStore(path)
+    try:
+        assert store._con.execute("SELECT count(*) FROM sqlite_master WHERE name = 'sdat_values'").fetchone() == (0,)
+        v = store.values(start, end).sort_values("start")
+        assert len(v) == 96 and set(v["volume_kwh"]) == {0.125} and set(v["product"]) == {"leg"}
+        assert [c if isinstance(c, str) else None for c in v["condition"]] == [None] * 5 + ["21"] + [None] * 90
+        assert v["start"].iloc[0] == start and store.value_count() == 96
+        assert store.points()[0]["document_id"] == "D-OLD"
+        # an older document changes nothing, a newer one revises
+        for doc_id, created, value, expect in (("D-0", CREATED - timedelta(days=1), 0.5, (192, 0, 96)),
+                                               ("D-NEW", CREATED + timedelta(days=1), 0.25, (0, 192, 96))):
+            data = leg_document(doc_id, created, start, end, {P1: ("consumption", [value] * 96, [0.0] * 96)})
+            s = store.import_document(parse_sdat(data, f"{doc_id}.xml"), content_digest(data), {P1})
+            assert (s.inserted, s.updated, s.unchanged) == expect, doc_id
+        v = store.values(start, end, product="leg")
+        assert set(v["volume_kwh"]) == {0.25} and v["condition"].isna().all()
+    finally:
+        store.close()
+
+
+def test_a_point_twice_in_one_document_counts_its_first_values(tmp_path):
+    """Two MeteringData of the same point and product whose windows overlap (a day, then the day
+    and the next): the first one's values count where they overlap, the rest of the second's too."""
+    from storage.sdat_store import SdatStore, content_digest
+    start, end = local_day(2026, 3, 1)
+    _, end2 = local_day(2026, 3, 1, days=2)
+    one = leg_document("D", CREATED, start, end, {P1: ("consumption", [0.1] * 96, [0.2] * 96)})
+    two = leg_document("D", CREATED, start, end2, {P1: ("consumption", [0.7] * 192, [0.2] * 192)})
+    blocks = lambda d: d[d.index(b"<rsm:MeteringData>"):d.rindex(b"</rsm:MeteringData>") + len(b"</rsm:MeteringData>")]
+    data = one.replace(blocks(one), blocks(one) + b"\n" + blocks(two))
+    doc = parse_sdat(data, "twice.xml")
+    assert doc.refused == [] and len(doc.series) == 6
+    store = SdatStore(tmp_path / "sdat.sqlite")
+    try:
+        s = store.import_document(doc, content_digest(data), {P1})
+        assert (s.inserted, s.updated, s.unchanged) == (576, 0, 288)          # the overlap of the second: unchanged
+        v = store.values(start, end2, product="leg").sort_values("start")
+        assert v["volume_kwh"].tolist() == [0.1] * 96 + [0.7] * 96
+    finally:
+        store.close()
