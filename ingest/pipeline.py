@@ -175,6 +175,7 @@ class Pipeline:
         self._batch: list[Reading] = []
         self._journaled = 0                       # readings at the head of _batch in the group's journal
         self._journal_seq = 0                     # the journal's number of the last of them
+        self._tail_since = 0.0                    # monotonic: the first reading after them
         self._batch_spans: dict[str, tuple[datetime, datetime]] = {}
         self._batch_since = 0.0
         self._dirty: dict[str, tuple[pd.Timestamp, pd.Timestamp]] = {}
@@ -653,8 +654,10 @@ class Pipeline:
 
     def _accept(self, state: _State, r: Reading, reset: bool) -> None:
         state.last = r
-        if not self._batch:
-            self._batch_since = time.monotonic()
+        if len(self._batch) == self._journaled:
+            self._tail_since = time.monotonic()
+            if not self._batch:
+                self._batch_since = self._tail_since
         self._batch.append(r)
         span = self._batch_spans.get(r.meter_id)      # readings arrive in order: extend the end
         self._batch_spans[r.meter_id] = (span[0], r.ts_utc) if span else (r.ts_utc, r.ts_utc)
@@ -689,14 +692,16 @@ class Pipeline:
 
     def _write_due(self) -> bool:
         """Is the batch due (``flush_s`` after its first reading, or ``batch_max`` readings)? A batch
-        the group's journal holds entirely is due after the group's ``store_s`` or ``store_readings``
-        (its readings are acknowledged already: fewer, larger writes)."""
+        the group's journal holds is due after the group's ``store_s`` or ``store_readings`` (its
+        readings are acknowledged already: fewer, larger writes), or ``flush_s`` after the first
+        reading that followed them without a mark (a polled source's)."""
         if not self._batch:
             return False
-        if self._journaled and self._journaled == len(self._batch):
-            return len(self._batch) >= self.group.store_readings or \
-                time.monotonic() - self._batch_since >= self.group.store_s
-        return len(self._batch) >= self.batch_max or time.monotonic() - self._batch_since >= self.flush_s
+        now = time.monotonic()
+        if self._journaled:                       # readings after them (no mark yet): flush_s after the first
+            return len(self._batch) >= self.group.store_readings or now - self._batch_since >= self.group.store_s \
+                or (len(self._batch) > self._journaled and now - self._tail_since >= self.flush_s)
+        return len(self._batch) >= self.batch_max or now - self._batch_since >= self.flush_s
 
     def _write_batch(self, force: bool, fire: bool = True) -> None:
         """Write the batch when it is due (or ``force``); ``fire``: answer the marks waiting once

@@ -177,3 +177,29 @@ def test_a_full_queue_of_the_group_is_warned_about_once(instance, caplog):
         t.join(5)
     assert [r.getMessage() for r in caplog.records if "queue full" in r.getMessage()] == \
         ["ingest queue full (2 items): sources wait until the store catches up"]
+
+
+def test_readings_after_a_journaled_batch_without_a_mark_are_written_flush_s_after_the_first(instance):
+    """A polled source's readings (no mark) appended to a journaled batch: written ``flush_s``
+    after the first of them, not at once because the batch is old, nor only after ``store_s``."""
+    from ingest.pipeline import PipelineGroup
+    tmp_path, communities = instance
+    group = PipelineGroup(ack_min_s=0.05, direct_members=0, store_s=600, flush_s=1.0)
+    runtimes, router = start(communities, group)
+    try:
+        base = datetime.now(timezone.utc) - timedelta(minutes=5)
+        submit(router, "M1", base, 0, 2, 10.0)
+        submit(router, "M3", base, 0, 2, 20.0)
+        acked = threading.Event()
+        router.mark(acked.set)
+        assert acked.wait(5)
+        time.sleep(1.2)                                       # the journaled batch is older than flush_s
+        assert stored(communities) == {"sonnenhalde": 0, "bergblick": 0}
+        submit(router, "M1", base, 2, 1, 10.0)                # no mark follows
+        t0 = time.monotonic()
+        assert wait_for(lambda: stored(communities)["sonnenhalde"] == 3, 5)
+        assert time.monotonic() - t0 >= 0.8
+        assert stored(communities)["bergblick"] == 0
+    finally:
+        for rt in runtimes.values():
+            rt.stop()
