@@ -48,6 +48,17 @@ def submit(router, meter, base, k0, n, start_kwh):
         router.submit(Reading(meter, base + timedelta(seconds=10 * k), start_kwh + 0.01 * k, 0.0), "test")
 
 
+def submit_and_mark(router, n1: int, n3: int) -> datetime:
+    """``n1`` readings of M1 (sonnenhalde), ``n3`` of M3 (bergblick), then a mark answered."""
+    base = datetime.now(timezone.utc) - timedelta(minutes=5)
+    submit(router, "M1", base, 0, n1, 10.0)
+    submit(router, "M3", base, 0, n3, 20.0)
+    acked = threading.Event()
+    router.mark(acked.set)
+    assert acked.wait(5)
+    return base
+
+
 def stored(communities) -> dict[str, int]:
     return {s: len(c.store.read_readings()) for s, c in communities.items()}
 
@@ -94,12 +105,7 @@ def test_a_journaled_batch_is_written_once_it_has_store_readings(instance):
     group = PipelineGroup(ack_min_s=0.05, direct_members=0, store_s=600, store_readings=5)
     runtimes, router = start(communities, group)
     try:
-        base = datetime.now(timezone.utc) - timedelta(minutes=5)
-        submit(router, "M1", base, 0, 6, 10.0)
-        submit(router, "M3", base, 0, 2, 20.0)
-        acked = threading.Event()
-        router.mark(acked.set)
-        assert acked.wait(5)
+        base = submit_and_mark(router, 6, 2)
         assert wait_for(lambda: stored(communities)["sonnenhalde"] == 6, 5)
         time.sleep(0.3)
         assert stored(communities)["bergblick"] == 0            # 2 readings: waits for store_s
@@ -187,12 +193,7 @@ def test_readings_after_a_journaled_batch_without_a_mark_are_written_flush_s_aft
     group = PipelineGroup(ack_min_s=0.05, direct_members=0, store_s=600, flush_s=1.0)
     runtimes, router = start(communities, group)
     try:
-        base = datetime.now(timezone.utc) - timedelta(minutes=5)
-        submit(router, "M1", base, 0, 2, 10.0)
-        submit(router, "M3", base, 0, 2, 20.0)
-        acked = threading.Event()
-        router.mark(acked.set)
-        assert acked.wait(5)
+        base = submit_and_mark(router, 2, 2)
         time.sleep(1.2)                                       # the journaled batch is older than flush_s
         assert stored(communities) == {"sonnenhalde": 0, "bergblick": 0}
         submit(router, "M1", base, 2, 1, 10.0)                # no mark follows
