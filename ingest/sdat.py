@@ -144,15 +144,14 @@ def _local(tag) -> str:
 
 
 def _child(el: Element | None, *names: str) -> Element | None:
-    for name in names:
-        if el is None:
-            return None
-        el = next((c for c in el if _local(c.tag) == name), None)
-    return el
+    """The first child (of the child ...) with these local names, in any namespace or none."""
+    if el is None:
+        return None
+    return el.find("/".join("{*}" + name for name in names))
 
 
 def _children(el: Element, name: str) -> list[Element]:
-    return [c for c in el if _local(c.tag) == name]
+    return el.findall("{*}" + name)
 
 
 def _text(el: Element | None, *names: str) -> str | None:
@@ -363,9 +362,14 @@ def _scan(data: bytes, prefix: str | None):
         chars, inside, _ = got
         if not _CODE_CHARS[chars][inside].all():
             return None
-        same, which = np.unique(chars, axis=0, return_inverse=True)    # usually one code or two
-        names = np.array([bytes(row[row > 0]).decode("ascii") for row in same], dtype=object)
-        code_texts = names[which.reshape(-1)].tolist()
+        if chars.shape[1] <= 8:                         # usually one code or two: decoded once each
+            packed = (chars.astype(np.uint64) << (np.arange(chars.shape[1], dtype=np.uint64) * np.uint64(8))).sum(axis=1)
+            _, one_of, which = np.unique(packed, return_index=True, return_inverse=True)
+            names = np.array([data[i:j].decode("ascii") for i, j in zip(a[one_of].tolist(), b[one_of].tolist())],
+                             dtype=object)
+            code_texts = names[which.reshape(-1)].tolist()
+        else:
+            code_texts = [data[i:j].decode("ascii") for i, j in zip(a.tolist(), b.tolist())]
     # the runs by block, and the skeleton without them
     runs: list[_Run | None] = [None] * len(blocks_open)
     pieces, at = [], 0

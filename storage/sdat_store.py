@@ -134,6 +134,7 @@ class SdatStore:
         self._con = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
         self._con.execute("PRAGMA journal_mode=WAL")
         self._con.execute("PRAGMA synchronous=NORMAL")
+        self._con.execute("PRAGMA cache_size=-65536")         # 64 MiB: an import's day rows stay in memory
         self._con.executescript(SCHEMA)
         self._upgrade_rows()
         self._fill_points()
@@ -281,7 +282,9 @@ class SdatStore:
             g, d = divmod(r, days)
             rows.append((*names[g], lo + d, direction[g], vol2[r].tobytes(), src2[r].tobytes(),
                          "|".join(c or "" for c in codes2[r]) if has_codes else None))
-        con.executemany("INSERT OR REPLACE INTO sdat_days VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        con.executemany("INSERT INTO sdat_days VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (metering_point, product, day) "
+                        "DO UPDATE SET direction = excluded.direction, volumes = excluded.volumes, "
+                        "sources = excluded.sources, conditions = excluded.conditions", rows)
 
     @staticmethod
     def _delivered(con, series_list, doc: SdatDocument, creation: str, now: str) -> None:

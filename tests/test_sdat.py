@@ -242,6 +242,7 @@ def test_observations_read_from_the_bytes_agree_with_the_element_reading(shape):
                                overrides={(P1, TOTAL): {"volumes": [0.3] * 3 + [1234567.323] + [0.3] * 92}}))
     assert (_scan(data, _root_prefix(data)) is not None) == scanned
     fast, slow = parse_sdat(data, "a.xml"), parse_sdat(data, "a.xml", scan=False)
+    assert all(isinstance(s._texts, tuple) == scanned for s in fast.series)     # as scanned, texts on demand
     assert _as_read(fast) == _as_read(slow)
     assert [s.volumes.tobytes() for s in fast.series] == [s.volumes.tobytes() for s in slow.series]
     if fast.refused:                                     # the changed tag name: that series, in both readings
