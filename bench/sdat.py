@@ -3,16 +3,14 @@
 Each daily file covers the last 5 days (overlapping the previous file by 4; the newest day
 estimated, Condition 21, and revised by the next file) with the total, LEG share and grid share of
 every metering point: 200 points x 3 products = 600 MeteringData of 5 x 96 = 480 observations,
-about 288,000 observations and 38 MB per file. The files are generated one by one (not timed),
-then each is
-
-* parsed bare, in the same run: ``xml.etree.ElementTree.fromstring`` and ``lxml.etree.fromstring``
-  (a tree and nothing else: no values read, nothing checked, nothing stored);
-* imported as ``python app.py import-sdat`` does (``Community.import_sdat_file`` on the file's
-  bytes): parsed and checked (ingest/sdat.py), stored in ``sdat.sqlite`` (newest Creation wins per
-  metering point, product and quarter hour), and, as in pricing mode ``leg``, the houses'
-  15-minute intervals of the file's window derived from the LEG shares and written to the
-  community's reading store.
+about 288,000 observations and 38 MB per file. The files are generated into a folder (not timed;
+every ``--bare-every``-th also parsed bare, in the same run: ``xml.etree.ElementTree.fromstring``
+and ``lxml.etree.fromstring``, a tree and nothing else), then the folder is imported as
+``python app.py import-sdat FOLDER`` does (``Community.import_sdat_paths``): the next files read,
+hashed, parsed and checked (ingest/sdat.py) in a worker process while the importing process stores
+each in ``sdat.sqlite`` (newest Creation wins per metering point, product and quarter hour) and,
+as in pricing mode ``leg``, derives the houses' 15-minute intervals where values are new or
+revised and writes them to the community's reading store.
 
 SDAT values themselves are kept only in ``sdat.sqlite``, whatever the storage backend; what
 reaches the reading store (the embedded DuckDB store or InfluxDB) is the derived intervals. The
@@ -117,11 +115,39 @@ def timed(fn, acc: dict, key: str):
     return wrapper
 
 
+def generate(args, folder: Path) -> dict:
+    """Every day's file into ``folder`` (not timed), and the bare parses of every ``--bare-every``-th."""
+    pts = points(args.points)
+    obs = nbytes = 0
+    bare = {"files_bare": 0, "observations_bare": 0, "t_et": 0.0, "t_lxml": 0.0}
+    t0 = time.perf_counter()
+    for day in range(args.days):
+        name, data, n = daily_file(day, pts)
+        (folder / name).write_bytes(data)
+        obs += n
+        nbytes += len(data)
+        if day % args.bare_every == 0:
+            t = time.perf_counter()
+            ET.fromstring(data)
+            bare["t_et"] += time.perf_counter() - t
+            t = time.perf_counter()
+            etree.fromstring(data, etree.XMLParser(resolve_entities=False, no_network=True))
+            bare["t_lxml"] += time.perf_counter() - t
+            bare["files_bare"] += 1
+            bare["observations_bare"] += n
+        del data
+        if args.progress and (day + 1) % 20 == 0:
+            print(f"  generated {day + 1} files ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    return {"files": args.days, "observations": obs, "bytes": nbytes, **bare}
+
+
 def run_backend(args) -> dict:
-    """One backend, in this process: every day's file generated, parsed bare, imported."""
+    """One backend, in this process: the folder's files imported as ``python app.py import-sdat FOLDER``."""
     from community import Community
     from config import parse_config
+    from ingest.sdat_inbox import sdat_files
     pts = points(args.points)
+    files = sdat_files([args.files])
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         tmp = Path(tmp)
         server = None
@@ -140,37 +166,18 @@ def run_backend(args) -> dict:
                 return store_one(read)
             c._import_sdat = import_one
             rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            obs = files = nbytes = 0
-            t_et = t_lxml = t_import = 0.0
             counts = {"inserted": 0, "updated": 0, "unchanged": 0}
-            for first in range(0, args.days, args.batch):
-                batch = []
-                for day in range(first, min(first + args.batch, args.days)):
-                    name, data, n = daily_file(day, pts)
-                    path = tmp / name
-                    path.write_bytes(data)
-                    del data
-                    t = time.perf_counter()
-                    ET.fromstring(path.read_bytes())
-                    t_et += time.perf_counter() - t
-                    t = time.perf_counter()
-                    etree.fromstring(path.read_bytes(), etree.XMLParser(resolve_entities=False, no_network=True))
-                    t_lxml += time.perf_counter() - t
-                    batch.append(path)
-                    obs += n
-                    nbytes += path.stat().st_size
-                t = time.perf_counter()
-                for path, summary in c.import_sdat_paths(batch):          # as app.py import-sdat
-                    if summary.error or summary.refused:
-                        raise SystemExit(f"{path.name}: {summary.error or summary.refused[:3]}")
-                    for k in counts:
-                        counts[k] += getattr(summary, k)
-                    files += 1
-                t_import += time.perf_counter() - t
-                for path in batch:
-                    path.unlink()
-                if args.progress:
-                    print(f"  {args.backend}: day {files}: {obs / t_import:,.0f} obs/s imported", file=sys.stderr)
+            cpu0, t = time.process_time(), time.perf_counter()
+            done = 0
+            for path, summary in c.import_sdat_paths(files):          # as app.py import-sdat FOLDER
+                if summary.error or summary.refused:
+                    raise SystemExit(f"{path.name}: {summary.error or summary.refused[:3]}")
+                for k in counts:
+                    counts[k] += getattr(summary, k)
+                done += 1
+                if args.progress and done % 20 == 0:
+                    print(f"  {args.backend}: {done} files imported ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
+            t_import, cpu_main = time.perf_counter() - t, time.process_time() - cpu0
             rows = c.sdat.value_count()
             day_rows = c.sdat._con.execute("SELECT count(*) FROM sdat_days").fetchone()[0]
             db_bytes = sum(p.stat().st_size for p in (tmp / "data").glob("sdat.sqlite*"))
@@ -179,47 +186,51 @@ def run_backend(args) -> dict:
             if server:
                 server.proc.terminate()
                 server.proc.wait(30)
-    return {"backend": args.backend, "files": files, "observations": obs, "bytes": nbytes,
-            "t_et": t_et, "t_lxml": t_lxml, "t_import": t_import, **{f"t_{k}": v for k, v in acc.items()},
-            "counts": counts, "rows": rows, "day_rows": day_rows, "db_bytes": db_bytes,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_mb": rss0 / 1024}
+    return {"backend": args.backend, "files": done, "t_import": t_import, "cpu_main": cpu_main,
+            **{f"t_{k}": v for k, v in acc.items()}, "counts": counts, "rows": rows, "day_rows": day_rows,
+            "db_bytes": db_bytes, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "rss_before_mb": rss0 / 1024}
 
 
-def report(results: list[dict], args) -> str:
+def report(gen: dict, results: list[dict], args) -> str:
     r0 = results[0]
+    n = gen["observations"]
+    et = gen["observations_bare"] / gen["t_et"]
+    lx = gen["observations_bare"] / gen["t_lxml"]
     lines = [
         f"{machine()}",
         "",
-        f"Size: {r0['files']} daily files (days) x {args.points} metering points x 3 products, 5-day windows "
-        f"overlapping by 4: {r0['observations']:,} observations, {r0['bytes'] / 1e9:.2f} GB of XML "
-        f"({r0['observations'] / r0['files']:,.0f} observations and {r0['bytes'] / r0['files'] / 1e6:.1f} MB per file); "
+        f"Size: {gen['files']} daily files (days) x {args.points} metering points x 3 products, 5-day windows "
+        f"overlapping by 4: {n:,} observations, {gen['bytes'] / 1e9:.2f} GB of XML "
+        f"({n / gen['files']:,.0f} observations and {gen['bytes'] / gen['files'] / 1e6:.1f} MB per file); "
         f"at the end {r0['rows']:,} quarter-hour values in sdat.sqlite, {r0['day_rows']:,} rows of a point's product "
         f"over a UTC day ({r0['db_bytes'] / 1e9:.2f} GB).",
         "",
-        "Import = `Community.import_sdat_file` as `python app.py import-sdat` calls it per file: read + parse and "
-        "check (ingest/sdat.py) + store in sdat.sqlite (storage/sdat_store.py) + the houses' intervals of the "
-        "file's window derived from the LEG shares and written to the reading store (`apply_sdat`, pricing mode "
-        "leg). SDAT values go to sdat.sqlite under either backend; \"into InfluxDB\" is the derived intervals. "
-        "Bare parse = the same bytes to a tree, nothing read or checked, in the same run.",
+        "Import = `Community.import_sdat_paths` over the folder, as `python app.py import-sdat FOLDER` runs it: "
+        "the next files read, hashed, parsed and checked (ingest/sdat.py) in a worker process while this one "
+        "stores each in sdat.sqlite (storage/sdat_store.py) and derives the houses' intervals where values are "
+        "new or revised, written to the reading store (`apply_sdat`, pricing mode leg). SDAT values go to "
+        "sdat.sqlite under either backend; \"into InfluxDB\" is the derived intervals. Bare parse = the same "
+        f"bytes to a tree and nothing else (nothing read, checked or stored), on every {args.bare_every}. file "
+        f"({gen['files_bare']} files, {gen['observations_bare']:,} observations), in the same run.",
         "",
-        "| backend | import obs/s | parse + sdat.sqlite obs/s | bare ElementTree obs/s | bare lxml obs/s | "
-        "bare ET / parse+store | files/s | parse s | sdat.sqlite s | reading store s | peak RSS MB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| backend | **import obs/s** (wall) | import / bare lxml | import / bare ElementTree | files/s | "
+        "parse s (worker) | sdat.sqlite s | reading store s | CPU s of the importing process | peak RSS MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
-        n = r["observations"]
-        ps = r.get("t_parse", 0) + r.get("t_store", 0)
+        rate = n / r["t_import"]
         lines.append(
-            f"| {r['backend']} | {n / r['t_import']:,.0f} | {n / ps:,.0f} | {n / r['t_et']:,.0f} | "
-            f"{n / r['t_lxml']:,.0f} | {(n / r['t_et']) / (n / ps):.2f} | {r['files'] / r['t_import']:.2f} | "
+            f"| {r['backend']} | **{rate:,.0f}** | {rate / lx:.2f} | {rate / et:.2f} | {r['files'] / r['t_import']:.2f} | "
             f"{r.get('t_parse', 0):.1f} | {r.get('t_store', 0):.1f} | {r.get('t_reading_store', 0):.1f} | "
-            f"{r['peak_rss_mb']:,.0f} |")
+            f"{r['cpu_main']:.1f} | {r['peak_rss_mb']:,.0f} |")
     c = r0["counts"]
     lines += [
         "",
+        f"Bare parses: lxml {lx:,.0f} obs/s, ElementTree {et:,.0f} obs/s (one core each).",
         f"Summaries over the run: {c['inserted']:,} quarter-hour values new, {c['updated']:,} revised (the "
         f"estimated newest day), {c['unchanged']:,} unchanged (the 3 days repeated by each file). "
-        "Peak RSS is the process's (`ru_maxrss`), including generating one file at a time; "
+        "Peak RSS is the importing process's (`ru_maxrss`, the worker not included); "
         f"{r0['rss_before_mb']:,.0f} MB before the first file.",
         "",
         f"Run: `flock /tmp/cpu.lock .venv/bin/python bench/sdat.py --days {args.days} --points {args.points}` "
@@ -234,23 +245,25 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=200)
     ap.add_argument("--backends", default="embedded,influxdb")
     ap.add_argument("--backend", help=argparse.SUPPRESS)           # the child process of one backend
+    ap.add_argument("--files", help=argparse.SUPPRESS)             # its folder of files
     ap.add_argument("--tmp", default=None, help="folder for the temporary files (default: the system's)")
-    ap.add_argument("--progress", action="store_true", help="print the rate after every batch")
-    ap.add_argument("--batch", type=int, default=20, help="files generated, then imported together (default 20)")
+    ap.add_argument("--bare-every", type=int, default=5, help="bare parses of every N-th file (default 5)")
+    ap.add_argument("--progress", action="store_true", help="print progress")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
     if args.backend:
         print(json.dumps(run_backend(args)))
         return
-    results = []
-    for backend in args.backends.split(","):
-        cmd = [sys.executable, __file__, "--backend", backend, "--days", str(args.days), "--points", str(args.points),
-               "--batch", str(args.batch)] + (["--progress"] if args.progress else []) \
-            + (["--tmp", args.tmp] if args.tmp else [])
-        out = subprocess.run(cmd, stdout=subprocess.PIPE, check=True, text=True).stdout
-        results.append(json.loads(out.strip().splitlines()[-1]))
-        print(json.dumps(results[-1]), file=sys.stderr)
-    text = report(results, args)
+    with tempfile.TemporaryDirectory(dir=args.tmp) as folder:
+        gen = generate(args, Path(folder))
+        results = []
+        for backend in args.backends.split(","):
+            cmd = [sys.executable, __file__, "--backend", backend, "--files", folder, "--points", str(args.points)] \
+                + (["--progress"] if args.progress else []) + (["--tmp", args.tmp] if args.tmp else [])
+            out = subprocess.run(cmd, stdout=subprocess.PIPE, check=True, text=True).stdout
+            results.append(json.loads(out.strip().splitlines()[-1]))
+            print(json.dumps(results[-1]), file=sys.stderr)
+    text = report(gen, results, args)
     print(text)
     if not args.no_write:
         write_section("sdat", f"SDAT-CH import: daily LEG deliveries of {args.points} metering points", text)

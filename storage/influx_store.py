@@ -447,13 +447,20 @@ class InfluxStore(TimeSeriesStore):
         return house_tags.get(house_id, f"house_id={_esc_tag(house_id)}{self._ctag}")
 
     def _interval_lines(self, df: pd.DataFrame) -> list[str]:
+        """house_energy points of the intervals (``_fields``' types; a row with a missing energy
+        goes through ``_fields``, which leaves it out)."""
         house_tags = self._house_tags()
+        tags = {h: self._house_tag(house_tags, h) for h in pd.unique(df["house_id"])}
+        ei = df["delta_ei_kwh"].to_numpy(dtype=float)
+        eo = df["delta_eo_kwh"].to_numpy(dtype=float)
+        us = (pd.to_datetime(df["start"], utc=True).dt.as_unit("ns").astype("int64") // 1000).tolist()
+        flags = df["flags"].fillna(0).astype(int).tolist()
         lines = []
-        for r in df.itertuples(index=False):
-            tags = self._house_tag(house_tags, r.house_id)
-            fields = _fields({"delta_ei_kwh": float(r.delta_ei_kwh), "delta_eo_kwh": float(r.delta_eo_kwh),
-                              "flags": int(r.flags)})
-            lines.append(f"house_energy,{tags} {fields} {_us(r.start)}")
+        for h, a, b, f, u, whole in zip(df["house_id"].tolist(), ei.tolist(), eo.tolist(), flags, us,
+                                        (~(np.isnan(ei) | np.isnan(eo))).tolist()):
+            fields = (f"delta_ei_kwh={a!r},delta_eo_kwh={b!r},flags={f}i" if whole else
+                      _fields({"delta_ei_kwh": a, "delta_eo_kwh": b, "flags": f}))
+            lines.append(f"house_energy,{tags[h]} {fields} {u}")
         return lines
 
     def replace_intervals(self, house_id, start, end, intervals) -> None:
