@@ -84,7 +84,8 @@ class Community:
         with self._sdat_lock:
             if self._sdat is None:
                 from storage.sdat_store import SdatStore
-                self._sdat = SdatStore(self.cfg.data_dir / "sdat.sqlite")
+                from storage.backup import SDAT_FILE
+                self._sdat = SdatStore(self.cfg.data_dir / SDAT_FILE)
             return self._sdat
 
     def point_houses(self) -> dict[str, str]:

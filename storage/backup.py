@@ -1,9 +1,9 @@
-"""Backups: a consistent snapshot of the ledger and the embedded time-series store, taken while
-the app runs, and bringing one back.
+"""Backups: a consistent snapshot of the ledger, the embedded time-series store and (a LEG's) the
+grid operator's SDAT-CH values, taken while the app runs, and bringing one back.
 
 The snapshot is taken inside the process that owns the stores (DuckDB allows one writing
 process): the pipeline is flushed, interval computation paused, the ledger copied with SQLite's
-online backup and the time series with DuckDB's ``COPY FROM DATABASE``. ``manifest.json`` lists
+online backup (so is ``sdat.sqlite``) and the time series with DuckDB's ``COPY FROM DATABASE``. ``manifest.json`` lists
 every file with its SHA-256, the schema version and counts; ``restore`` checks them first.
 A running app takes requests for a snapshot from ``python app.py backup`` through a local control
 endpoint whose secret is in ``data_dir/control.json`` (mode 0600, removed at exit).
@@ -22,6 +22,7 @@ from pathlib import Path
 from storage.influx_store import SPOOL_FILE
 
 SIDE_FILES = ("secret_key", "simulator_state.json", "sensor_clock.json")
+SDAT_FILE = "sdat.sqlite"
 
 
 class BackupError(Exception):
@@ -49,6 +50,8 @@ def snapshot(community, dest: str | Path, pipeline=None) -> dict:
     with c._compute_lock:                             # no interval computation meanwhile
         c.ledger.backup_to(dest / "ledger.sqlite")
         c.store.snapshot_to(dest)
+        if (Path(c.cfg.data_dir) / SDAT_FILE).exists():   # the grid operator's values (a LEG)
+            c.sdat.backup_to(dest / SDAT_FILE)
     for name in SIDE_FILES:
         src = Path(c.cfg.data_dir) / name
         if src.exists():
@@ -95,7 +98,7 @@ def restore(src: str | Path, data_dir: str | Path, force: bool = False) -> dict:
     if not data_dir.exists():
         data_dir.mkdir(parents=True, mode=0o700)
         _private(data_dir, 0o700)
-    for name in ("ledger.sqlite", "timeseries.duckdb", SPOOL_FILE):     # and their logs
+    for name in ("ledger.sqlite", "timeseries.duckdb", SPOOL_FILE, SDAT_FILE):     # and their logs
         for suffix in ("", "-wal", "-shm", ".wal"):
             (data_dir / (name + suffix)).unlink(missing_ok=True)
     for name in manifest["files"]:

@@ -142,6 +142,12 @@ class SdatStore:
     def close(self) -> None:
         self._con.close()
 
+    def backup_to(self, path: str | Path) -> None:
+        """A consistent copy in one self-contained file (SQLite's online backup, the write-ahead
+        log included); an import meanwhile waits for it (one connection, serialized by SQLite)."""
+        from storage.sqlite_copy import copy_database
+        copy_database(self._con, path)
+
     @contextmanager
     def _tx(self):
         self._con.execute("BEGIN IMMEDIATE")

@@ -166,3 +166,34 @@ def test_a_snapshot_keeps_the_influx_spool_with_what_is_still_in_its_write_ahead
         if restored is not None:
             restored.close()
         influx.stop()
+
+
+def test_a_snapshot_keeps_the_grid_operators_sdat_values(tmp_path):
+    """A LEG's quarter hours come from the DSO's files, kept in sdat.sqlite (WAL): the snapshot
+    copies them with SQLite's backup, the write-ahead log included, and restore brings them back."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from sdat_files import leg_document, local_day
+    point = "CH1007901234500000000000000000001"
+    leg_config = lambda data_dir: parse_config({"houses": {"h1": {"id": 1, "name": "One", "metering_points": [point]}},
+                                                "pricing": {"mode": "leg"}, "storage": {"data_dir": str(data_dir)},
+                                                "mqtt": {"enabled": False}}, source="test")
+    cfg = leg_config(tmp_path / "live")
+    start, end = local_day(2026, 3, 1)
+    data = leg_document("DOC-1", datetime(2026, 3, 2, 6, tzinfo=timezone.utc), start, end,
+                        {point: ("consumption", [0.25] * 96, [0.5] * 96)})
+    c = Community.open(cfg)
+    try:
+        assert c.import_sdat_file("a.xml", data).inserted == 288
+        assert Path(f"{tmp_path / 'live' / 'sdat.sqlite'}-wal").stat().st_size > 0     # still in the log
+        manifest = snapshot(c, tmp_path / "backup")
+        assert "sdat.sqlite" in manifest["files"]
+    finally:
+        c.close()
+    restore(tmp_path / "backup", tmp_path / "restored")
+    restored = Community.open(leg_config(tmp_path / "restored"))
+    try:
+        v = restored.sdat.values(pd.Timestamp(start), pd.Timestamp(end))
+        assert len(v) == 288 and restored.sdat.documents() == 1
+        assert restored.import_sdat_file("a.xml", data).already_imported
+    finally:
+        restored.close()
