@@ -193,10 +193,15 @@ class Pipeline:
         self.stats = PipelineStats()
         self._marks: list = []
         self._release: set[tuple[str, str]] = set()   # (meter, ts) of decided held readings (see _release_decided)
+        self._journal_blocked = False             # its journal rows could not be read: never journaled
         if group is not None:
             self._recover_journal()
         self._restored = self._load_held()
         self.reload_meters()
+        for b in self._batch:                     # readings recovered but not yet stored: the references
+            st = self._states.get(b.meter_id)
+            if st is not None and (st.last is None or st.last.ts_utc < b.ts_utc):
+                st.last = b
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> "Pipeline":
@@ -271,19 +276,33 @@ class Pipeline:
         try:
             df, upto = journal.rows(key)
         except Exception:
-            log.exception("cannot read the ingest journal %s", journal.path)
+            # its rows must outlive this run: the community never joins the journal now (a later
+            # delete of its stored rows would take the unread ones with them)
+            self._journal_blocked = True
+            log.exception("cannot read the ingest journal %s: its readings of this community stay in it for "
+                          "the next start, and this community's readings are written directly", journal.path)
             return
         if df.empty:
             return
         try:
             self.community.store.write_readings(df)
         except Exception as exc:
-            log.error("%d journaled readings could not be written to the store (%s): they stay in the "
-                      "journal for the next start", len(df), describe_store_error(exc))
+            # kept at the head of the batch and retried by the normal write (directly, not through
+            # the journal), which forgets them in the journal once the store has them
+            log.error("%d journaled readings could not be written to the store (%s): kept and retried",
+                      len(df), describe_store_error(exc))
+            self._batch = [Reading(r.meter_id, r.ts.to_pydatetime(), *(None if pd.isna(v) else float(v) for v in (
+                r.import_kwh, r.export_kwh, r.power_in_kw, r.power_out_kw))) for r in df.itertuples(index=False)]
+            self._journaled, self._journal_seq = len(self._batch), upto
+            self._batch_since = self._tail_since = time.monotonic()
+            self.write_failures, self.last_write_error = 1, describe_store_error(exc)
             return
         for meter_id, g in df.groupby("meter_id")["ts"]:
             self._dirty[meter_id] = (pd.Timestamp(g.min()), pd.Timestamp(g.max()))
-        journal.commit([], [(key, upto)])
+        try:
+            journal.commit([], [(key, upto)])
+        except Exception:                           # stored: written again (idempotent) at the next start
+            log.exception("the ingest journal %s could not forget the readings written from it", journal.path)
         log.info("%d readings acknowledged before the last run ended were written from the ingest journal", len(df))
 
     # -- held readings survive a crash -------------------------------------------------------------
@@ -728,7 +747,7 @@ class Pipeline:
             self.last_write_error = describe_store_error(exc)
             if self.write_failures == 1:
                 log.error("cannot write %d readings to the store (%s); keeping them and retrying", len(batch), exc)
-            self._batch_since = time.monotonic()
+            self._batch_since = self._tail_since = time.monotonic()
             return
         if self.write_failures:
             log.warning("store writes recovered after %d failed attempts", self.write_failures)
@@ -1059,14 +1078,14 @@ class PipelineGroup:
         journal = self.journal_for(waiting[0].community) if len(waiting) > self.direct_members else None
         # a member whose store fails is written directly: its marks wait for its store (the broker
         # holds its messages) instead of its batch growing in memory behind the journal
-        healthy = [p for p in waiting if not p.write_failures] if journal is not None else []
+        healthy = [p for p in waiting if not (p.write_failures or p._journal_blocked)] if journal is not None else []
         if healthy and self._journal_round(healthy):
             for p in healthy:
                 try:
                     p._fire_marks()
                 except Exception:
                     log.exception("ingest pipeline: unexpected error in a write round (continuing)")
-            waiting = [p for p in waiting if p.write_failures]
+            waiting = [p for p in waiting if p.write_failures or p._journal_blocked]
         self._write_members(waiting)
         self.round_seconds += time.monotonic() - t0
 

@@ -165,6 +165,48 @@ def test_what_the_journal_holds_after_a_crash_is_stored_at_the_next_start(instan
     assert stored(communities)["sonnenhalde"] == 5
 
 
+def test_journaled_readings_the_store_refuses_at_the_start_are_kept_and_written_later(instance):
+    """The store fails once while the journal's rows are replayed at the start: they stay at the
+    head of the community's batch, the next readings are checked against them, and once the store
+    takes them the journal forgets them (before, a later journaled write deleted them unstored)."""
+    from ingest.pipeline import JOURNAL_FILE, IngestJournal, PipelineGroup
+    from ingest.readings import Reading
+    tmp_path, communities = instance
+    base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=10)
+    journal = IngestJournal(tmp_path / "data" / JOURNAL_FILE)
+    journal.commit([("sonnenhalde", Reading("M1", base + timedelta(seconds=10 * k), 10.0 + 0.01 * k, 0.0))
+                    for k in range(4)], [])
+    journal.close()
+    store = communities["sonnenhalde"].store
+    write, failed = store.write_readings, []
+
+    def once_failing(df):                                 # a busy file, a brief I/O error
+        if not failed:
+            failed.append(len(df))
+            raise OSError("transient")
+        return write(df)
+    store.write_readings = once_failing
+    group = PipelineGroup(ack_min_s=0.05, direct_members=0, store_s=0.5)
+    runtimes, router = start(communities, group)
+    try:
+        assert failed == [4]
+        later = base + timedelta(minutes=5)
+        submit(router, "M1", later, 0, 3, 11.0)
+        submit(router, "M3", later, 0, 3, 20.0)
+        acked = threading.Event()
+        router.mark(acked.set)
+        assert acked.wait(5)
+        assert wait_for(lambda: len(store.read_readings("M1")) == 7)
+        assert wait_for(lambda: journal_rows(tmp_path) == 0, 5)
+        st = runtimes["sonnenhalde"].pipeline.status()["M1"]
+        assert (st.accepted, st.rejected_total) == (3, 0)
+    finally:
+        for rt in runtimes.values():
+            rt.stop()
+    got = store.read_readings("M1")
+    assert got["import_kwh"].round(2).tolist() == [10.0, 10.01, 10.02, 10.03, 11.0, 11.01, 11.02]
+
+
 def test_a_full_queue_of_the_group_is_warned_about_once(instance, caplog):
     from ingest.pipeline import Pipeline, PipelineGroup
     tmp_path, communities = instance
