@@ -255,14 +255,13 @@ def compute_settlement(store, houses: list[House], tariffs: list[Tariff], period
         totals = totals.groupby("start", as_index=False)[
             ["total_consumption_kwh", "total_production_kwh", "houses"]].sum()
     prices = price_frame(totals, tariffs)
-    sums = pd.concat([store.house_sums(s, period.end, ids, prices) for s, ids in groups.items()],
-                     ignore_index=True).set_index("house_id")
-    have = sums["intervals"].to_dict()
-    # the same energy at the grid's prices: what each house would have paid and earned alone
+    # and the same energy at the grid's prices: what each house would have paid and earned alone
     grid_prices = pd.DataFrame({"start": prices["start"], "p_con": prices["tariff_p_grid_con"],
                                 "p_pv": prices["tariff_p_grid_del"]})
-    grid_only = pd.concat([store.house_sums(s, period.end, ids, grid_prices) for s, ids in groups.items()],
-                          ignore_index=True).set_index("house_id").to_dict("index")
+    both = [store.house_sums_at(s, period.end, ids, [prices, grid_prices]) for s, ids in groups.items()]
+    sums = pd.concat([b[0] for b in both], ignore_index=True).set_index("house_id")
+    have = sums["intervals"].to_dict()
+    grid_only = pd.concat([b[1] for b in both], ignore_index=True).set_index("house_id").to_dict("index")
 
     missing_counts: dict[str, int] = {}
     missing_first: dict[str, list[pd.Timestamp]] = {}

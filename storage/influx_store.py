@@ -541,7 +541,14 @@ class InfluxStore(TimeSeriesStore):
         return df
 
     def house_sums(self, start, end, house_ids, prices) -> pd.DataFrame:
-        iv = self.read_intervals(start, end, house_ids)
+        return self._sums(self.read_intervals(start, end, house_ids), prices)
+
+    def house_sums_at(self, start, end, house_ids, price_sets) -> list[pd.DataFrame]:
+        iv = self.read_intervals(start, end, house_ids)        # a month of 25 houses: 0.6 s of InfluxDB's
+        return [self._sums(iv, prices) for prices in price_sets]
+
+    @staticmethod
+    def _sums(iv: pd.DataFrame, prices: pd.DataFrame) -> pd.DataFrame:
         cols = ["house_id", "delta_ei_kwh", "delta_eo_kwh", "value_consumption_ct", "value_pv_delivery_ct",
                 "intervals", "flags"]
         if iv.empty:

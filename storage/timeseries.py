@@ -164,6 +164,12 @@ class TimeSeriesStore(ABC):
         delta_ei x p_con), ``value_pv_delivery_ct`` (sum of delta_eo x p_pv), ``intervals`` and
         ``flags`` (bitwise or). ``prices`` has columns start, p_con, p_pv."""
 
+    def house_sums_at(self, start: pd.Timestamp, end: pd.Timestamp, house_ids: list[str],
+                      price_sets: list[pd.DataFrame]) -> list[pd.DataFrame]:
+        """``house_sums`` of the same intervals at each of several prices (a store that reads the
+        intervals out reads them once)."""
+        return [self.house_sums(start, end, house_ids, prices) for prices in price_sets]
+
     # -- quarantine --------------------------------------------------------------------------
     @abstractmethod
     def replace_quarantine(self, meter_id: str, start: pd.Timestamp, end: pd.Timestamp,

@@ -119,6 +119,12 @@ def test_intervals_totals_and_house_sums(make, backend):
     assert sums.loc["2", "intervals"] == 3 and int(sums.loc["2", "flags"]) == 2
     only2 = c.store.house_sums(t[0], t[-1] + pd.Timedelta(minutes=15), ["2"], prices)
     assert list(only2["house_id"]) == ["2"]
+    # at several prices at once (a settlement's community and grid prices): as one call each
+    grid = prices.assign(p_con=30.0, p_pv=6.0)
+    at = c.store.house_sums_at(t[0], t[-1] + pd.Timedelta(minutes=15), ["1", "2"], [prices, grid])
+    pd.testing.assert_frame_equal(at[0], sums.reset_index())
+    pd.testing.assert_frame_equal(at[1], c.store.house_sums(t[0], t[-1] + pd.Timedelta(minutes=15), ["1", "2"], grid))
+    assert at[1].set_index("house_id").loc["1", "value_consumption_ct"] == pytest.approx(30 * (1 + 2 + 3 + 4))
 
 
 def konstanz_houses():
