@@ -69,6 +69,13 @@ class Community:
         else:
             store = DuckDBStore(data_dir / "timeseries.duckdb", cfg.storage.memory_limit_mb,
                                 cfg.storage.reopen_every_rows or None)
+        if cfg.slug:
+            from ingest.pipeline import JOURNAL_FILE, journal_backlog
+            waiting = journal_backlog(data_dir.parent / JOURNAL_FILE, cfg.slug)
+            if waiting:
+                log.warning("community %s: %d readings acknowledged by the last run of all communities are still "
+                            "in its ingest journal, not yet in its store: a run of all communities (python app.py "
+                            "run) writes them when it starts", cfg.slug, waiting)
         return cls(cfg, ledger, store, clock)
 
     def close(self) -> None:

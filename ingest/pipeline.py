@@ -843,6 +843,24 @@ def _write_member(p: Pipeline) -> bool:
 JOURNAL_FILE = "ingest_journal.sqlite"      # beside the communities' folders (instance.instance_dir)
 
 
+def journal_backlog(path, community: str) -> int:
+    """How many readings of ``community`` the journal at ``path`` holds that its store may not
+    have yet (a multi-community run ended before writing them; its next start writes them)."""
+    import sqlite3
+    from pathlib import Path
+    if not Path(path).exists():
+        return 0
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("SELECT count(*) FROM journal WHERE community = ?", (community,)).fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        log.warning("cannot read the ingest journal %s: %s", path, exc)
+        return 0
+
+
 class IngestJournal:
     """The readings a group acknowledged before its members' stores have them (SQLite, WAL, a
     commit per round with ``synchronous=FULL``: on disk before the broker is told). Each row is

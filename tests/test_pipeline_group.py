@@ -207,6 +207,27 @@ def test_journaled_readings_the_store_refuses_at_the_start_are_kept_and_written_
     assert got["import_kwh"].round(2).tolist() == [10.0, 10.01, 10.02, 10.03, 11.0, 11.01, 11.02]
 
 
+def test_a_community_opened_alone_names_the_readings_still_in_the_journal(instance, caplog):
+    """Journaled readings are written by the next run of all communities; a command that opens one
+    community alone meanwhile says how many of its readings are not in its store yet."""
+    from community import Community
+    from ingest.pipeline import JOURNAL_FILE, IngestJournal
+    from ingest.readings import Reading
+    tmp_path, communities = instance
+    base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=5)
+    journal = IngestJournal(tmp_path / "data" / JOURNAL_FILE)
+    journal.commit([("sonnenhalde", Reading("M1", base + timedelta(seconds=10 * k), 10.0 + 0.01 * k, 0.0))
+                    for k in range(3)], [])
+    journal.close()
+    with caplog.at_level(logging.WARNING, logger="community"):
+        for slug in ("sonnenhalde", "bergblick"):
+            Community.open(communities[slug].cfg).close()
+    said = [r.getMessage() for r in caplog.records if "ingest journal" in r.getMessage()]
+    assert said == ["community sonnenhalde: 3 readings acknowledged by the last run of all communities are still in "
+                    "its ingest journal, not yet in its store: a run of all communities (python app.py run) writes "
+                    "them when it starts"]
+
+
 def test_a_full_queue_of_the_group_is_warned_about_once(instance, caplog):
     from ingest.pipeline import Pipeline, PipelineGroup
     tmp_path, communities = instance
