@@ -59,6 +59,19 @@ def submit_and_mark(router, n1: int, n3: int) -> datetime:
     return base
 
 
+def journaled(tmp_path, n: int, minutes_ago: int) -> datetime:
+    """A run of all communities acknowledged ``n`` readings of M1 (sonnenhalde) from its journal
+    and ended before the store had them; returns the first one's time."""
+    from ingest.pipeline import JOURNAL_FILE, IngestJournal
+    from ingest.readings import Reading
+    base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=minutes_ago)
+    journal = IngestJournal(tmp_path / "data" / JOURNAL_FILE)
+    journal.commit([("sonnenhalde", Reading("M1", base + timedelta(seconds=10 * k), 10.0 + 0.01 * k, 0.0))
+                    for k in range(n)], [])
+    journal.close()
+    return base
+
+
 def stored(communities) -> dict[str, int]:
     return {s: len(c.store.read_readings()) for s, c in communities.items()}
 
@@ -169,14 +182,9 @@ def test_journaled_readings_the_store_refuses_at_the_start_are_kept_and_written_
     """The store fails once while the journal's rows are replayed at the start: they stay at the
     head of the community's batch, the next readings are checked against them, and once the store
     takes them the journal forgets them (before, a later journaled write deleted them unstored)."""
-    from ingest.pipeline import JOURNAL_FILE, IngestJournal, PipelineGroup
-    from ingest.readings import Reading
+    from ingest.pipeline import PipelineGroup
     tmp_path, communities = instance
-    base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=10)
-    journal = IngestJournal(tmp_path / "data" / JOURNAL_FILE)
-    journal.commit([("sonnenhalde", Reading("M1", base + timedelta(seconds=10 * k), 10.0 + 0.01 * k, 0.0))
-                    for k in range(4)], [])
-    journal.close()
+    base = journaled(tmp_path, 4, minutes_ago=10)
     store = communities["sonnenhalde"].store
     write, failed = store.write_readings, []
 
@@ -211,14 +219,8 @@ def test_a_community_opened_alone_names_the_readings_still_in_the_journal(instan
     """Journaled readings are written by the next run of all communities; a command that opens one
     community alone meanwhile says how many of its readings are not in its store yet."""
     from community import Community
-    from ingest.pipeline import JOURNAL_FILE, IngestJournal
-    from ingest.readings import Reading
     tmp_path, communities = instance
-    base = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=5)
-    journal = IngestJournal(tmp_path / "data" / JOURNAL_FILE)
-    journal.commit([("sonnenhalde", Reading("M1", base + timedelta(seconds=10 * k), 10.0 + 0.01 * k, 0.0))
-                    for k in range(3)], [])
-    journal.close()
+    journaled(tmp_path, 3, minutes_ago=5)
     with caplog.at_level(logging.WARNING, logger="community"):
         for slug in ("sonnenhalde", "bergblick"):
             Community.open(communities[slug].cfg).close()
