@@ -274,6 +274,34 @@ def test_volumes_read_from_the_bytes_are_the_nearest_double_of_the_decimal():
     assert series.volumes.tolist() == [float(t) for t in texts] and series.texts == texts
 
 
+# volume texts at the edges of the 8-bytes-at-a-time reading (ingest/sdat.py ``_decimals``)
+EDGE_VOLUMES = ["0", "7", ".", "5.", "0.", "0.5", "12.5", "1234567.", ".5", "1..2", "1.2.3", "1a", "a1", "12345678", "1234567.8",
+                "99999999", "123456789", "1234567.89", "0.000000000001", "00000.50", "1e3", "-1", "+1", "1/2",
+                "1:2", "9" * 9 + ".5", "\u0661", "0.1234567"]
+
+
+@pytest.mark.parametrize("text", EDGE_VOLUMES)
+def test_edge_volume_texts_read_as_the_element_reading_does(text):
+    """A volume among good ones, read from the bytes and element by element: the same values or
+    the same refusal, whatever the text (digits, a point first or last, two points, letters)."""
+    start, end = local_day(2026, 3, 1)
+    data = leg_document("D", CREATED, start, end, two_points(96))
+    data = data.replace(b"<rsm:Volume>0.100", f"<rsm:Volume>{text}".encode(), 1)
+    assert f"<rsm:Volume>{text}<".encode() in data
+    fast, slow = parse_sdat(data, "e.xml"), parse_sdat(data, "e.xml", scan=False)
+    assert _as_read(fast) == _as_read(slow)
+    assert [s.volumes.tobytes() for s in fast.series] == [s.volumes.tobytes() for s in slow.series]
+
+
+@pytest.mark.parametrize("text", ["01", "0", "1x", "1234567", "96", " 1", "1.0"])
+def test_edge_sequence_texts_read_as_the_element_reading_does(text):
+    start, end = local_day(2026, 3, 1)
+    data = leg_document("D", CREATED, start, end, two_points(96))
+    data = data.replace(b"<rsm:Sequence>1</rsm:Sequence>", f"<rsm:Sequence>{text}</rsm:Sequence>".encode(), 1)
+    assert f"<rsm:Sequence>{text}</rsm:Sequence>".encode() in data
+    assert _as_read(parse_sdat(data, "q.xml")) == _as_read(parse_sdat(data, "q.xml", scan=False))
+
+
 def test_refusals_read_from_the_bytes_are_those_of_the_element_reading():
     start, end = local_day(2026, 3, 1)
     for seqs, message in ((list(range(1, 96)) + [97], "total: sequence 97 is outside the interval"),
