@@ -35,25 +35,39 @@ _CT = Decimal("0.01")
 
 def leg_intervals(values: pd.DataFrame, point_house: dict[str, str]) -> pd.DataFrame:
     """INTERVAL_COLUMNS from SDAT rows (metering_point, product, start, direction, volume_kwh,
-    condition) of the houses' metering points."""
-    leg = values[(values["product"] == "leg") & values["metering_point"].isin(point_house.keys())].copy()
+    condition) of the houses' metering points, ordered by start and house_id. Summed with numpy on
+    a grid of (quarter hour, house): an import derives some 40,000 intervals at a time."""
+    leg = values[(values["product"] == "leg") & values["metering_point"].isin(point_house.keys())]
     if leg.empty:
         return pd.DataFrame(columns=INTERVAL_COLUMNS)
-    leg["house_id"] = leg["metering_point"].map(point_house)
-    leg["ei"] = np.where(leg["direction"] == "consumption", leg["volume_kwh"], 0.0)
-    leg["eo"] = np.where(leg["direction"] == "production", leg["volume_kwh"], 0.0)
-    leg["estimated"] = leg["condition"].notna()
-    points_per_house = pd.Series(point_house).groupby(pd.Series(point_house)).size()
-    g = leg.groupby(["house_id", "start"], as_index=False).agg(
-        delta_ei_kwh=("ei", "sum"), delta_eo_kwh=("eo", "sum"), estimated=("estimated", "any"),
-        points=("metering_point", "nunique"))
-    g = g[g["points"] == g["house_id"].map(points_per_house)]
-    out = pd.DataFrame({"house_id": g["house_id"].astype(str),
-                        "start": pd.to_datetime(g["start"], utc=True).astype("datetime64[us, UTC]"),
-                        "delta_ei_kwh": g["delta_ei_kwh"].astype(float),
-                        "delta_eo_kwh": g["delta_eo_kwh"].astype(float),
-                        "flags": np.where(g["estimated"], ESTIMATED, 0).astype(np.uint8)})
-    return out.sort_values(["start", "house_id"], kind="stable").reset_index(drop=True)
+    houses = sorted(set(point_house.values()))
+    house_of = {h: k for k, h in enumerate(houses)}
+    points = list(point_house)
+    point_of = {p: k for k, p in enumerate(points)}
+    codes, seen_points = pd.factorize(leg["metering_point"])
+    point = np.array([point_of[p] for p in seen_points], np.int64)[codes]
+    house = np.array([house_of[point_house[p]] for p in points], np.int64)
+    starts = pd.DatetimeIndex(pd.to_datetime(leg["start"], utc=True)).as_unit("us").asi8
+    quarters, at = np.unique(starts, return_inverse=True)
+    cell = at.reshape(-1) * len(houses) + house[point]          # (quarter hour, house), in output order
+    cells = len(quarters) * len(houses)
+    volume = leg["volume_kwh"].to_numpy(float)
+    direction = leg["direction"].to_numpy()
+    ei = np.bincount(cell, weights=np.where(direction == "consumption", volume, 0.0), minlength=cells)
+    eo = np.bincount(cell, weights=np.where(direction == "production", volume, 0.0), minlength=cells)
+    estimated = np.bincount(cell, weights=leg["condition"].notna().to_numpy(float), minlength=cells) > 0
+    # an interval only where every point of the house has its value (each point counted once)
+    has = np.zeros((len(quarters), len(points)), bool)
+    has[at.reshape(-1), point] = True
+    q, p = np.nonzero(has)
+    delivered = np.bincount(q * len(houses) + house[p], minlength=cells)     # points with a value per cell
+    needed = np.bincount(house, minlength=len(houses))
+    keep = np.flatnonzero((delivered > 0) & (delivered == np.tile(needed, len(quarters))))
+    return pd.DataFrame({
+        "house_id": np.array(houses, dtype=object)[keep % len(houses)],
+        "start": pd.Series(quarters[keep // len(houses)].astype("datetime64[us]")).dt.tz_localize("UTC"),
+        "delta_ei_kwh": ei[keep], "delta_eo_kwh": eo[keep],
+        "flags": np.where(estimated[keep], ESTIMATED, 0).astype(np.uint8)})
 
 
 def leg_extras(values: pd.DataFrame, point_house: dict[str, str], reduction: float,
