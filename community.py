@@ -121,7 +121,7 @@ class Community:
         more than one file the next ones are read and parsed in two worker processes meanwhile
         (``ingest.sdat.read_sdat_file``), so that parsing and storing use every core of a small
         machine; a store error ends the import at that file (the files before it are stored)."""
-        from ingest.sdat import read_sdat_file, tune_worker_allocator
+        from ingest.sdat import read_sdat_file, start_worker
         paths = list(paths)
         names = list(names) if names is not None else [str(p) for p in paths]
         if len(paths) < 2:
@@ -132,7 +132,7 @@ class Community:
         from concurrent.futures import ProcessPoolExecutor
         workers = 2 if (os.cpu_count() or 1) > 1 else 1   # a file parses in about 1.4 x the time it takes to store
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=tune_worker_allocator) as pool:
+                                 initializer=start_worker) as pool:
             pending = []
             ahead = iter(zip(paths, names))
             for path, name in ahead:                    # a file ahead for each worker, and one waiting

@@ -322,14 +322,17 @@ class SdatStore:
             s.changed = (datetime.fromtimestamp(int(q.min()) * 900, timezone.utc),
                          datetime.fromtimestamp((int(q.max()) + 1) * 900, timezone.utc))
         # the day rows written: every (group, day) with a value written
-        rows_at = np.unique(w // SLOTS)                         # group * days + day
+        rows_at = np.flatnonzero(np.bincount(w // SLOTS, minlength=len(groups) * days))    # group * days + day
         direction = {groups[(x.metering_point, x.product)]: x.direction for x in series_list}
         names = {g: key for key, g in groups.items()}
-        vol2, src2, codes2 = vol.reshape(-1, SLOTS), src.reshape(-1, SLOTS), codes.reshape(-1, SLOTS)
+        codes2 = codes.reshape(-1, SLOTS)[rows_at]
+        vol_bytes, src_bytes = vol.reshape(-1, SLOTS)[rows_at].tobytes(), src.reshape(-1, SLOTS)[rows_at].tobytes()
+        nv, ns = SLOTS * _F8.itemsize, SLOTS * _I4.itemsize
         rows = []
-        for r in rows_at.tolist():
+        for i, (r, coded) in enumerate(zip(rows_at.tolist(), codes2.any(axis=1).tolist())):
             g, d = divmod(r, days)
-            rows.append((*names[g], lo + d, direction[g], vol2[r].tobytes(), src2[r].tobytes(), table.text(codes2[r])))
+            rows.append((*names[g], lo + d, direction[g], vol_bytes[i * nv:(i + 1) * nv], src_bytes[i * ns:(i + 1) * ns],
+                         table.text(codes2[i]) if coded else None))
         con.executemany("INSERT INTO sdat_days VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (metering_point, product, day) "
                         "DO UPDATE SET direction = excluded.direction, volumes = excluded.volumes, "
                         "sources = excluded.sources, conditions = excluded.conditions", rows)
