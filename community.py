@@ -77,7 +77,11 @@ class Community:
                 log.warning("community %s: %d readings acknowledged by the last run of all communities are still "
                             "in its ingest journal, not yet in its store: a run of all communities (python app.py "
                             "run) writes them when it starts", cfg.slug, waiting)
-        return cls(cfg, ledger, store, clock)
+        community = cls(cfg, ledger, store, clock)
+        from storage.backup import SDAT_FILE
+        if cfg.pricing.mode == "leg" and (data_dir / SDAT_FILE).exists():
+            community.derive_pending_sdat()
+        return community
 
     def close(self) -> None:
         if self._sdat is not None:
@@ -156,27 +160,45 @@ class Community:
         if read.document is None:
             return ImportSummary(read.name, error=read.error)
         doc = read.document
-        summary = self.sdat.import_document(doc, read.digest, set(self.point_houses()))
-        if summary.changed and self.cfg.pricing.mode == "leg":         # only where values are new or revised
+        self.derive_pending_sdat()                  # the houses' points as they are now recorded first
+        summary = self.sdat.import_document(doc, read.digest, set(self.point_houses()),
+                                            derive=self.cfg.pricing.mode == "leg")
+        if summary.pending_id is not None:                             # only where values are new or revised
             self.apply_sdat(pd.Timestamp(summary.changed[0]), pd.Timestamp(summary.changed[1]))
+            self.sdat.forget_pending(summary.pending_id)
         return summary
 
-    def apply_sdat(self, start: pd.Timestamp, end: pd.Timestamp) -> None:
-        """Derive the intervals of SDAT-billed houses in [start, end) from the stored LEG shares."""
+    def apply_sdat(self, start: pd.Timestamp, end: pd.Timestamp, houses=None) -> None:
+        """Derive the intervals of SDAT-billed houses (of ``houses`` among them, if given) in
+        [start, end) from the stored LEG shares."""
         from billing.leg import leg_intervals
-        point_house = self.point_houses()
-        houses = self.sdat_billed()
+        billed = self.sdat_billed()
+        houses = billed if houses is None else billed & set(houses)
         if not houses:
             return
+        point_house = {p: h for p, h in self.point_houses().items() if h in houses}
         values = self.sdat.values(start, end, list(point_house), product="leg")
         intervals = leg_intervals(values, point_house)
         with self._compute_lock:
             self.store.replace_intervals_many({h: (start, end) for h in houses}, intervals)
 
-    def apply_sdat_all(self) -> None:
-        span = self.sdat.span()
-        if span is not None:
-            self.apply_sdat(span[0], span[1] + pd.Timedelta(seconds=self.interval_s))
+    def derive_pending_sdat(self) -> int:
+        """In leg mode, when the community opens: the intervals an interrupted import did not
+        derive, and those of houses whose metering points changed since the last derivation
+        (a point added to config.yaml after its files were imported: its values were kept). The
+        number of spans derived."""
+        if self.cfg.pricing.mode != "leg":
+            return 0
+        moved = self.sdat.sync_billing(self.point_houses())
+        spans = self.sdat.pending()
+        for pending_id, start, end, houses in spans:
+            self.apply_sdat(pd.Timestamp(start), pd.Timestamp(end), houses)
+            self.sdat.forget_pending(pending_id)
+        if spans:
+            log.warning("community %s: derived the intervals of %d span(s) of SDAT values (%d metering point(s) "
+                        "added, removed or moved since the last derivation; the rest left by an interrupted import)",
+                        self.cfg.slug or self.cfg.community.name, len(spans), moved)
+        return len(spans)
 
     def leg_details(self, period) -> dict[str, dict]:
         """Per SDAT-billed house for a period: grid shares and the grid-fee saving (see billing/leg.py)."""

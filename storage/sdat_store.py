@@ -63,6 +63,16 @@ CREATE TABLE IF NOT EXISTS sdat_points (    -- per known metering point: its las
     file_name TEXT NOT NULL,
     imported_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS sdat_pending (   -- quarter hours whose houses' intervals are still to be derived
+    id INTEGER PRIMARY KEY,
+    first INTEGER NOT NULL,               -- quarter hours (s since the epoch / 900), [first, end)
+    end INTEGER NOT NULL,
+    houses TEXT                           -- JSON list of house ids; NULL: every house billed from SDAT data
+);
+CREATE TABLE IF NOT EXISTS sdat_billing (   -- the houses' metering points when their intervals were last derived
+    metering_point TEXT PRIMARY KEY,
+    house_id TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS sdat_unknown (
     metering_point TEXT PRIMARY KEY,
     values_seen INTEGER NOT NULL,
@@ -72,6 +82,7 @@ CREATE TABLE IF NOT EXISTS sdat_unknown (
 );
 """
 _F8, _I4 = np.dtype("<f8"), np.dtype("<i4")
+_BILLING_RECORDED = 1                     # PRAGMA user_version from which sdat_billing is kept
 _VALUE_COLUMNS = ["metering_point", "product", "start", "direction", "volume_kwh", "condition"]
 
 
@@ -143,6 +154,7 @@ class ImportSummary:
     error: str | None = None               # the whole file could not be used
     already_imported: bool = False
     changed: tuple[datetime, datetime] | None = None   # [first, end) of the quarter hours new or revised, UTC
+    pending_id: int | None = None          # the span recorded as still to be derived (import_document's derive)
 
     @property
     def imported_anything(self) -> bool:
@@ -202,9 +214,14 @@ class SdatStore:
         self._con.execute("COMMIT")
 
     # -- import ------------------------------------------------------------------------------------
-    def import_document(self, doc: SdatDocument, digest: str, known_points: set[str]) -> ImportSummary:
-        """Store the document's values (``digest``: the file's SHA-256, ``content_digest``) (newest Creation wins per point, product and quarter hour);
-        values of metering points no house lists are counted as unknown, never stored for billing.
+    def import_document(self, doc: SdatDocument, digest: str, known_points: set[str],
+                        derive: bool = False) -> ImportSummary:
+        """Store the document's values (``digest``: the file's SHA-256, ``content_digest``) (newest
+        Creation wins per point, product and quarter hour). Values of metering points no house
+        lists are stored too but counted apart, as unknown: never billed, and derived once a house
+        lists the point (``sync_billing``). With ``derive`` the quarter hours that changed for the
+        known points are recorded as pending in the same transaction (``pending``), so that an
+        import interrupted before the intervals were derived is derived later.
 
         A row of ``sdat_days`` holds a point's product over a UTC day (96 quarter hours, DST never
         changes it) with the source of every value: a file of 600 series touches some 3,600 rows,
@@ -227,9 +244,14 @@ class SdatStore:
                 s.already_imported = True
                 s.unchanged = staged
                 return s
+            if staged or unknown:
+                self._merge(con, doc.series, doc.document_id, creation, s, known_points)
             if staged:
-                self._merge(con, known, doc.document_id, creation, s)
                 self._delivered(con, known, doc, creation, now)
+            if derive and s.changed:
+                s.pending_id = con.execute("INSERT INTO sdat_pending (first, end) VALUES (?, ?)",
+                                           (int(s.changed[0].timestamp()) // 900,
+                                            int(s.changed[1].timestamp()) // 900)).lastrowid
             for point, n in unknown.items():
                 con.execute("INSERT INTO sdat_unknown VALUES (?, ?, ?, ?, ?) ON CONFLICT(metering_point) DO UPDATE "
                             "SET values_seen = values_seen + excluded.values_seen, last_seen = excluded.last_seen, "
@@ -253,9 +275,10 @@ class SdatStore:
                            (document_id, creation)).fetchone()[0]
         return mine, rank
 
-    def _merge(self, con, series_list, document_id: str, creation: str, s: ImportSummary) -> None:
+    def _merge(self, con, series_list, document_id: str, creation: str, s: ImportSummary, counted: set[str]) -> None:
         """All series of the document at once on a grid of cells: one per (point, product) and
-        quarter hour of the UTC days the document touches, filled from the stored day rows."""
+        quarter hour of the UTC days the document touches, filled from the stored day rows. The
+        summary's counts and changed quarter hours are those of the ``counted`` points."""
         series_list = [x for x in series_list if len(x)]
         if not series_list:
             return
@@ -304,9 +327,10 @@ class SdatStore:
                     for o, code in x.conditions.items():
                         cond[at + pos[o]] = table.id(code)
             at += len(x)
+        mine = np.concatenate([np.full(len(x), x.metering_point in counted) for x in series_list])
         if np.bincount(keys, minlength=len(vol)).max() > 1:    # a key twice in the document: the first counts
             _, first = np.unique(keys, return_index=True)
-            keys, vols, cond = keys[first], vols[first], cond[first]
+            keys, vols, cond, mine = keys[first], vols[first], cond[first], mine[first]
         was = src[keys]
         new = was == 0
         newer = ~new & (rank[was] < rank[source])
@@ -314,9 +338,9 @@ class SdatStore:
         write = new | newer
         w = keys[write]
         vol[w], src[w], codes[w] = vols[write], source, cond[write]
-        differs = keys[new | changed]
-        s.inserted, s.updated = int(np.count_nonzero(new)), int(np.count_nonzero(changed))
-        s.unchanged = sum(len(x) for x in series_list) - s.inserted - s.updated
+        differs = keys[(new | changed) & mine]
+        s.inserted, s.updated = int(np.count_nonzero(new & mine)), int(np.count_nonzero(changed & mine))
+        s.unchanged = sum(len(x) for x in series_list if x.metering_point in counted) - s.inserted - s.updated
         if len(differs):
             q = differs % width + lo * SLOTS
             s.changed = (datetime.fromtimestamp(int(q.min()) * 900, timezone.utc),
@@ -353,6 +377,43 @@ class SdatStore:
                         "imported_at = ? WHERE metering_point = ? AND (creation, document_id) <= (?, ?)",
                         [(direction, doc.document_id, creation, doc.name[:200], now, point, creation, doc.document_id)
                          for point, (direction, _) in last.items()])
+
+    # -- deriving ----------------------------------------------------------------------------------
+    def pending(self) -> list[tuple[int, datetime, datetime, list[str] | None]]:
+        """Spans whose intervals are still to be derived: (id, start, end, houses or None for all)."""
+        return [(i, datetime.fromtimestamp(a * 900, timezone.utc), datetime.fromtimestamp(b * 900, timezone.utc),
+                 json.loads(h) if h else None)
+                for i, a, b, h in self._con.execute("SELECT id, first, end, houses FROM sdat_pending ORDER BY id")]
+
+    def forget_pending(self, pending_id: int) -> None:
+        self._con.execute("DELETE FROM sdat_pending WHERE id = ?", (pending_id,))
+
+    def sync_billing(self, point_houses: dict[str, str]) -> int:
+        """Compare the houses' metering points with those of the last derivation: for every point
+        added, removed or moved to another house, its houses (before and after) are recorded as
+        pending over the point's stored values. The number of points that changed. A store that
+        has never recorded them (a new store, or one of an earlier version, whose intervals were
+        derived for the points of its time) only records them."""
+        with self._tx() as con:
+            first_time = con.execute("PRAGMA user_version").fetchone()[0] < _BILLING_RECORDED
+            before = dict(con.execute("SELECT metering_point, house_id FROM sdat_billing"))
+            moved = {p for p in before.keys() | point_houses.keys() if before.get(p) != point_houses.get(p)}
+            if first_time:
+                con.execute(f"PRAGMA user_version = {_BILLING_RECORDED}")
+            if not moved:
+                return 0
+            con.execute("DELETE FROM sdat_billing")
+            con.executemany("INSERT INTO sdat_billing VALUES (?, ?)", sorted(point_houses.items()))
+            if first_time:
+                return 0
+            span = con.execute(f"SELECT min(day), max(day) FROM sdat_days WHERE metering_point IN "
+                               f"({','.join('?' * len(moved))})", sorted(moved)).fetchone()
+            if span[0] is None:
+                return len(moved)                             # no values of those points yet
+            houses = sorted({h for p in moved for h in (before.get(p), point_houses.get(p)) if h is not None})
+            con.execute("INSERT INTO sdat_pending (first, end, houses) VALUES (?, ?, ?)",
+                        (span[0] * SLOTS, (span[1] + 1) * SLOTS, json.dumps(houses)))
+            return len(moved)
 
     # -- reading -----------------------------------------------------------------------------------
     def _days(self, lo: int, hi: int, points: list[str] | None, product: str | None = None):

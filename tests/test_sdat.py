@@ -182,10 +182,12 @@ def test_the_store_counts_new_revised_and_unchanged_values(tmp_path):
         assert (s.inserted, s.updated, s.unchanged) == (0, 3, 573)                  # total, LEG: value; grid: condition
         s = store.import_document(parse_sdat(first, "1.xml"), content_digest(first), {P1})         # older: nothing changes
         assert (s.already_imported, s.inserted, s.updated, s.unchanged) == (True, 0, 0, 576)
-        v = store.values(start, end)
+        v = store.values(start, end, [P1])
         row = v[(v["product"] == "leg") & (v["start"] == start + timedelta(minutes=15 * 189))].iloc[0]
         assert (row["volume_kwh"], row["condition"]) == (0.25, None)
         assert len(v) == 576 and store.documents() == 2
+        # the unknown point's values are kept (not counted above, never billed): a house may list it later
+        assert len(store.values(start, end, [P2])) == 576 and store.unknown()[0]["metering_point"] == P2
     finally:
         store.close()
 
