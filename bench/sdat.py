@@ -7,7 +7,8 @@ about 288,000 observations and 38 MB per file. The files are generated into a fo
 every ``--bare-every``-th also parsed bare, in the same run: ``xml.etree.ElementTree.fromstring``
 and ``lxml.etree.fromstring``, a tree and nothing else), then the folder is imported as
 ``python app.py import-sdat FOLDER`` does (``Community.import_sdat_paths``): the next files read,
-hashed, parsed and checked (ingest/sdat.py) in a worker process while the importing process stores
+hashed, parsed and checked (ingest/sdat.py) in two worker processes (at a lower CPU priority)
+while the importing process stores
 each in ``sdat.sqlite`` (newest Creation wins per metering point, product and quarter hour) and,
 as in pricing mode ``leg``, derives the houses' 15-minute intervals where values are new or
 revised and writes them to the community's reading store.
@@ -105,6 +106,13 @@ def config(data_dir: Path, pts: dict[str, str], influx_url: str | None) -> dict:
     return cfg
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process (/proc/PID/stat)."""
+    import os
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed(fn, acc: dict, key: str):
     def wrapper(*a, **kw):
         t = time.perf_counter()
@@ -167,6 +175,7 @@ def run_backend(args) -> dict:
             c._import_sdat = import_one
             rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             counts = {"inserted": 0, "updated": 0, "unchanged": 0}
+            server_cpu0 = process_cpu_s(server.proc.pid) if server else 0.0
             cpu0, t = time.process_time(), time.perf_counter()
             done = 0
             for path, summary in c.import_sdat_paths(files):          # as app.py import-sdat FOLDER
@@ -178,6 +187,7 @@ def run_backend(args) -> dict:
                 if args.progress and done % 20 == 0:
                     print(f"  {args.backend}: {done} files imported ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
             t_import, cpu_main = time.perf_counter() - t, time.process_time() - cpu0
+            cpu_server = process_cpu_s(server.proc.pid) - server_cpu0 if server else None
             rows = c.sdat.value_count()
             day_rows = c.sdat._con.execute("SELECT count(*) FROM sdat_days").fetchone()[0]
             db_bytes = sum(p.stat().st_size for p in (tmp / "data").glob("sdat.sqlite*"))
@@ -186,7 +196,7 @@ def run_backend(args) -> dict:
             if server:
                 server.proc.terminate()
                 server.proc.wait(30)
-    return {"backend": args.backend, "files": done, "t_import": t_import, "cpu_main": cpu_main,
+    return {"backend": args.backend, "files": done, "t_import": t_import, "cpu_main": cpu_main, "cpu_server": cpu_server,
             **{f"t_{k}": v for k, v in acc.items()}, "counts": counts, "rows": rows, "day_rows": day_rows,
             "db_bytes": db_bytes, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "rss_before_mb": rss0 / 1024}
@@ -207,7 +217,7 @@ def report(gen: dict, results: list[dict], args) -> str:
         f"over a UTC day ({r0['db_bytes'] / 1e9:.2f} GB).",
         "",
         "Import = `Community.import_sdat_paths` over the folder, as `python app.py import-sdat FOLDER` runs it: "
-        "the next files read, hashed, parsed and checked (ingest/sdat.py) in a worker process while this one "
+        "the next files read, hashed, parsed and checked (ingest/sdat.py) in two worker processes (nice 5) while this one "
         "stores each in sdat.sqlite (storage/sdat_store.py) and derives the houses' intervals where values are "
         "new or revised, written to the reading store (`apply_sdat`, pricing mode leg). SDAT values go to "
         "sdat.sqlite under either backend; \"into InfluxDB\" is the derived intervals. Bare parse = the same "
@@ -235,6 +245,17 @@ def report(gen: dict, results: list[dict], args) -> str:
         "",
         f"Run: `flock /tmp/cpu.lock .venv/bin/python bench/sdat.py --days {args.days} --points {args.points}` "
         "(`--backends embedded` or `influxdb` for one).",
+        "",
+        "Per file: " + "; ".join(
+            f"{r['backend']}: {r['t_import'] / r['files']:.3f} s wall, the importing process "
+            f"{r['cpu_main'] / r['files']:.3f} s of CPU (sdat.sqlite {r.get('t_store', 0) / r['files']:.3f} s, "
+            f"reading store {r.get('t_reading_store', 0) / r['files']:.3f} s), a worker {r.get('t_parse', 0) / r['files']:.3f} s "
+            "to read one (wall, sharing the cores)"
+            + (f", the InfluxDB server {r['cpu_server'] / r['files']:.3f} s of CPU on the same cores"
+               if r.get("cpu_server") is not None else "") for r in results) + ".",
+        "Target 1,000,000 observations/s: " + "; ".join(
+            f"{r['backend']} {'reached' if n / r['t_import'] >= 1e6 else 'not reached'} ({n / r['t_import'] / 1e6:.2f} of it)"
+            for r in results) + ".",
     ]
     return "\n".join(lines)
 
