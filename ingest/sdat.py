@@ -358,8 +358,9 @@ def _tag_kinds(data: bytes, words: np.ndarray | None, lt: np.ndarray, gt: np.nda
 
     def word(t: bytes, k: int) -> int:
         return int.from_bytes(t[8 * k:8 * k + 8].ljust(8, b"\0"), "little")
-    first = next(m for m in range(1, width + 1) if len({t[:8 * m] for t in names}) == len(names)) \
-        if len(set(names)) == len(names) else width
+    first = next(m for m in range(1, width + 1) if len({t[:8 * m] for t in names}) == len(names))
+    if first > len(_HASH):
+        return None                                     # a prefix of over 30 characters: element by element
     at, ln = lt[:head], lens[:head]
     w = []
     for k in range(first):

@@ -227,6 +227,12 @@ SHAPES = {
     "a tag of the same length, first and last letter": (
         lambda d: d.replace(b"<rsm:Position>", b"<rsm:Pxxxxxxn>", 1).replace(b"</rsm:Position>", b"</rsm:Pxxxxxxn>", 1),
         False),
+    "a prefix of 40 characters": (lambda d: d.replace(b"xmlns:rsm=", b"xmlns:" + b"p" * 40 + b"=")
+                                  .replace(b"<rsm:", b"<" + b"p" * 40 + b":").replace(b"</rsm:", b"</" + b"p" * 40 + b":"),
+                                  False),
+    "a prefix of 20 characters": (lambda d: d.replace(b"xmlns:rsm=", b"xmlns:" + b"p" * 20 + b"=")
+                                  .replace(b"<rsm:", b"<" + b"p" * 20 + b":").replace(b"</rsm:", b"</" + b"p" * 20 + b":"),
+                                  True),
     "a processing instruction": (lambda d: d.replace(b"<rsm:MeteringData>", b"<?pi x?><rsm:MeteringData>", 1), False),
 }
 
