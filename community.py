@@ -56,6 +56,7 @@ class Community:
         self._reports: dict[str, tuple[bool, bool]] = {}
         self._sdat = None
         self._sdat_lock = threading.Lock()
+        self._billing_synced = False                # derive_pending_sdat has compared the metering points
 
     @classmethod
     def open(cls, cfg: Config, clock=None) -> "Community":
@@ -160,7 +161,7 @@ class Community:
         if read.document is None:
             return ImportSummary(read.name, error=read.error)
         doc = read.document
-        self.derive_pending_sdat()                  # the houses' points as they are now recorded first
+        self.derive_pending_sdat()                  # the houses' points recorded first, and what an earlier failure left
         summary = self.sdat.import_document(doc, read.digest, set(self.point_houses()),
                                             derive=self.cfg.pricing.mode == "leg")
         if summary.pending_id is not None:                             # only where values are new or revised
@@ -189,7 +190,10 @@ class Community:
         number of spans derived."""
         if self.cfg.pricing.mode != "leg":
             return 0
-        moved = self.sdat.sync_billing(self.point_houses())
+        moved = 0
+        if not self._billing_synced:                # the configuration does not change while the community is open
+            moved = self.sdat.sync_billing(self.point_houses())
+            self._billing_synced = True
         spans = self.sdat.pending()
         for pending_id, start, end, houses in spans:
             self.apply_sdat(pd.Timestamp(start), pd.Timestamp(end), houses)
